@@ -1,0 +1,1 @@
+//! Sans-IO Pleiades Wire Protocol codec (being written).
