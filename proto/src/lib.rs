@@ -2,3 +2,24 @@
 //! Pleiades Wire Protocol (PWP). See `WIRE.md` beside this crate for the byte-level table.
 
 pub mod wire;
+
+/// Generated protobuf messages (package `pleiades.v1`).
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/pleiades.v1.rs"));
+}
+
+/// PWP `PAYLOAD_TYPE_INCOMING` values, which are specific to each service.
+pub mod payload_type {
+    /// System service (0x05).
+    pub mod system {
+        pub const NODE_INFO_REQUEST: u8 = 0x01;
+        pub const NODE_INFO_RESPONSE: u8 = 0x02;
+        pub const HEALTH_REQUEST: u8 = 0x03;
+        pub const HEALTH_RESPONSE: u8 = 0x04;
+    }
+    /// Key-value service (0x03).
+    pub mod kv {
+        pub const REQUEST: u8 = 0x01;
+        pub const RESPONSE: u8 = 0x02;
+    }
+}
