@@ -1,1 +1,705 @@
-//! Node storage (being written).
+//! Node storage: one RocksDB per node, column families by kind of data (never one per range, so
+//! a node with thousands of ranges has four memtables, not thousands, and splits move nothing).
+//!
+//! Range data is MVCC: every write adds a version keyed by HLC timestamp (see [`keys`]). The
+//! seed's versioned keys are served from those versions: latest, version N, the list, a per-key
+//! descriptor, a retention count (at most 255) enforced by deleting the oldest version in the
+//! same batch — no cascading renames — and a vacuum pass.
+//!
+//! Durability: every write is one `WriteBatch` written with `sync = true`. Concurrent writers
+//! are group-committed by RocksDB itself: its write thread makes one writer the leader of a
+//! group, appends the group's batches to the WAL and fsyncs once for all of them.
+
+pub mod keys;
+mod records;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRawIterator, FlushOptions,
+    Options, WriteBatch, WriteOptions, DB,
+};
+use serde::Deserialize;
+
+use crate::clock::Timestamp;
+pub use keys::RaftStateTag;
+use records::{Descriptor, VersionRecord};
+
+pub const CF_RAFT_LOG: &str = "raft_log";
+pub const CF_RAFT_STATE: &str = "raft_state";
+pub const CF_RANGE_DATA: &str = "range_data";
+pub const CF_NODE_LOCAL: &str = "node_local";
+const COLUMN_FAMILIES: [&str; 4] = [CF_RAFT_LOG, CF_RAFT_STATE, CF_RANGE_DATA, CF_NODE_LOCAL];
+
+/// The seed's maximum number of versions per key.
+pub const MAX_RETENTION: u8 = 255;
+/// Stripes of the per-key write locks.
+const LOCK_STRIPES: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    RocksDb(#[from] rocksdb::Error),
+    #[error("corrupt {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("a write at {ts} is not after the key's latest version at {latest}")]
+    TimestampNotAfterLatest { ts: Timestamp, latest: Timestamp },
+    #[error("a key appears more than once in one batch")]
+    DuplicateKeyInBatch,
+    #[error("invalid storage configuration: {0}")]
+    InvalidConfig(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    None,
+    Lz4,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StorageConfig {
+    /// Block cache shared by all column families.
+    pub block_cache_bytes: u64,
+    /// Memtable (write buffer) size per column family.
+    pub memtable_bytes: u64,
+    pub compression: Compression,
+    /// Versions kept per key unless the key says otherwise (1 to 255).
+    pub default_retention: u8,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            block_cache_bytes: 256 << 20,
+            memtable_bytes: 64 << 20,
+            compression: Compression::Lz4,
+            default_retention: MAX_RETENTION,
+        }
+    }
+}
+
+impl StorageConfig {
+    pub fn validate(&self) -> Result<(), StorageError> {
+        if self.default_retention == 0 {
+            return Err(StorageError::InvalidConfig("storage.default-retention must be 1 to 255".into()));
+        }
+        if self.memtable_bytes < (1 << 20) {
+            return Err(StorageError::InvalidConfig("storage.memtable-bytes must be at least 1 MiB".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A value as stored, with its version number and timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionedValue {
+    pub version: u32,
+    pub ts: Timestamp,
+    pub value: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub version: u32,
+    pub ts: Timestamp,
+    pub tombstone: bool,
+    pub value_len: usize,
+}
+
+/// What the node knows about one key, without reading its versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyDescriptor {
+    pub version_count: u32,
+    pub latest_version: u32,
+    pub first_write: Timestamp,
+    pub last_write: Timestamp,
+    /// The key's older versions may be garbage-collected by [`Storage::vacuum`].
+    pub vacuumable: bool,
+    /// Versions kept (the node's default unless set for this key).
+    pub retention: u8,
+    /// The latest version is a delete.
+    pub deleted: bool,
+}
+
+/// Writes applied atomically by [`Storage::write`].
+#[derive(Debug, Default)]
+pub struct MvccBatch {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl MvccBatch {
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> &mut Self {
+        self.ops.push((key.to_vec(), Some(value.to_vec())));
+        self
+    }
+    pub fn delete(&mut self, key: &[u8]) -> &mut Self {
+        self.ops.push((key.to_vec(), None));
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VacuumOptions {
+    /// Keys examined per pass; a pass resumes where the last one stopped.
+    pub max_keys_per_pass: usize,
+    pub start: Vec<u8>,
+}
+
+impl Default for VacuumOptions {
+    fn default() -> Self {
+        VacuumOptions { max_keys_per_pass: 10_000, start: Vec::new() }
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct VacuumReport {
+    pub keys_scanned: usize,
+    pub versions_removed: usize,
+    pub keys_removed: usize,
+    /// Where the next pass starts; `None` when the keyspace was covered.
+    pub resume_key: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EngineStats {
+    pub memtable_bytes: u64,
+    pub sst_bytes: u64,
+    pub pending_compaction_bytes: u64,
+}
+
+/// Storage latency histograms.
+#[derive(Clone)]
+pub struct StorageMetrics {
+    pub write_seconds: Histogram,
+    pub read_seconds: Histogram,
+}
+
+impl StorageMetrics {
+    fn new() -> Self {
+        StorageMetrics {
+            write_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
+            read_seconds: Histogram::new(exponential_buckets(0.000_001, 2.0, 20)),
+        }
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("pleiades_storage");
+        r.register("write_seconds", "Durable (synced) write latency", self.write_seconds.clone());
+        r.register("read_seconds", "Read latency", self.read_seconds.clone());
+    }
+}
+
+struct Inner {
+    db: DB,
+    sync_write: WriteOptions,
+    default_retention: u8,
+    key_locks: Vec<Mutex<()>>,
+    metrics: StorageMetrics,
+}
+
+/// The node's storage. Cheap to clone; RocksDB closes when the last clone is dropped.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+fn lock(mutex: &Mutex<()>) -> MutexGuard<'_, ()> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Storage {
+    pub fn open(path: &Path, config: &StorageConfig) -> Result<Storage, StorageError> {
+        config.validate()?;
+        let cache = Cache::new_lru_cache(config.block_cache_bytes as usize);
+        let cf_options = |bloom: bool| {
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            if bloom {
+                table.set_bloom_filter(10.0, false);
+            }
+            let mut options = Options::default();
+            options.set_block_based_table_factory(&table);
+            options.set_write_buffer_size(config.memtable_bytes as usize);
+            match config.compression {
+                Compression::None => options.set_compression_type(DBCompressionType::None),
+                Compression::Lz4 => {
+                    // Fast on the hot levels, dense on the bottom one where most data lives.
+                    options.set_compression_type(DBCompressionType::Lz4);
+                    options.set_bottommost_compression_type(DBCompressionType::Zstd);
+                }
+                Compression::Zstd => options.set_compression_type(DBCompressionType::Zstd),
+            }
+            options
+        };
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_max_background_jobs(2);
+        db_options.set_keep_log_file_num(4);
+        let descriptors = COLUMN_FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(*name == CF_RANGE_DATA)))
+            .collect::<Vec<_>>();
+        let db = DB::open_cf_descriptors(&db_options, path, descriptors)?;
+        let mut sync_write = WriteOptions::default();
+        sync_write.set_sync(true);
+        Ok(Storage {
+            inner: Arc::new(Inner {
+                db,
+                sync_write,
+                default_retention: config.default_retention,
+                key_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+                metrics: StorageMetrics::new(),
+            }),
+        })
+    }
+
+    pub fn metrics(&self) -> &StorageMetrics {
+        &self.inner.metrics
+    }
+
+    /// Flushes the WAL and memtables, so the next open replays nothing, and drops this handle.
+    pub fn close(self) -> Result<(), StorageError> {
+        let db = &self.inner.db;
+        db.flush_wal(true)?;
+        let handles: Vec<&ColumnFamily> = COLUMN_FAMILIES.iter().map(|name| self.cf(name)).collect();
+        db.flush_cfs_opt(&handles, &FlushOptions::default())?;
+        Ok(())
+    }
+
+    fn cf(&self, name: &'static str) -> &ColumnFamily {
+        // Every column family is created at open (create_missing_column_families).
+        self.inner.db.cf_handle(name).unwrap_or_else(|| unreachable!("column family {name} opened with the db"))
+    }
+
+    fn commit(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let started = Instant::now();
+        self.inner.db.write_opt(batch, &self.inner.sync_write)?;
+        self.inner.metrics.write_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn timed_read<T>(&self, read: impl FnOnce() -> Result<T, StorageError>) -> Result<T, StorageError> {
+        let started = Instant::now();
+        let result = read();
+        self.inner.metrics.read_seconds.observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn stripe(&self, key: &[u8]) -> usize {
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        (hasher.finish() as usize) % LOCK_STRIPES
+    }
+
+    /// Locks the stripes of `keys` in ascending order, so concurrent batches cannot deadlock.
+    fn lock_keys<'a>(&'a self, keys: impl Iterator<Item = &'a [u8]>) -> Vec<MutexGuard<'a, ()>> {
+        let mut stripes: Vec<usize> = keys.map(|k| self.stripe(k)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes.into_iter().map(|s| lock(&self.inner.key_locks[s])).collect()
+    }
+
+    fn data_iter(&self) -> DBRawIterator<'_> {
+        self.inner.db.raw_iterator_cf(self.cf(CF_RANGE_DATA))
+    }
+
+    fn read_descriptor(&self, key: &[u8]) -> Result<Option<Descriptor>, StorageError> {
+        self.inner
+            .db
+            .get_pinned_cf(self.cf(CF_RANGE_DATA), keys::descriptor_key(key))?
+            .map(|bytes| Descriptor::decode(&bytes))
+            .transpose()
+    }
+
+    fn retention_of(&self, descriptor: &Descriptor) -> u8 {
+        if descriptor.retention == 0 {
+            self.inner.default_retention
+        } else {
+            descriptor.retention
+        }
+    }
+
+    /// Writes `value` as the key's next version at `ts`; returns the version number.
+    pub fn put(&self, key: &[u8], value: &[u8], ts: Timestamp) -> Result<u32, StorageError> {
+        let mut batch = MvccBatch::default();
+        batch.put(key, value);
+        Ok(self.write(batch, ts)?[0])
+    }
+
+    /// Writes a delete (tombstone) version; older versions stay readable until vacuumed.
+    pub fn delete(&self, key: &[u8], ts: Timestamp) -> Result<u32, StorageError> {
+        let mut batch = MvccBatch::default();
+        batch.delete(key);
+        Ok(self.write(batch, ts)?[0])
+    }
+
+    /// Applies every operation of `batch` at `ts`, all or nothing, in one synced WriteBatch.
+    /// Returns each operation's new version number.
+    pub fn write(&self, batch: MvccBatch, ts: Timestamp) -> Result<Vec<u32>, StorageError> {
+        let mut distinct: Vec<&[u8]> = batch.ops.iter().map(|(k, _)| k.as_slice()).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() != batch.ops.len() {
+            return Err(StorageError::DuplicateKeyInBatch);
+        }
+        let _guards = self.lock_keys(batch.ops.iter().map(|(k, _)| k.as_slice()));
+        let cf = self.cf(CF_RANGE_DATA);
+        let mut write = WriteBatch::default();
+        let mut versions = Vec::with_capacity(batch.ops.len());
+        for (key, value) in &batch.ops {
+            let mut descriptor = match self.read_descriptor(key)? {
+                Some(d) if d.last_write >= ts => {
+                    return Err(StorageError::TimestampNotAfterLatest { ts, latest: d.last_write });
+                }
+                Some(d) => d,
+                None => Descriptor::new(ts),
+            };
+            descriptor.latest_version += 1;
+            descriptor.last_write = ts;
+            descriptor.deleted = value.is_none();
+            let record = VersionRecord { version: descriptor.latest_version, tombstone: value.is_none() };
+            write.put_cf(cf, keys::version_key(key, ts), record.encode(value.as_deref().unwrap_or_default()));
+            // Retention: drop the oldest versions in this same batch instead of renaming any.
+            let retention = u32::from(self.retention_of(&descriptor));
+            let excess = descriptor.version_count().saturating_sub(retention);
+            if excess > 0 {
+                self.delete_oldest_versions(key, excess as usize, &mut write)?;
+                descriptor.oldest_version += excess;
+            }
+            write.put_cf(cf, keys::descriptor_key(key), descriptor.encode());
+            versions.push(descriptor.latest_version);
+        }
+        self.commit(write)?;
+        Ok(versions)
+    }
+
+    /// Adds deletes of the key's `count` oldest versions (which sort last) to `write`.
+    fn delete_oldest_versions(&self, key: &[u8], count: usize, write: &mut WriteBatch) -> Result<(), StorageError> {
+        let prefix = keys::descriptor_key(key);
+        let mut it = self.data_iter();
+        it.seek_for_prev(keys::after_versions(&prefix));
+        for _ in 0..count {
+            match it.key() {
+                Some(raw) if raw.starts_with(&prefix) && raw.len() == prefix.len() + Timestamp::ENCODED_LEN => {
+                    write.delete_cf(self.cf(CF_RANGE_DATA), raw);
+                }
+                _ => break,
+            }
+            it.prev();
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    /// The newest version at or before `ts` (`None` if absent or deleted at `ts`).
+    pub fn get_at(&self, key: &[u8], ts: Timestamp) -> Result<Option<VersionedValue>, StorageError> {
+        self.timed_read(|| {
+            let prefix_len = keys::descriptor_key(key).len();
+            let mut it = self.data_iter();
+            let seek = keys::version_key(key, ts);
+            it.seek(&seek);
+            match (it.key(), it.value()) {
+                (Some(raw), Some(value)) if raw.len() == seek.len() && raw[..prefix_len] == seek[..prefix_len] => {
+                    let (record, value) = VersionRecord::decode(value)?;
+                    let ts = version_ts(raw)?;
+                    Ok((!record.tombstone).then(|| VersionedValue {
+                        version: record.version,
+                        ts,
+                        value: value.to_vec(),
+                    }))
+                }
+                _ => {
+                    it.status()?;
+                    Ok(None)
+                }
+            }
+        })
+    }
+
+    /// The latest version: one seek.
+    pub fn get_latest(&self, key: &[u8]) -> Result<Option<VersionedValue>, StorageError> {
+        self.get_at(key, Timestamp::MAX)
+    }
+
+    /// Version number `version` of the key, if retained and not a delete.
+    pub fn get_version(&self, key: &[u8], version: u32) -> Result<Option<VersionedValue>, StorageError> {
+        Ok(self.versions(key)?.into_iter().find(|(info, _)| info.version == version).and_then(|(info, value)| {
+            (!info.tombstone).then(|| VersionedValue { version: info.version, ts: info.ts, value })
+        }))
+    }
+
+    /// Every retained version, newest first.
+    pub fn list_versions(&self, key: &[u8]) -> Result<Vec<VersionInfo>, StorageError> {
+        Ok(self.versions(key)?.into_iter().map(|(info, _)| info).collect())
+    }
+
+    fn versions(&self, key: &[u8]) -> Result<Vec<(VersionInfo, Vec<u8>)>, StorageError> {
+        self.timed_read(|| {
+            let prefix = keys::descriptor_key(key);
+            let mut it = self.data_iter();
+            it.seek(keys::version_key(key, Timestamp::MAX));
+            let mut out = Vec::new();
+            while let (Some(raw), Some(value)) = (it.key(), it.value()) {
+                if !(raw.starts_with(&prefix) && raw.len() == prefix.len() + Timestamp::ENCODED_LEN) {
+                    break;
+                }
+                let (record, value) = VersionRecord::decode(value)?;
+                let info = VersionInfo {
+                    version: record.version,
+                    ts: version_ts(raw)?,
+                    tombstone: record.tombstone,
+                    value_len: value.len(),
+                };
+                out.push((info, value.to_vec()));
+                it.next();
+            }
+            it.status()?;
+            Ok(out)
+        })
+    }
+
+    pub fn descriptor(&self, key: &[u8]) -> Result<Option<KeyDescriptor>, StorageError> {
+        self.timed_read(|| {
+            Ok(self.read_descriptor(key)?.map(|d| KeyDescriptor {
+                version_count: d.version_count(),
+                latest_version: d.latest_version,
+                first_write: d.first_write,
+                last_write: d.last_write,
+                vacuumable: d.vacuumable,
+                retention: self.retention_of(&d),
+                deleted: d.deleted,
+            }))
+        })
+    }
+
+    /// Marks whether the key's older versions may be vacuumed. Returns false if the key is absent.
+    pub fn set_vacuumable(&self, key: &[u8], vacuumable: bool) -> Result<bool, StorageError> {
+        self.update_descriptor(key, |d| d.vacuumable = vacuumable)
+    }
+
+    /// Sets how many versions the key keeps (1 to 255); excess versions go at the next write or
+    /// vacuum. Returns false if the key is absent.
+    pub fn set_retention(&self, key: &[u8], retention: u8) -> Result<bool, StorageError> {
+        if retention == 0 {
+            return Err(StorageError::InvalidConfig("a key's retention must be 1 to 255".into()));
+        }
+        self.update_descriptor(key, |d| d.retention = retention)
+    }
+
+    fn update_descriptor(&self, key: &[u8], change: impl FnOnce(&mut Descriptor)) -> Result<bool, StorageError> {
+        let _guard = self.lock_keys(std::iter::once(key));
+        let Some(mut descriptor) = self.read_descriptor(key)? else { return Ok(false) };
+        change(&mut descriptor);
+        let mut write = WriteBatch::default();
+        write.put_cf(self.cf(CF_RANGE_DATA), keys::descriptor_key(key), descriptor.encode());
+        self.commit(write)?;
+        Ok(true)
+    }
+
+    /// Keys in `[start, end)` with their newest version at or before `ts`, deleted keys skipped.
+    /// Older versions are skipped by seeking, never iterated.
+    pub fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        ts: Timestamp,
+    ) -> Result<Vec<(Vec<u8>, VersionedValue)>, StorageError> {
+        self.timed_read(|| {
+            let mut out = Vec::new();
+            let mut it = self.data_iter();
+            it.seek(keys::descriptor_key(start));
+            while out.len() < limit {
+                let Some(raw) = it.key() else { break };
+                let decoded = decode(raw)?;
+                if end.is_some_and(|end| decoded.user_key.as_slice() >= end) {
+                    break;
+                }
+                let prefix = raw[..decoded.prefix_len].to_vec();
+                let mut seek = prefix.clone();
+                keys::push_inverted(&mut seek, ts);
+                it.seek(&seek);
+                if let (Some(raw), Some(value)) = (it.key(), it.value()) {
+                    if raw.starts_with(&prefix) && raw.len() == prefix.len() + Timestamp::ENCODED_LEN {
+                        let (record, value) = VersionRecord::decode(value)?;
+                        if !record.tombstone {
+                            let version =
+                                VersionedValue { version: record.version, ts: version_ts(raw)?, value: value.to_vec() };
+                            out.push((decoded.user_key, version));
+                        }
+                    }
+                }
+                it.seek(keys::after_versions(&prefix));
+            }
+            it.status()?;
+            Ok(out)
+        })
+    }
+
+    /// Garbage-collects versions past each key's retention, all but the latest version of
+    /// vacuumable keys, and whole keys whose latest version is a delete. Bounded and resumable.
+    pub fn vacuum(&self, options: &VacuumOptions) -> Result<VacuumReport, StorageError> {
+        let mut report = VacuumReport::default();
+        let mut next = keys::descriptor_key(&options.start);
+        loop {
+            if report.keys_scanned == options.max_keys_per_pass {
+                report.resume_key = self.user_key_at_or_after(&next)?;
+                return Ok(report);
+            }
+            let Some(key) = self.user_key_at_or_after(&next)? else { return Ok(report) };
+            next = keys::after_versions(&keys::descriptor_key(&key));
+            report.keys_scanned += 1;
+            self.vacuum_key(&key, &mut report)?;
+        }
+    }
+
+    fn user_key_at_or_after(&self, from: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let mut it = self.data_iter();
+        it.seek(from);
+        match it.key() {
+            Some(raw) => Ok(Some(decode(raw)?.user_key)),
+            None => {
+                it.status()?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn vacuum_key(&self, key: &[u8], report: &mut VacuumReport) -> Result<(), StorageError> {
+        let _guard = self.lock_keys(std::iter::once(key));
+        let Some(mut descriptor) = self.read_descriptor(key)? else { return Ok(()) };
+        let cf = self.cf(CF_RANGE_DATA);
+        let mut write = WriteBatch::default();
+        let count = descriptor.version_count();
+        if descriptor.deleted {
+            self.delete_oldest_versions(key, count as usize, &mut write)?;
+            write.delete_cf(cf, keys::descriptor_key(key));
+            report.versions_removed += count as usize;
+            report.keys_removed += 1;
+        } else {
+            let keep = if descriptor.vacuumable { 1 } else { u32::from(self.retention_of(&descriptor)) };
+            let excess = count.saturating_sub(keep);
+            if excess == 0 {
+                return Ok(());
+            }
+            self.delete_oldest_versions(key, excess as usize, &mut write)?;
+            descriptor.oldest_version += excess;
+            write.put_cf(cf, keys::descriptor_key(key), descriptor.encode());
+            report.versions_removed += excess as usize;
+        }
+        self.commit(write)
+    }
+
+    pub fn append_raft_log(&self, range_id: u64, entries: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
+        let mut write = WriteBatch::default();
+        for (index, entry) in entries {
+            write.put_cf(self.cf(CF_RAFT_LOG), keys::raft_log_key(range_id, *index), entry);
+        }
+        self.commit(write)
+    }
+
+    /// Entries with index in `[from, to)`, in order.
+    pub fn raft_log_entries(&self, range_id: u64, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        self.timed_read(|| {
+            let mut it = self.inner.db.raw_iterator_cf(self.cf(CF_RAFT_LOG));
+            it.seek(keys::raft_log_key(range_id, from));
+            let end = keys::raft_log_key(range_id, to);
+            let mut out = Vec::new();
+            while let (Some(raw), Some(value)) = (it.key(), it.value()) {
+                if raw >= end.as_slice() {
+                    break;
+                }
+                let index = raw
+                    .get(8..16)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| StorageError::Corrupt { what: "raft log key", detail: format!("{raw:02x?}") })?;
+                out.push((index, value.to_vec()));
+                it.next();
+            }
+            it.status()?;
+            Ok(out)
+        })
+    }
+
+    /// Removes entries from `index` on (a conflicting suffix).
+    pub fn truncate_raft_log_from(&self, range_id: u64, index: u64) -> Result<(), StorageError> {
+        let mut write = WriteBatch::default();
+        write.delete_range_cf(
+            self.cf(CF_RAFT_LOG),
+            &keys::raft_log_key(range_id, index)[..],
+            &keys::raft_log_key_after(range_id, u64::MAX)[..],
+        );
+        self.commit(write)
+    }
+
+    /// Removes entries up to and including `index` (after a snapshot).
+    pub fn purge_raft_log_upto(&self, range_id: u64, index: u64) -> Result<(), StorageError> {
+        let mut write = WriteBatch::default();
+        write.delete_range_cf(
+            self.cf(CF_RAFT_LOG),
+            &keys::raft_log_key(range_id, 0)[..],
+            &keys::raft_log_key_after(range_id, index)[..],
+        );
+        self.commit(write)
+    }
+
+    pub fn put_raft_state(&self, range_id: u64, tag: RaftStateTag, value: &[u8]) -> Result<(), StorageError> {
+        let mut write = WriteBatch::default();
+        write.put_cf(self.cf(CF_RAFT_STATE), keys::raft_state_key(range_id, tag), value);
+        self.commit(write)
+    }
+
+    pub fn get_raft_state(&self, range_id: u64, tag: RaftStateTag) -> Result<Option<Vec<u8>>, StorageError> {
+        self.timed_read(|| Ok(self.inner.db.get_cf(self.cf(CF_RAFT_STATE), keys::raft_state_key(range_id, tag))?))
+    }
+
+    /// Node metadata (node id, the clock's persisted bound), synced.
+    pub fn put_local(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        let mut write = WriteBatch::default();
+        write.put_cf(self.cf(CF_NODE_LOCAL), key, value);
+        self.commit(write)
+    }
+
+    pub fn get_local(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.timed_read(|| Ok(self.inner.db.get_cf(self.cf(CF_NODE_LOCAL), key)?))
+    }
+
+    /// Engine sizes summed over the column families.
+    pub fn engine_stats(&self) -> Result<EngineStats, StorageError> {
+        let mut stats = EngineStats::default();
+        for name in COLUMN_FAMILIES {
+            let property = |p: &str| -> Result<u64, StorageError> {
+                Ok(self.inner.db.property_int_value_cf(self.cf(name), p)?.unwrap_or(0))
+            };
+            stats.memtable_bytes += property("rocksdb.cur-size-all-mem-tables")?;
+            stats.sst_bytes += property("rocksdb.total-sst-files-size")?;
+            stats.pending_compaction_bytes += property("rocksdb.estimate-pending-compaction-bytes")?;
+        }
+        Ok(stats)
+    }
+}
+
+fn decode(raw: &[u8]) -> Result<keys::DataKey, StorageError> {
+    keys::decode_data_key(raw)
+        .ok_or_else(|| StorageError::Corrupt { what: "range data key", detail: format!("{raw:02x?}") })
+}
+
+fn version_ts(raw: &[u8]) -> Result<Timestamp, StorageError> {
+    decode(raw)?
+        .version
+        .ok_or_else(|| StorageError::Corrupt { what: "version key", detail: format!("no timestamp in {raw:02x?}") })
+}
+
+#[cfg(test)]
+mod tests;
