@@ -1,0 +1,219 @@
+//! Node configuration: defaults, overridden by a TOML file, overridden by environment variables
+//! and command-line flags (see `cli::NodeArgs`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::storage::StorageConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeConfig {
+    /// Fixed node id; when absent the node keeps the id stored in its data directory or picks one.
+    pub node_id: Option<u64>,
+    /// QUIC (PWP) listen address.
+    pub listen: SocketAddr,
+    /// Observability HTTP listen address (`/metrics`, `/healthz`, `/readyz`).
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    /// A `tracing` filter such as `info` or `pleiades=debug,info`.
+    pub log_level: String,
+    pub tls: TlsConfig,
+    pub storage: StorageConfig,
+    pub wire: WireConfig,
+    pub clock: ClockConfig,
+    pub kv: KvLimits,
+    /// How long a shutdown waits for open streams before closing connections.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            http: SocketAddr::from(([127, 0, 0, 1], 7480)),
+            data_dir: PathBuf::from("pleiades-data"),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            tls: TlsConfig::default(),
+            storage: StorageConfig::default(),
+            wire: WireConfig::default(),
+            clock: ClockConfig::default(),
+            kv: KvLimits::default(),
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+/// TLS is always on. Without a certificate and key the node creates a local CA and a node
+/// certificate under `<data-dir>/tls` on first start and reuses them afterwards.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsConfig {
+    /// PEM certificate chain of this node.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of this node.
+    pub key: Option<PathBuf>,
+    /// Extra DNS names or IP addresses for a generated certificate.
+    pub subject_alt_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WireConfig {
+    /// Largest PWP message payload accepted.
+    pub max_payload_bytes: u64,
+    /// A stream that stops sending in the middle of a frame for this long is closed.
+    pub stall_timeout_ms: u64,
+    /// Concurrent PWP streams per QUIC connection.
+    pub max_streams_per_connection: u32,
+    /// QUIC idle timeout of a connection.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for WireConfig {
+    fn default() -> Self {
+        WireConfig {
+            max_payload_bytes: 16 << 20,
+            stall_timeout_ms: 10_000,
+            max_streams_per_connection: 1_024,
+            idle_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClockConfig {
+    /// Remote timestamps further ahead than this are rejected.
+    pub max_offset_ms: u64,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig { max_offset_ms: crate::clock::DEFAULT_MAX_OFFSET.as_millis() as u64 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KvLimits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Most entries one scan returns.
+    pub max_scan_limit: u32,
+}
+
+impl Default for KvLimits {
+    fn default() -> Self {
+        KvLimits { max_key_bytes: 64 << 10, max_value_bytes: 8 << 20, max_scan_limit: 10_000 }
+    }
+}
+
+impl NodeConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
+    }
+
+    /// Checks what serde cannot: ranges and cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.wire.max_payload_bytes == 0 {
+            return invalid("wire.max-payload-bytes must be positive".into());
+        }
+        if self.wire.stall_timeout_ms == 0 {
+            return invalid("wire.stall-timeout-ms must be positive".into());
+        }
+        if self.wire.max_streams_per_connection == 0 {
+            return invalid("wire.max-streams-per-connection must be positive".into());
+        }
+        if (self.kv.max_value_bytes as u64) >= self.wire.max_payload_bytes {
+            return invalid(format!(
+                "kv.max-value-bytes ({}) must be below wire.max-payload-bytes ({}) so a maximal value fits in a message",
+                self.kv.max_value_bytes, self.wire.max_payload_bytes
+            ));
+        }
+        if self.kv.max_key_bytes == 0 || self.kv.max_scan_limit == 0 {
+            return invalid("kv.max-key-bytes and kv.max-scan-limit must be positive".into());
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return invalid("tls.cert and tls.key must be given together".into());
+        }
+        if self.listen.port() != 0 && self.listen == self.http {
+            return invalid(format!("listen and http are both {}", self.listen));
+        }
+        self.storage.validate().map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.wire.stall_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_parses_with_kebab_case_keys() {
+        let config: NodeConfig = toml::from_str(
+            r#"
+            node-id = 7
+            listen = "127.0.0.1:9000"
+            http = "127.0.0.1:9001"
+            data-dir = "/var/lib/pleiades"
+            log-format = "json"
+            [wire]
+            max-payload-bytes = 1048576
+            [clock]
+            max-offset-ms = 250
+            [kv]
+            max-key-bytes = 1024
+            max-value-bytes = 4096
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.node_id, Some(7));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.wire.max_payload_bytes, 1 << 20);
+        assert_eq!(config.clock.max_offset_ms, 250);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_clear_errors() {
+        let err = toml::from_str::<NodeConfig>("lisen = \"127.0.0.1:1\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field `lisen`"), "{err}");
+        let err = toml::from_str::<NodeConfig>("listen = \"not an address\"").unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+        let mut config = NodeConfig::default();
+        config.kv.max_value_bytes = 32 << 20;
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("kv.max-value-bytes"), "{err}");
+    }
+}

@@ -1,0 +1,357 @@
+//! The node process: opens storage, starts the clock, serves PWP over QUIC and the
+//! observability endpoints, and shuts down cleanly.
+
+mod kv;
+mod system;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pleiades_proto::payload_type;
+use pleiades_proto::v1::{HealthRequest, NodeInfoRequest};
+use pleiades_proto::wire::{Service, ServiceDirectory, ServiceHealth, ServiceTypeStatus};
+use prometheus_client::registry::Registry;
+use prost::Message;
+use tracing::{error, info, warn};
+
+use crate::clock::{ClockError, Hlc, SystemClock, UpperBoundStore, DEFAULT_PERSIST_WINDOW};
+use crate::config::{ConfigError, NodeConfig};
+use crate::observe::{Health, HttpState, Metrics, OperationLabels};
+use crate::storage::{Storage, StorageError};
+use crate::transport::server::{self, Dispatch, DispatchError, StreamSettings};
+use crate::transport::tls::{self, QuicLimits, TlsError};
+
+pub use kv::KvService;
+pub use system::SystemService;
+
+/// Node-local keys.
+const NODE_ID_KEY: &[u8] = b"node_id";
+const HLC_UPPER_BOUND_KEY: &[u8] = b"hlc_wall_upper_bound";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("clock: {0}")]
+    Clock(#[from] ClockError),
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("data directory belongs to node {stored}, but node id {configured} was configured")]
+    NodeIdMismatch { stored: u64, configured: u64 },
+    #[error("corrupt node-local record {key}: {detail}")]
+    CorruptLocal { key: &'static str, detail: String },
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// Addresses a running node actually bound (they differ from the config when it asks for port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddresses {
+    pub node_id: u64,
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| NodeError::Task(e.to_string()))
+}
+
+fn decode_u64(key: &'static str, bytes: &[u8]) -> Result<u64, NodeError> {
+    let array: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| NodeError::CorruptLocal { key, detail: format!("expected 8 bytes, found {}", bytes.len()) })?;
+    Ok(u64::from_be_bytes(array))
+}
+
+/// The node id stored in the data directory, else the configured one, else a random one; stored.
+fn resolve_node_id(storage: &Storage, configured: Option<u64>) -> Result<u64, NodeError> {
+    if let Some(stored) = storage.get_local(NODE_ID_KEY)? {
+        let stored = decode_u64("node_id", &stored)?;
+        return match configured {
+            Some(configured) if configured != stored => Err(NodeError::NodeIdMismatch { stored, configured }),
+            _ => Ok(stored),
+        };
+    }
+    let id = configured.unwrap_or_else(random_node_id);
+    storage.put_local(NODE_ID_KEY, &id.to_be_bytes())?;
+    Ok(id)
+}
+
+fn random_node_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS; mixing in time and pid separates nodes started together.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
+}
+
+/// Keeps the HLC's wall-time upper bound in node-local storage.
+struct StoredUpperBound(Storage);
+
+impl UpperBoundStore for StoredUpperBound {
+    fn load(&self) -> Result<Option<u64>, ClockError> {
+        let stored = self.0.get_local(HLC_UPPER_BOUND_KEY).map_err(|e| ClockError::Persist(e.to_string()))?;
+        stored
+            .map(|bytes| decode_u64("hlc_wall_upper_bound", &bytes).map_err(|e| ClockError::Persist(e.to_string())))
+            .transpose()
+    }
+
+    fn persist(&self, wall_nanos: u64) -> Result<(), ClockError> {
+        self.0.put_local(HLC_UPPER_BOUND_KEY, &wall_nanos.to_be_bytes()).map_err(|e| ClockError::Persist(e.to_string()))
+    }
+}
+
+/// Opens the node's clock with its upper bound kept in `storage`.
+pub fn open_clock(storage: &Storage, max_offset: Duration) -> Result<Hlc, ClockError> {
+    Hlc::with_persistence(
+        Arc::new(SystemClock),
+        max_offset,
+        Arc::new(StoredUpperBound(storage.clone())),
+        DEFAULT_PERSIST_WINDOW,
+    )
+}
+
+/// The services this node serves over PWP.
+struct NodeServices {
+    system: SystemService,
+    kv: Arc<KvService>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+const SERVED: [Service; 2] = [Service::System, Service::Kv];
+
+impl ServiceDirectory for NodeServices {
+    fn service_type_status(&self, service: Service) -> ServiceTypeStatus {
+        if !SERVED.contains(&service) {
+            // Gossip, raft and messaging come with later releases: retrying this node won't help.
+            ServiceTypeStatus::UnavailableNonRetryable
+        } else if self.health.is_ready() {
+            ServiceTypeStatus::Ready
+        } else {
+            ServiceTypeStatus::UnavailableRetryable
+        }
+    }
+
+    fn service_health(&self, service: Service) -> ServiceHealth {
+        if SERVED.contains(&service) && self.health.is_ready() {
+            ServiceHealth::Healthy
+        } else {
+            ServiceHealth::Unhealthy
+        }
+    }
+}
+
+impl Dispatch for NodeServices {
+    async fn dispatch(&self, service: Service, kind: u8, payload: Bytes) -> Result<(u8, Bytes), DispatchError> {
+        match (service, kind) {
+            (Service::System, payload_type::system::NODE_INFO_REQUEST) => {
+                let started = Instant::now();
+                NodeInfoRequest::decode(payload).map_err(|e| DispatchError::malformed("NodeInfoRequest", e))?;
+                let response = self.system.node_info().encode_to_vec();
+                self.observe_system("node_info", started);
+                Ok((payload_type::system::NODE_INFO_RESPONSE, response.into()))
+            }
+            (Service::System, payload_type::system::HEALTH_REQUEST) => {
+                let started = Instant::now();
+                HealthRequest::decode(payload).map_err(|e| DispatchError::malformed("HealthRequest", e))?;
+                let response = self.system.health().encode_to_vec();
+                self.observe_system("health", started);
+                Ok((payload_type::system::HEALTH_RESPONSE, response.into()))
+            }
+            (Service::Kv, payload_type::kv::REQUEST) => {
+                let response = self.kv.handle(payload).await;
+                Ok((payload_type::kv::RESPONSE, response.encode_to_vec().into()))
+            }
+            _ => Err(DispatchError::UnknownPayloadType { service, payload_type: kind }),
+        }
+    }
+}
+
+impl NodeServices {
+    fn observe_system(&self, op: &'static str, started: Instant) {
+        self.metrics
+            .system_request_seconds
+            .get_or_create(&OperationLabels { op })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Runs a node until `shutdown` resolves, then stops accepting, drains, flushes and closes
+/// storage. `on_ready` receives the bound addresses once the node serves.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(BoundAddresses),
+) -> Result<(), NodeError> {
+    config.validate()?;
+    let started = Instant::now();
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| NodeError::DataDir { path: config.data_dir.clone(), source })?;
+
+    let db_path = config.data_dir.join("db");
+    let storage_config = config.storage.clone();
+    let storage = blocking(move || Storage::open(&db_path, &storage_config)).await??;
+    let node_id = resolve_node_id(&storage, config.node_id)?;
+    let hlc = Arc::new(open_clock(&storage, Duration::from_millis(config.clock.max_offset_ms))?);
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    storage.metrics().register(&mut registry);
+
+    let limits = QuicLimits {
+        max_streams: config.wire.max_streams_per_connection,
+        idle_timeout: Duration::from_millis(config.wire.idle_timeout_ms),
+    };
+    let identity = tls::node_identity(&config.tls, &config.data_dir)?;
+    let endpoint = quinn::Endpoint::server(tls::server_config(identity, &limits)?, config.listen)
+        .map_err(|source| NodeError::Bind { what: "QUIC", addr: config.listen, source })?;
+    let quic_addr =
+        endpoint.local_addr().map_err(|source| NodeError::Bind { what: "QUIC", addr: config.listen, source })?;
+
+    let health = Arc::new(Health::default());
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let refresh = {
+        let storage = storage.clone();
+        let metrics = metrics.clone();
+        let hlc = hlc.clone();
+        Box::new(move || {
+            if let Ok(stats) = storage.engine_stats() {
+                metrics.rocksdb_memtable_bytes.set(stats.memtable_bytes as i64);
+                metrics.rocksdb_sst_bytes.set(stats.sst_bytes as i64);
+                metrics.rocksdb_pending_compaction_bytes.set(stats.pending_compaction_bytes as i64);
+            }
+            let rejections = hlc.offset_rejections();
+            let counted = metrics.hlc_offset_rejections.get();
+            metrics.hlc_offset_rejections.inc_by(rejections.saturating_sub(counted));
+        })
+    };
+    let http_state = Arc::new(HttpState { registry, health: health.clone(), refresh });
+    let (http_addr, http_server) = crate::observe::serve_http(config.http, http_state, async {
+        let _ = http_stopped.await;
+    })
+    .await
+    .map_err(|source| NodeError::Bind { what: "HTTP", addr: config.http, source })?;
+    let http_task = tokio::spawn(http_server);
+
+    let clock_task = {
+        let hlc = hlc.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(DEFAULT_PERSIST_WINDOW / 4);
+            loop {
+                tick.tick().await;
+                let hlc = hlc.clone();
+                match tokio::task::spawn_blocking(move || hlc.persist_ahead()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        error!(error = %e, "cannot persist the clock's upper bound");
+                        health.set_not_ready(format!("clock: {e}"));
+                    }
+                    Err(e) => error!(error = %e, "clock persistence task failed"),
+                }
+            }
+        })
+    };
+
+    let services = Arc::new(NodeServices {
+        system: SystemService {
+            node_id,
+            listen: quic_addr.to_string(),
+            http: http_addr.to_string(),
+            started,
+            hlc: hlc.clone(),
+            health: health.clone(),
+            services: SERVED.iter().map(|s| u32::from(u8::from(*s))).collect(),
+        },
+        kv: Arc::new(KvService::new(storage.clone(), hlc.clone(), config.kv.clone(), metrics.clone())),
+        health: health.clone(),
+        metrics: metrics.clone(),
+    });
+    let settings =
+        Arc::new(StreamSettings { max_payload: config.wire.max_payload_bytes, stall_timeout: config.stall_timeout() });
+    let accept_task = tokio::spawn(server::accept_loop(endpoint.clone(), services, settings, metrics.clone()));
+
+    health.set_ready();
+    info!(node_id, listen = %quic_addr, http = %http_addr, data_dir = %config.data_dir.display(), "node ready");
+    on_ready(BoundAddresses { node_id, quic: quic_addr, http: http_addr });
+
+    shutdown.await;
+    info!("shutting down: refusing new connections, draining streams");
+    health.set_not_ready("shutting down");
+    endpoint.set_server_config(None);
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let deadline = Instant::now() + grace;
+    while metrics.pwp_streams_open.get() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if metrics.pwp_streams_open.get() > 0 {
+        warn!(
+            open_streams = metrics.pwp_streams_open.get(),
+            ?grace,
+            "closing streams still open after the grace period"
+        );
+    }
+    endpoint.close(quinn::VarInt::from_u32(0), b"node shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    accept_task.abort();
+    clock_task.abort();
+    let _ = stop_http.send(());
+    let _ = http_task.await;
+    // Storage must be the last handle standing: the services held clones.
+    drop(hlc);
+    blocking(move || storage.close()).await??;
+    info!("node stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_is_kept_and_a_mismatch_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), &Default::default()).unwrap();
+        let id = resolve_node_id(&storage, None).unwrap();
+        assert_eq!(resolve_node_id(&storage, None).unwrap(), id);
+        assert_eq!(resolve_node_id(&storage, Some(id)).unwrap(), id);
+        let err = resolve_node_id(&storage, Some(id.wrapping_add(1))).unwrap_err();
+        assert!(matches!(err, NodeError::NodeIdMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn clock_restarts_above_its_persisted_bound_in_real_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let storage = Storage::open(dir.path(), &Default::default()).unwrap();
+            let hlc = open_clock(&storage, Duration::from_millis(500)).unwrap();
+            let ts = hlc.now().unwrap();
+            drop(hlc);
+            storage.close().unwrap();
+            ts
+        };
+        let storage = Storage::open(dir.path(), &Default::default()).unwrap();
+        // A physical clock an hour behind still cannot reissue time.
+        let behind = Arc::new(crate::clock::ManualClock::new(before.wall_nanos - 3_600_000_000_000));
+        let hlc = Hlc::with_persistence(
+            behind,
+            Duration::from_millis(500),
+            Arc::new(StoredUpperBound(storage.clone())),
+            DEFAULT_PERSIST_WINDOW,
+        )
+        .unwrap();
+        assert!(hlc.now().unwrap() > before);
+    }
+}

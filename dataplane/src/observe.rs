@@ -1,0 +1,200 @@
+//! Observability: Prometheus metrics (`prometheus-client`), `/healthz`, `/readyz`, and logging.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::config::LogFormat;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FrameLabels {
+    /// `in` or `out`.
+    pub direction: &'static str,
+    pub frame: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub op: &'static str,
+}
+
+/// Latency buckets from 10 µs to ~5 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 20))
+}
+
+/// The node's metrics. Counters are cheap atomics, safe to bump on hot paths.
+pub struct Metrics {
+    pub quic_connections_open: Gauge,
+    pub quic_connections_accepted: Counter,
+    pub pwp_streams_open: Gauge,
+    pub pwp_streams_accepted: Counter,
+    pub bytes_received: Counter,
+    pub bytes_sent: Counter,
+    pub frames: Family<FrameLabels, Counter>,
+    pub wire_errors: Family<ErrorLabels, Counter>,
+    pub kv_request_seconds: Family<OperationLabels, Histogram>,
+    pub system_request_seconds: Family<OperationLabels, Histogram>,
+    pub hlc_offset_rejections: Counter,
+    pub rocksdb_memtable_bytes: Gauge,
+    pub rocksdb_sst_bytes: Gauge,
+    pub rocksdb_pending_compaction_bytes: Gauge,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Arc<Self> {
+        let metrics = Metrics {
+            quic_connections_open: Gauge::default(),
+            quic_connections_accepted: Counter::default(),
+            pwp_streams_open: Gauge::default(),
+            pwp_streams_accepted: Counter::default(),
+            bytes_received: Counter::default(),
+            bytes_sent: Counter::default(),
+            frames: Family::default(),
+            wire_errors: Family::default(),
+            kv_request_seconds: Family::new_with_constructor(latency_histogram),
+            system_request_seconds: Family::new_with_constructor(latency_histogram),
+            hlc_offset_rejections: Counter::default(),
+            rocksdb_memtable_bytes: Gauge::default(),
+            rocksdb_sst_bytes: Gauge::default(),
+            rocksdb_pending_compaction_bytes: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("pleiades");
+        r.register("quic_connections_open", "Open QUIC connections", metrics.quic_connections_open.clone());
+        r.register("quic_connections_accepted", "QUIC connections accepted", metrics.quic_connections_accepted.clone());
+        r.register("pwp_streams_open", "Open PWP streams", metrics.pwp_streams_open.clone());
+        r.register("pwp_streams_accepted", "PWP streams accepted", metrics.pwp_streams_accepted.clone());
+        r.register("pwp_received_bytes", "Bytes received on PWP streams", metrics.bytes_received.clone());
+        r.register("pwp_sent_bytes", "Bytes sent on PWP streams", metrics.bytes_sent.clone());
+        r.register("pwp_frames", "PWP frames by direction and type", metrics.frames.clone());
+        r.register("pwp_errors", "PWP stream errors by kind", metrics.wire_errors.clone());
+        r.register("kv_request_seconds", "KV request latency by operation", metrics.kv_request_seconds.clone());
+        r.register(
+            "system_request_seconds",
+            "System service request latency by operation",
+            metrics.system_request_seconds.clone(),
+        );
+        r.register(
+            "hlc_offset_rejections",
+            "Remote timestamps rejected for exceeding the maximum clock offset",
+            metrics.hlc_offset_rejections.clone(),
+        );
+        r.register("rocksdb_memtable_bytes", "RocksDB memtable size", metrics.rocksdb_memtable_bytes.clone());
+        r.register("rocksdb_sst_bytes", "RocksDB SST files size", metrics.rocksdb_sst_bytes.clone());
+        r.register(
+            "rocksdb_pending_compaction_bytes",
+            "RocksDB estimated bytes pending compaction",
+            metrics.rocksdb_pending_compaction_bytes.clone(),
+        );
+        Arc::new(metrics)
+    }
+}
+
+/// Liveness and readiness of the node, as `/healthz` and `/readyz` report them.
+#[derive(Default)]
+pub struct Health {
+    ready: AtomicBool,
+    not_ready_reason: Mutex<String>,
+}
+
+impl Health {
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        *self.not_ready_reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.into();
+        self.ready.store(false, Ordering::SeqCst);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+    pub fn not_ready_reason(&self) -> String {
+        let reason = self.not_ready_reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if reason.is_empty() {
+            "starting".into()
+        } else {
+            reason
+        }
+    }
+}
+
+/// What the HTTP listener serves. `refresh` runs before each scrape to update sampled gauges.
+pub struct HttpState {
+    pub registry: Registry,
+    pub health: Arc<Health>,
+    pub refresh: Box<dyn Fn() + Send + Sync>,
+}
+
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    (state.refresh)();
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            body,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("cannot encode metrics: {e}\n"),
+        ),
+    }
+}
+
+async fn readyz(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    if state.health.is_ready() {
+        (StatusCode::OK, "ready\n".to_string())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", state.health.not_ready_reason()))
+    }
+}
+
+/// Binds the observability listener; the returned future serves until `shutdown` resolves.
+pub async fn serve_http(
+    addr: SocketAddr,
+    state: Arc<HttpState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let serve = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown);
+    Ok((local, async move { serve.await }))
+}
+
+/// Installs the global `tracing` subscriber. Logs go to stderr so stdout stays for command output.
+pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    };
+    result.map_err(|e| format!("cannot install the logger: {e}"))
+}
