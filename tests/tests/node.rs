@@ -1,0 +1,200 @@
+//! A real node process served over QUIC/PWP: system and KV requests through the client library
+//! and through the `pleiades` CLI, observability endpoints, and configuration precedence.
+
+use std::process::Command;
+
+use pleiades::client::ClientError;
+use pleiades_proto::v1::{ErrorCode, HealthStatus};
+use pleiades_tests::{pleiades_binary, TestNode};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_service_reports_identity_and_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &["--node-id", "42"]).unwrap();
+    let client = node.client().await.unwrap();
+    let mut system = client.system().await.unwrap();
+    let info = system.node_info().await.unwrap();
+    assert_eq!(info.node_id, 42);
+    assert_eq!(info.protocol_version, 1);
+    assert_eq!(info.listen_address, node.quic.to_string());
+    assert_eq!(info.http_address, node.http.to_string());
+    assert_eq!(info.services, vec![0x05, 0x03]);
+    assert!(info.now.unwrap().wall_nanos > 0);
+    let health = system.health().await.unwrap();
+    assert_eq!(health.status(), HealthStatus::Serving);
+    let rtt = system.0.latency_test(7).await.unwrap();
+    assert!(rtt.as_secs() < 10);
+    system.0.close().await.unwrap();
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_versions_scan_and_limits_over_pwp() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]).unwrap();
+    let client = node.client().await.unwrap();
+    let mut kv = client.kv().await.unwrap();
+
+    for (i, value) in ["one", "two", "three"].iter().enumerate() {
+        let put = kv.put(b"k", value.as_bytes()).await.unwrap();
+        assert_eq!(put.version as usize, i + 1);
+    }
+    assert_eq!(kv.get(b"k", 0).await.unwrap().unwrap().value, b"three");
+    assert_eq!(kv.get(b"k", 1).await.unwrap().unwrap().value, b"one");
+    let versions = kv.versions(b"k").await.unwrap();
+    assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), vec![3, 2, 1]);
+    let descriptor = kv.describe(b"k").await.unwrap().unwrap();
+    assert_eq!((descriptor.version_count, descriptor.latest_version, descriptor.retention), (3, 3, 255));
+    assert!(descriptor.first_write.unwrap().wall_nanos <= descriptor.last_write.unwrap().wall_nanos);
+
+    for key in ["a", "b", "c", "d"] {
+        kv.put(key.as_bytes(), key.to_uppercase().as_bytes()).await.unwrap();
+    }
+    kv.delete(b"b").await.unwrap();
+    assert_eq!(kv.get(b"b", 0).await.unwrap(), None);
+    assert_eq!(kv.get(b"b", 1).await.unwrap().unwrap().value, b"B", "older versions stay readable");
+    let scan = kv.scan(b"a", b"k", 2).await.unwrap();
+    let keys: Vec<_> = scan.entries.iter().map(|e| e.key.clone()).collect();
+    assert_eq!(keys, vec![b"a".to_vec(), b"c".to_vec()]);
+    assert_eq!(scan.resume_key, b"d");
+
+    let too_long_key = vec![b'x'; 64 * 1024 + 1];
+    match kv.put(&too_long_key, b"v").await {
+        Err(ClientError::Kv { code: ErrorCode::KeyTooLarge, message }) => {
+            assert!(message.contains("65537"), "{message}")
+        }
+        other => panic!("expected KeyTooLarge, got {other:?}"),
+    }
+    let too_big_value = vec![0u8; 8 * 1024 * 1024 + 1];
+    match kv.put(b"big", &too_big_value).await {
+        Err(ClientError::Kv { code: ErrorCode::ValueTooLarge, .. }) => {}
+        other => panic!("expected ValueTooLarge, got {other:?}"),
+    }
+    match kv.scan(b"", b"", 1_000_000).await {
+        Err(ClientError::Kv { code: ErrorCode::ScanLimitExceeded, .. }) => {}
+        other => panic!("expected ScanLimitExceeded, got {other:?}"),
+    }
+    // The stream is still usable after refused requests.
+    assert_eq!(kv.get(b"a", 0).await.unwrap().unwrap().value, b"A");
+    client.close().await;
+}
+
+fn cli(node: &TestNode, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(pleiades_binary())
+        .args(args)
+        .env("PLEIADES_ADDR", node.quic.to_string())
+        .env("PLEIADES_CA_CERT", node.data_dir.join("tls/ca.crt"))
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_round_trips_requests_over_quic() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]).unwrap();
+    let (ok, out, err) = cli(&node, &["kv", "put", "greeting", "hello"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.starts_with("OK version 1"), "{out}");
+    let (ok, out, _) = cli(&node, &["kv", "get", "greeting"]);
+    assert!(ok);
+    assert_eq!(out, "hello\n");
+    let (ok, out, _) = cli(&node, &["info"]);
+    assert!(ok);
+    assert!(out.contains(&format!("node id          {}", node.node_id)), "{out}");
+    let (ok, out, _) = cli(&node, &["health"]);
+    assert!(ok);
+    assert!(out.starts_with("HEALTH_STATUS_SERVING"), "{out}");
+    let (ok, out, _) = cli(&node, &["ping", "--count", "20", "--json"]);
+    assert!(ok, "{out}");
+    let figures: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(figures["count"], 20);
+    let (ok, _, err) = cli(&node, &["kv", "get", "missing"]);
+    assert!(!ok);
+    assert!(err.contains("missing: not found"), "{err}");
+    // A wrong CA is a clear TLS failure, not a hang or a panic.
+    let other = tempfile::tempdir().unwrap();
+    let other_node = TestNode::start(other.path(), &[]).unwrap();
+    let output = Command::new(pleiades_binary())
+        .args(["info", "--addr", &node.quic.to_string(), "--timeout-ms", "3000"])
+        .arg("--ca-cert")
+        .arg(other_node.data_dir.join("tls/ca.crt"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("cannot reach the node"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_readiness_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]).unwrap();
+    let client = node.client().await.unwrap();
+    let mut kv = client.kv().await.unwrap();
+    kv.put(b"m", b"v").await.unwrap();
+    kv.get(b"m", 0).await.unwrap();
+
+    assert_eq!(node.http_get("/healthz").unwrap(), (200, "ok\n".into()));
+    assert_eq!(node.http_get("/readyz").unwrap(), (200, "ready\n".into()));
+    let (status, metrics) = node.http_get("/metrics").unwrap();
+    assert_eq!(status, 200);
+    for expected in [
+        "pleiades_quic_connections_open 1",
+        "pleiades_pwp_streams_accepted_total",
+        "pleiades_pwp_received_bytes_total",
+        "pleiades_pwp_sent_bytes_total",
+        "pleiades_pwp_frames_total{direction=\"in\",frame=\"HELLO\"}",
+        "pleiades_pwp_frames_total{direction=\"out\",frame=\"RESPONSE_STREAM_ID_INCOMING\"}",
+        "pleiades_kv_request_seconds_count{op=\"put\"} 1",
+        "pleiades_kv_request_seconds_count{op=\"get\"} 1",
+        "pleiades_storage_write_seconds_count",
+        "pleiades_storage_read_seconds_count",
+        "pleiades_rocksdb_memtable_bytes",
+        "pleiades_rocksdb_sst_bytes",
+        "pleiades_rocksdb_pending_compaction_bytes",
+        "pleiades_hlc_offset_rejections_total 0",
+    ] {
+        assert!(metrics.contains(expected), "missing {expected} in:\n{metrics}");
+    }
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_override_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "node-id = 5\n[kv]\nmax-key-bytes = 8\n").unwrap();
+    let node =
+        TestNode::start(&dir.path().join("data"), &["--config", config.to_str().unwrap(), "--node-id", "9"]).unwrap();
+    assert_eq!(node.node_id, 9, "the flag wins over the file");
+    let client = node.client().await.unwrap();
+    let mut kv = client.kv().await.unwrap();
+    kv.put(b"12345678", b"fits").await.unwrap();
+    match kv.put(b"123456789", b"too long").await {
+        Err(ClientError::Kv { code: ErrorCode::KeyTooLarge, .. }) => {}
+        other => panic!("the file's key limit must apply: {other:?}"),
+    }
+    client.close().await;
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nmax-payload = 3\n").unwrap();
+    let output = Command::new(pleiades_binary()).args(["node", "--config", config.to_str().unwrap()]).output().unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("invalid config file") && err.contains("unknown field `max-payload`"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let output = Command::new(pleiades_binary()).args(["node", "--listen", "nowhere"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid value 'nowhere'"));
+}
