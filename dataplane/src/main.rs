@@ -170,7 +170,7 @@ async fn kv(args: KvArgs) -> anyhow::Result<()> {
             }
         }
         KvCommand::Versions { key } => {
-            println!("{:>7}  {:<32} {}", "VERSION", "TIMESTAMP", "VALUE");
+            println!("VERSION  {:<32} VALUE", "TIMESTAMP");
             for version in kv.versions(key.as_bytes()).await? {
                 let what =
                     if version.tombstone { "(deleted)".to_string() } else { format!("{} bytes", version.value_len) };

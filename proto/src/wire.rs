@@ -55,77 +55,59 @@ pub mod error_code {
 /// Message header: type (2 bytes) + size (9) + checksum (5).
 const MESSAGE_HEADER_LEN: usize = 16;
 
-/// The services a stream can bind to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Service {
+/// A one-byte enum of the protocol: conversions both ways, unknown bytes as `$error`.
+macro_rules! byte_enum {
+    ($(#[$doc:meta])* $name:ident, |$byte:ident| $error:expr, { $($variant:ident = $value:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant = $value),+
+        }
+
+        impl TryFrom<u8> for $name {
+            type Error = WireError;
+            fn try_from($byte: u8) -> Result<Self, WireError> {
+                match $byte {
+                    $($value => Ok($name::$variant),)+
+                    _ => Err($error),
+                }
+            }
+        }
+
+        impl From<$name> for u8 {
+            fn from(value: $name) -> u8 {
+                value as u8
+            }
+        }
+    };
+}
+
+byte_enum!(
+    /// The services a stream can bind to.
+    Service, |byte| WireError::UnknownService(byte), {
     Gossip = 0x01,
     Raft = 0x02,
     Kv = 0x03,
     Messaging = 0x04,
     System = 0x05,
-}
+});
 
-impl TryFrom<u8> for Service {
-    type Error = WireError;
-    fn try_from(byte: u8) -> Result<Self, WireError> {
-        Ok(match byte {
-            0x01 => Service::Gossip,
-            0x02 => Service::Raft,
-            0x03 => Service::Kv,
-            0x04 => Service::Messaging,
-            0x05 => Service::System,
-            other => return Err(WireError::UnknownService(other)),
-        })
-    }
-}
-
-impl From<Service> for u8 {
-    fn from(service: Service) -> u8 {
-        service as u8
-    }
-}
-
-/// SERVICE_TYPE_RESPONSE statuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServiceTypeStatus {
+byte_enum!(
+    /// SERVICE_TYPE_RESPONSE statuses.
+    ServiceTypeStatus, |byte| WireError::Malformed(format!("unknown service type status {byte:#04x}")), {
     Ready = 0x00,
     UnavailableRetryable = 0x01,
     UnavailableRetryableWithError = 0x02,
     UnavailableNonRetryable = 0x03,
     UnavailableNonRetryableWithError = 0x04,
-}
+});
 
-impl TryFrom<u8> for ServiceTypeStatus {
-    type Error = WireError;
-    fn try_from(byte: u8) -> Result<Self, WireError> {
-        Ok(match byte {
-            0x00 => ServiceTypeStatus::Ready,
-            0x01 => ServiceTypeStatus::UnavailableRetryable,
-            0x02 => ServiceTypeStatus::UnavailableRetryableWithError,
-            0x03 => ServiceTypeStatus::UnavailableNonRetryable,
-            0x04 => ServiceTypeStatus::UnavailableNonRetryableWithError,
-            other => return Err(WireError::Malformed(format!("unknown service type status {other:#04x}"))),
-        })
-    }
-}
-
-/// SERVICE_STATUS_RESPONSE values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServiceHealth {
+byte_enum!(
+    /// SERVICE_STATUS_RESPONSE values.
+    ServiceHealth, |byte| WireError::Malformed(format!("unknown service health {byte:#04x}")), {
     Healthy = 0x00,
     Unhealthy = 0x01,
-}
-
-impl TryFrom<u8> for ServiceHealth {
-    type Error = WireError;
-    fn try_from(byte: u8) -> Result<Self, WireError> {
-        match byte {
-            0x00 => Ok(ServiceHealth::Healthy),
-            0x01 => Ok(ServiceHealth::Unhealthy),
-            other => Err(WireError::Malformed(format!("unknown service health {other:#04x}"))),
-        }
-    }
-}
+});
 
 /// Everything that can be wrong with bytes on a stream. Each costs only that stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -618,7 +600,7 @@ impl ServerSession {
             (Frame::ServiceTypeRequest(byte), Negotiating) => {
                 let service = Service::try_from(byte)?;
                 let status = directory.service_type_status(service);
-                actions.push(Action::Send(Frame::ServiceTypeResponse(status as u8)));
+                actions.push(Action::Send(Frame::ServiceTypeResponse(status.into())));
                 if status == ServiceTypeStatus::Ready {
                     self.state = Bound(service);
                 } else {
@@ -627,7 +609,7 @@ impl ServerSession {
             }
             (Frame::ServiceStatusRequest(byte), _) if set_up => {
                 let health = directory.service_health(Service::try_from(byte)?);
-                actions.push(Action::Send(Frame::ServiceStatusResponse(health as u8)));
+                actions.push(Action::Send(Frame::ServiceStatusResponse(health.into())));
             }
             (Frame::Heartbeat, _) if set_up => {}
             (Frame::HeartbeatFrequency(seconds), _) if set_up => {

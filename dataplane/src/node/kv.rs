@@ -10,7 +10,7 @@ use pleiades_proto::v1::{
 };
 use prost::Message;
 
-use crate::clock::{Hlc, Timestamp};
+use crate::clock::Hlc;
 use crate::config::KvLimits;
 use crate::observe::{Metrics, OperationLabels};
 use crate::storage::{Storage, StorageError, VersionedValue};
@@ -178,7 +178,7 @@ impl KvService {
 }
 
 fn versioned(value: VersionedValue) -> v1::VersionedValue {
-    v1::VersionedValue { value: value.value, version: value.version, timestamp: Some(Timestamp::from(value.ts).into()) }
+    v1::VersionedValue { value: value.value, version: value.version, timestamp: Some(value.ts.into()) }
 }
 
 fn error_response(request_id: u64, code: ErrorCode, message: String) -> KvResponse {

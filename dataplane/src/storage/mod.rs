@@ -434,7 +434,7 @@ impl Storage {
     /// Version number `version` of the key, if retained and not a delete.
     pub fn get_version(&self, key: &[u8], version: u32) -> Result<Option<VersionedValue>, StorageError> {
         Ok(self.versions(key)?.into_iter().find(|(info, _)| info.version == version).and_then(|(info, value)| {
-            (!info.tombstone).then(|| VersionedValue { version: info.version, ts: info.ts, value })
+            (!info.tombstone).then_some(VersionedValue { version: info.version, ts: info.ts, value })
         }))
     }
 
