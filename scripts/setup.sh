@@ -3,7 +3,8 @@
 # is missing. Safe to run again; prints what it does.
 set -euo pipefail
 
-apt_packages=(libclang-dev curl)   # libclang: RocksDB bindings (bindgen); curl: the demo
+# libclang: RocksDB bindings (bindgen); curl: the demo; prometheus: the scrape test
+apt_packages=(libclang-dev curl prometheus)
 missing=()
 for package in "${apt_packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
