@@ -198,3 +198,32 @@ fn bad_configuration_is_a_clear_error_not_a_panic() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid value 'nowhere'"));
 }
+
+/// Writers racing on one key must all succeed: a write that took its timestamp before a racer
+/// committed is retried with a fresh one, never failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_to_one_key_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]).unwrap();
+    let client = std::sync::Arc::new(node.client().await.unwrap());
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut kv = client.kv().await.unwrap();
+                let mut versions = Vec::new();
+                for i in 0..50 {
+                    let put = kv.put(b"hot", format!("{writer}-{i}").as_bytes()).await.unwrap();
+                    versions.push(put.version);
+                }
+                versions
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for writer in writers {
+        versions.extend(writer.await.unwrap());
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=400).collect::<Vec<_>>(), "every write got its own version");
+}

@@ -13,7 +13,7 @@ use prost::Message;
 use crate::clock::Hlc;
 use crate::config::KvLimits;
 use crate::observe::{Metrics, OperationLabels};
-use crate::storage::{Storage, StorageError, VersionedValue};
+use crate::storage::{MvccBatch, Storage, StorageError, VersionedValue};
 
 pub struct KvService {
     storage: Storage,
@@ -27,7 +27,11 @@ struct Refusal(ErrorCode, String);
 
 impl From<StorageError> for Refusal {
     fn from(e: StorageError) -> Self {
-        Refusal(ErrorCode::Internal, e.to_string())
+        let code = match e {
+            StorageError::Clock(_) => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        };
+        Refusal(code, e.to_string())
     }
 }
 
@@ -83,9 +87,10 @@ impl KvService {
                         ),
                     ));
                 }
-                let ts = self.hlc.now()?;
-                let version = self.storage.put(&put.key, &put.value, ts)?;
-                Ok(KvResult::Put(v1::PutResponse { version, timestamp: Some(ts.into()) }))
+                let mut batch = MvccBatch::default();
+                batch.put(put.key, put.value);
+                let (ts, versions) = self.storage.write_now(batch, &self.hlc)?;
+                Ok(KvResult::Put(v1::PutResponse { version: versions[0], timestamp: Some(ts.into()) }))
             }
             Op::Get(get) => {
                 self.check_key(&get.key)?;
@@ -104,8 +109,9 @@ impl KvService {
             }
             Op::Delete(delete) => {
                 self.check_key(&delete.key)?;
-                let ts = self.hlc.now()?;
-                self.storage.delete(&delete.key, ts)?;
+                let mut batch = MvccBatch::default();
+                batch.delete(delete.key);
+                let (ts, _) = self.storage.write_now(batch, &self.hlc)?;
                 Ok(KvResult::Delete(v1::DeleteResponse { timestamp: Some(ts.into()) }))
             }
             Op::Scan(scan) => {

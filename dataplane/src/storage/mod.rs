@@ -27,7 +27,7 @@ use rocksdb::{
 };
 use serde::Deserialize;
 
-use crate::clock::Timestamp;
+use crate::clock::{Hlc, Timestamp};
 pub use keys::RaftStateTag;
 use records::{Descriptor, VersionRecord};
 
@@ -54,6 +54,8 @@ pub enum StorageError {
     DuplicateKeyInBatch,
     #[error("invalid storage configuration: {0}")]
     InvalidConfig(String),
+    #[error("clock: {0}")]
+    Clock(#[from] crate::clock::ClockError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -137,12 +139,13 @@ pub struct MvccBatch {
 }
 
 impl MvccBatch {
-    pub fn put(&mut self, key: &[u8], value: &[u8]) -> &mut Self {
-        self.ops.push((key.to_vec(), Some(value.to_vec())));
+    /// Takes owned buffers so a request's key and value move in without a copy.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push((key.into(), Some(value.into())));
         self
     }
-    pub fn delete(&mut self, key: &[u8]) -> &mut Self {
-        self.ops.push((key.to_vec(), None));
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push((key.into(), None));
         self
     }
 }
@@ -346,6 +349,21 @@ impl Storage {
     /// Applies every operation of `batch` at `ts`, all or nothing, in one synced WriteBatch.
     /// Returns each operation's new version number.
     pub fn write(&self, batch: MvccBatch, ts: Timestamp) -> Result<Vec<u32>, StorageError> {
+        Ok(self.apply(batch, || Ok(ts))?.1)
+    }
+
+    /// Like [`Storage::write`], at a timestamp read from `clock` once the batch's keys are
+    /// locked: it is after every version already written to them, so racing writers to one key
+    /// all succeed in the clock's order. Returns the timestamp and the version numbers.
+    pub fn write_now(&self, batch: MvccBatch, clock: &Hlc) -> Result<(Timestamp, Vec<u32>), StorageError> {
+        self.apply(batch, || Ok(clock.now()?))
+    }
+
+    fn apply(
+        &self,
+        batch: MvccBatch,
+        timestamp: impl FnOnce() -> Result<Timestamp, StorageError>,
+    ) -> Result<(Timestamp, Vec<u32>), StorageError> {
         let mut distinct: Vec<&[u8]> = batch.ops.iter().map(|(k, _)| k.as_slice()).collect();
         distinct.sort_unstable();
         distinct.dedup();
@@ -353,6 +371,7 @@ impl Storage {
             return Err(StorageError::DuplicateKeyInBatch);
         }
         let _guards = self.lock_keys(batch.ops.iter().map(|(k, _)| k.as_slice()));
+        let ts = timestamp()?;
         let cf = self.cf(CF_RANGE_DATA);
         let mut write = WriteBatch::default();
         let mut versions = Vec::with_capacity(batch.ops.len());
@@ -380,7 +399,7 @@ impl Storage {
             versions.push(descriptor.latest_version);
         }
         self.commit(write)?;
-        Ok(versions)
+        Ok((ts, versions))
     }
 
     /// Adds deletes of the key's `count` oldest versions (which sort last) to `write`.

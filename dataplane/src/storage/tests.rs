@@ -153,7 +153,7 @@ fn batches_are_atomic() {
     let storage = open(&dir);
     storage.put(b"stale", b"v", ts(50)).unwrap();
     let mut batch = MvccBatch::default();
-    batch.put(b"x", b"1").put(b"y", b"2").delete(b"stale");
+    batch.put(&b"x"[..], &b"1"[..]).put(&b"y"[..], &b"2"[..]).delete(&b"stale"[..]);
     // `stale` was written later than this batch's timestamp: nothing may be applied.
     let err = storage.write(batch, ts(10)).unwrap_err();
     assert!(matches!(err, StorageError::TimestampNotAfterLatest { .. }));
@@ -161,13 +161,13 @@ fn batches_are_atomic() {
     assert_eq!(storage.get_latest(b"y").unwrap(), None);
 
     let mut batch = MvccBatch::default();
-    batch.put(b"x", b"1").put(b"y", b"2").delete(b"stale");
+    batch.put(&b"x"[..], &b"1"[..]).put(&b"y"[..], &b"2"[..]).delete(&b"stale"[..]);
     assert_eq!(storage.write(batch, ts(60)).unwrap(), vec![1, 1, 2]);
     assert_eq!(storage.get_latest(b"y").unwrap().unwrap().ts, ts(60));
     assert_eq!(storage.get_latest(b"stale").unwrap(), None);
 
     let mut duplicate = MvccBatch::default();
-    duplicate.put(b"x", b"1").put(b"x", b"2");
+    duplicate.put(&b"x"[..], &b"1"[..]).put(&b"x"[..], &b"2"[..]);
     assert!(matches!(storage.write(duplicate, ts(70)), Err(StorageError::DuplicateKeyInBatch)));
 }
 
@@ -181,14 +181,10 @@ fn concurrent_writers_to_one_key_get_distinct_versions() {
             let (storage, clock) = (storage.clone(), clock.clone());
             std::thread::spawn(move || {
                 (0..50)
-                    .map(|_| loop {
-                        // A timestamp taken before another thread's write may lose the race:
-                        // the store refuses it rather than reorder history, and we retry.
-                        match storage.put(b"hot", b"v", clock.now().unwrap()) {
-                            Ok(version) => break version,
-                            Err(StorageError::TimestampNotAfterLatest { .. }) => continue,
-                            Err(e) => panic!("{e}"),
-                        }
+                    .map(|_| {
+                        let mut batch = MvccBatch::default();
+                        batch.put(&b"hot"[..], &b"v"[..]);
+                        storage.write_now(batch, &clock).unwrap().1[0]
                     })
                     .collect::<Vec<_>>()
             })
@@ -197,6 +193,9 @@ fn concurrent_writers_to_one_key_get_distinct_versions() {
     let mut versions: Vec<u32> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
     versions.sort_unstable();
     assert_eq!(versions, (1..=200).collect::<Vec<_>>());
+    // A timestamp taken outside the lock can lose the race; the store refuses to reorder.
+    let err = storage.put(b"hot", b"late", Timestamp::new(1, 0)).unwrap_err();
+    assert!(matches!(err, StorageError::TimestampNotAfterLatest { .. }));
 }
 
 #[test]
