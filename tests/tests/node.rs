@@ -227,3 +227,22 @@ async fn concurrent_writers_to_one_key_all_succeed() {
     versions.sort_unstable();
     assert_eq!(versions, (1..=400).collect::<Vec<_>>(), "every write got its own version");
 }
+
+/// A certificate and key given as files (as Kubernetes secrets will be) instead of generated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_a_certificate_loaded_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let issued = pleiades::transport::tls::GeneratedPaths::in_data_dir(&dir.path().join("issuer"));
+    pleiades::transport::tls::generate_identity(&issued, &[]).unwrap();
+    let data_dir = dir.path().join("node");
+    let node = TestNode::start(
+        &data_dir,
+        &["--tls-cert", issued.node_cert.to_str().unwrap(), "--tls-key", issued.node_key.to_str().unwrap()],
+    )
+    .unwrap();
+    assert!(!data_dir.join("tls").exists(), "no identity may be generated when one is given");
+    let config = pleiades::client::ClientConfig { ca_cert: issued.ca_cert.clone(), ..node.client_config() };
+    let client = pleiades::client::Client::connect(&config).await.unwrap();
+    client.system().await.unwrap().health().await.unwrap();
+    client.close().await;
+}

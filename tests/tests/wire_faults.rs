@@ -227,3 +227,31 @@ async fn every_bad_input_costs_only_its_stream() {
         assert!(metrics.contains(&line), "{kind} not counted {count} times:\n{metrics}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_misses_its_promised_heartbeats_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]).unwrap();
+    let (_endpoint, connection) = connect(&node).await;
+    // Promise a heartbeat every second, then say nothing.
+    let mut promise = BytesMut::from(&SETUP_SYSTEM[..]);
+    Frame::HeartbeatFrequency(1).encode(&mut promise);
+    let started = Instant::now();
+    let frames = exchange(&connection, &promise, false).await;
+    assert_protocol_error(&frames, "no heartbeat");
+    assert!(started.elapsed() >= Duration::from_millis(2_900), "closed before three missed heartbeats");
+
+    // Heartbeats keep a stream alive past that window.
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(&promise).await.unwrap();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        send.write_all(&[0xE0]).await.unwrap();
+    }
+    let mut request = message(payload_type::system::HEALTH_REQUEST, &[]);
+    request.put_u8(0xFF);
+    send.write_all(&request).await.unwrap();
+    send.finish().unwrap();
+    let frames = decode_all(BytesMut::from(&recv.read_to_end(1 << 20).await.unwrap()[..]));
+    assert!(matches!(frames.as_slice(), [.., Frame::Message { payload_type: 0x04, .. }, Frame::Close]), "{frames:?}");
+}
