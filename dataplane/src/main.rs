@@ -54,7 +54,7 @@ async fn run_node(args: pleiades::cli::NodeArgs) -> anyhow::Result<()> {
             }
         }
     };
-    if let Err(e) = pleiades::node::run(config, shutdown, |_| {}).await {
+    if let Err(e) = pleiades::node::run(config, shutdown).await {
         tracing::error!(error = %e, "node failed");
         return Err(e.into());
     }

@@ -53,14 +53,6 @@ pub enum NodeError {
     Task(String),
 }
 
-/// Addresses a running node actually bound (they differ from the config when it asks for port 0).
-#[derive(Debug, Clone, Copy)]
-pub struct BoundAddresses {
-    pub node_id: u64,
-    pub quic: SocketAddr,
-    pub http: SocketAddr,
-}
-
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, NodeError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| NodeError::Task(e.to_string()))
 }
@@ -189,12 +181,8 @@ impl NodeServices {
 }
 
 /// Runs a node until `shutdown` resolves, then stops accepting, drains, flushes and closes
-/// storage. `on_ready` receives the bound addresses once the node serves.
-pub async fn run(
-    config: NodeConfig,
-    shutdown: impl Future<Output = ()>,
-    on_ready: impl FnOnce(BoundAddresses),
-) -> Result<(), NodeError> {
+/// storage. The "node ready" log event carries the addresses actually bound (port 0 picks one).
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     config.validate()?;
     let started = Instant::now();
     std::fs::create_dir_all(&config.data_dir)
@@ -285,7 +273,6 @@ pub async fn run(
 
     health.set_ready();
     info!(node_id, listen = %quic_addr, http = %http_addr, data_dir = %config.data_dir.display(), "node ready");
-    on_ready(BoundAddresses { node_id, quic: quic_addr, http: http_addr });
 
     shutdown.await;
     info!("shutting down: refusing new connections, draining streams");
