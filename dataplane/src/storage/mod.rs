@@ -15,6 +15,7 @@ mod records;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -50,6 +51,8 @@ pub enum StorageError {
     Corrupt { what: &'static str, detail: String },
     #[error("a write at {ts} is not after the key's latest version at {latest}")]
     TimestampNotAfterLatest { ts: Timestamp, latest: Timestamp },
+    #[error("key {key:02x?} has reached version {}, the last a key can have", u32::MAX)]
+    VersionsExhausted { key: Vec<u8> },
     #[error("a key appears more than once in one batch")]
     DuplicateKeyInBatch,
     #[error("invalid storage configuration: {0}")]
@@ -383,7 +386,11 @@ impl Storage {
                 Some(d) => d,
                 None => Descriptor::new(ts),
             };
-            descriptor.latest_version += 1;
+            // A refusal, not a wrap: a wrapped number would reorder the key's versions.
+            descriptor.latest_version = descriptor
+                .latest_version
+                .checked_add(1)
+                .ok_or_else(|| StorageError::VersionsExhausted { key: key.clone() })?;
             descriptor.last_write = ts;
             descriptor.deleted = value.is_none();
             let record = VersionRecord { version: descriptor.latest_version, tombstone: value.is_none() };
@@ -450,24 +457,43 @@ impl Storage {
         self.get_at(key, Timestamp::MAX)
     }
 
-    /// Version number `version` of the key, if retained and not a delete.
+    /// Version number `version` of the key, if retained and not a delete. Reads version headers
+    /// newest first and copies only the matching value.
     pub fn get_version(&self, key: &[u8], version: u32) -> Result<Option<VersionedValue>, StorageError> {
-        Ok(self.versions(key)?.into_iter().find(|(info, _)| info.version == version).and_then(|(info, value)| {
-            (!info.tombstone).then_some(VersionedValue { version: info.version, ts: info.ts, value })
-        }))
+        let mut found = None;
+        self.visit_versions(key, |info, value| {
+            // Version numbers fall as the iteration goes back in time.
+            if info.version > version {
+                return ControlFlow::Continue(());
+            }
+            if info.version == version && !info.tombstone {
+                found = Some(VersionedValue { version, ts: info.ts, value: value.to_vec() });
+            }
+            ControlFlow::Break(())
+        })?;
+        Ok(found)
     }
 
-    /// Every retained version, newest first.
+    /// Every retained version, newest first, without copying any value.
     pub fn list_versions(&self, key: &[u8]) -> Result<Vec<VersionInfo>, StorageError> {
-        Ok(self.versions(key)?.into_iter().map(|(info, _)| info).collect())
+        let mut out = Vec::new();
+        self.visit_versions(key, |info, _| {
+            out.push(info);
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
     }
 
-    fn versions(&self, key: &[u8]) -> Result<Vec<(VersionInfo, Vec<u8>)>, StorageError> {
+    /// Calls `visit` with each retained version of `key`, newest first, until it breaks.
+    fn visit_versions(
+        &self,
+        key: &[u8],
+        mut visit: impl FnMut(VersionInfo, &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
         self.timed_read(|| {
             let prefix = keys::descriptor_key(key);
             let mut it = self.data_iter();
             it.seek(keys::version_key(key, Timestamp::MAX));
-            let mut out = Vec::new();
             while let (Some(raw), Some(value)) = (it.key(), it.value()) {
                 if !(raw.starts_with(&prefix) && raw.len() == prefix.len() + Timestamp::ENCODED_LEN) {
                     break;
@@ -479,11 +505,12 @@ impl Storage {
                     tombstone: record.tombstone,
                     value_len: value.len(),
                 };
-                out.push((info, value.to_vec()));
+                if visit(info, value).is_break() {
+                    return Ok(());
+                }
                 it.next();
             }
-            it.status()?;
-            Ok(out)
+            Ok(it.status()?)
         })
     }
 

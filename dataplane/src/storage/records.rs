@@ -45,7 +45,8 @@ impl Descriptor {
     }
 
     pub fn version_count(&self) -> u32 {
-        (self.latest_version + 1).saturating_sub(self.oldest_version)
+        // Widened so a key at version u32::MAX cannot overflow; decode keeps oldest >= 1.
+        (u64::from(self.latest_version) + 1).saturating_sub(u64::from(self.oldest_version)) as u32
     }
 
     pub fn encode(&self) -> Vec<u8> {

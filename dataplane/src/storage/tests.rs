@@ -291,3 +291,57 @@ fn corrupt_records_are_errors_not_panics() {
     let err = storage.descriptor(b"k").unwrap_err();
     assert!(err.to_string().contains("corrupt key descriptor"), "{err}");
 }
+
+#[test]
+fn a_key_at_the_last_version_number_refuses_writes_instead_of_wrapping() {
+    use super::records::Descriptor;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    storage.put(b"k", b"v", ts(1)).unwrap();
+    let mut descriptor = Descriptor::new(ts(1));
+    descriptor.latest_version = u32::MAX;
+    descriptor.oldest_version = u32::MAX;
+    descriptor.last_write = ts(1);
+    storage.inner.db.put_cf(storage.cf(CF_RANGE_DATA), keys::descriptor_key(b"k"), descriptor.encode()).unwrap();
+    assert_eq!(storage.descriptor(b"k").unwrap().unwrap().version_count, 1);
+
+    let mut batch = MvccBatch::default();
+    batch.put(&b"other"[..], &b"v"[..]).put(&b"k"[..], &b"w"[..]);
+    let err = storage.write(batch, ts(2)).unwrap_err();
+    assert!(matches!(err, StorageError::VersionsExhausted { .. }), "{err}");
+    assert_eq!(storage.get_latest(b"other").unwrap(), None, "the whole batch is refused");
+    assert_eq!(storage.list_versions(b"k").unwrap().len(), 1);
+}
+
+#[test]
+fn get_version_finds_middle_versions_and_not_deletes_or_collected_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), &StorageConfig { default_retention: 4, ..Default::default() }).unwrap();
+    for i in 1..=5 {
+        storage.put(b"k", format!("v{i}").as_bytes(), ts(i)).unwrap();
+    }
+    storage.delete(b"k", ts(6)).unwrap();
+    // Retention 4 keeps versions 3..=6; 6 is the delete.
+    assert_eq!(storage.get_version(b"k", 2).unwrap(), None);
+    let v3 = storage.get_version(b"k", 3).unwrap().unwrap();
+    assert_eq!((v3.version, v3.ts, v3.value.as_slice()), (3, ts(3), &b"v3"[..]));
+    assert_eq!(storage.get_version(b"k", 5).unwrap().unwrap().value, b"v5");
+    assert_eq!(storage.get_version(b"k", 6).unwrap(), None);
+    assert_eq!(storage.get_version(b"k", 7).unwrap(), None);
+    assert_eq!(storage.get_version(b"absent", 1).unwrap(), None);
+}
+
+#[test]
+fn write_and_read_latencies_are_exported_under_their_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    storage.put(b"k", b"v", ts(1)).unwrap();
+    storage.get_latest(b"k").unwrap();
+    storage.get_latest(b"k").unwrap();
+    let mut registry = Registry::default();
+    storage.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains("pleiades_storage_write_seconds_count 1\n"), "{text}");
+    assert!(text.contains("pleiades_storage_read_seconds_count 2\n"), "{text}");
+}
