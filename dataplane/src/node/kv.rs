@@ -29,6 +29,8 @@ impl From<StorageError> for Refusal {
     fn from(e: StorageError) -> Self {
         let code = match e {
             StorageError::Clock(_) => ErrorCode::Unavailable,
+            // The client's key has no version numbers left: its request, not the node, is at fault.
+            StorageError::VersionsExhausted { .. } => ErrorCode::InvalidArgument,
             _ => ErrorCode::Internal,
         };
         Refusal(code, e.to_string())
