@@ -39,19 +39,15 @@ fn main() -> ExitCode {
 async fn run_node(args: pleiades::cli::NodeArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
     pleiades::observe::init_logging(config.log_format, &config.log_level).map_err(anyhow::Error::msg)?;
-    let shutdown = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = int.recv() => tracing::info!("SIGINT received"),
-                }
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::error!(error = %e, "cannot watch for signals; stop the node with SIGKILL");
-                std::future::pending::<()>().await;
-            }
+    // Registered before the node starts: a lazily created listener would leave a window after
+    // "node ready" in which SIGTERM or SIGINT still kill the process without a clean shutdown.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
     };
     if let Err(e) = pleiades::node::run(config, shutdown).await {
