@@ -18,6 +18,14 @@ impl Timestamp {
         Timestamp { wall_nanos, logical }
     }
 
+    /// The smallest timestamp after this one.
+    pub fn next(self) -> Self {
+        match self.logical.checked_add(1) {
+            Some(logical) => Timestamp { wall_nanos: self.wall_nanos, logical },
+            None => Timestamp { wall_nanos: self.wall_nanos.saturating_add(1), logical: 0 },
+        }
+    }
+
     /// Big-endian (wall, logical): byte order equals timestamp order.
     pub fn to_be_bytes(self) -> [u8; 12] {
         let mut out = [0u8; 12];

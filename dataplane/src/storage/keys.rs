@@ -105,6 +105,20 @@ pub fn decode_data_key(raw: &[u8]) -> Option<DataKey> {
     Some(DataKey { user_key, prefix_len, version })
 }
 
+/// A per-range system record in `range_data`. `0x00 0x00` begins no escaped user key (a user
+/// 0x00 is always followed by 0xFF or 0x01), so these never collide with data and sort first.
+pub fn system_key(kind: u8, range_id: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(11);
+    key.extend_from_slice(&[ESCAPE, ESCAPE, kind]);
+    key.extend_from_slice(&range_id.to_be_bytes());
+    key
+}
+
+/// `system_key` kinds.
+pub const SYSTEM_APPLIED_STATE: u8 = b'A';
+/// A range descriptor held by the meta range.
+pub const SYSTEM_RANGE_DESCRIPTOR: u8 = b'D';
+
 /// What a `raft_state` record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RaftStateTag {

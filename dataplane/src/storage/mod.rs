@@ -38,6 +38,9 @@ pub const CF_RANGE_DATA: &str = "range_data";
 pub const CF_NODE_LOCAL: &str = "node_local";
 const COLUMN_FAMILIES: [&str; 4] = [CF_RAFT_LOG, CF_RAFT_STATE, CF_RANGE_DATA, CF_NODE_LOCAL];
 
+/// Raw key-value records, in key order.
+pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The seed's maximum number of versions per key.
 pub const MAX_RETENTION: u8 = 255;
 /// Stripes of the per-key write locks.
@@ -187,6 +190,7 @@ pub struct EngineStats {
 pub struct StorageMetrics {
     pub write_seconds: Histogram,
     pub read_seconds: Histogram,
+    pub wal_sync_seconds: Histogram,
 }
 
 impl StorageMetrics {
@@ -194,19 +198,36 @@ impl StorageMetrics {
         StorageMetrics {
             write_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
             read_seconds: Histogram::new(exponential_buckets(0.000_001, 2.0, 20)),
+            wal_sync_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
         }
     }
 
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("pleiades_storage");
-        r.register("write_seconds", "Durable (synced) write latency", self.write_seconds.clone());
+        r.register("write_seconds", "Write latency (synced and buffered)", self.write_seconds.clone());
+        r.register("wal_sync_seconds", "WAL fsync latency (raft log group commit)", self.wal_sync_seconds.clone());
         r.register("read_seconds", "Read latency", self.read_seconds.clone());
     }
+}
+
+#[derive(Clone, Copy)]
+enum Durability {
+    Synced,
+    Buffered,
+}
+
+/// Whether a write applies a committed raft command, and the range records that go with it.
+enum Replicated<'a> {
+    No,
+    Yes(&'a [(Vec<u8>, Vec<u8>)]),
 }
 
 struct Inner {
     db: DB,
     sync_write: WriteOptions,
+    /// For writes a later WAL sync covers: replicated applies (the raft log can replay them)
+    /// and raft log appends (made durable by [`Storage::sync_wal`] before they are acknowledged).
+    buffered_write: WriteOptions,
     default_retention: u8,
     key_locks: Vec<Mutex<()>>,
     metrics: StorageMetrics,
@@ -262,6 +283,7 @@ impl Storage {
             inner: Arc::new(Inner {
                 db,
                 sync_write,
+                buffered_write: WriteOptions::default(),
                 default_retention: config.default_retention,
                 key_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
                 metrics: StorageMetrics::new(),
@@ -288,9 +310,26 @@ impl Storage {
     }
 
     fn commit(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        self.commit_with(batch, Durability::Synced)
+    }
+
+    fn commit_with(&self, batch: WriteBatch, durability: Durability) -> Result<(), StorageError> {
         let started = Instant::now();
-        self.inner.db.write_opt(batch, &self.inner.sync_write)?;
+        let options = match durability {
+            Durability::Synced => &self.inner.sync_write,
+            Durability::Buffered => &self.inner.buffered_write,
+        };
+        self.inner.db.write_opt(batch, options)?;
         self.inner.metrics.write_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Makes every write so far durable with one fsync of the WAL: the group commit of all
+    /// ranges' buffered raft log appends.
+    pub fn sync_wal(&self) -> Result<(), StorageError> {
+        let started = Instant::now();
+        self.inner.db.flush_wal(true)?;
+        self.inner.metrics.wal_sync_seconds.observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -352,20 +391,47 @@ impl Storage {
     /// Applies every operation of `batch` at `ts`, all or nothing, in one synced WriteBatch.
     /// Returns each operation's new version number.
     pub fn write(&self, batch: MvccBatch, ts: Timestamp) -> Result<Vec<u32>, StorageError> {
-        Ok(self.apply(batch, || Ok(ts))?.1)
+        Ok(self.apply(batch, || Ok(ts), &Replicated::No)?.1)
+    }
+
+    /// Applies a committed raft command: at `ts`, or just after a key's latest version when
+    /// that is not earlier (a deterministic rule, so every replica writes the same versions),
+    /// with the range's `system` records in the same batch. Buffered: the raft log replays it.
+    pub fn write_replicated(
+        &self,
+        batch: MvccBatch,
+        ts: Timestamp,
+        system: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(Timestamp, Vec<u32>), StorageError> {
+        self.apply(batch, || Ok(ts), &Replicated::Yes(system))
+    }
+
+    /// Writes system records (a range's applied state) alone, buffered like a replicated apply.
+    pub fn put_system(&self, system: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StorageError> {
+        let mut write = WriteBatch::default();
+        for (key, value) in system {
+            write.put_cf(self.cf(CF_RANGE_DATA), key, value);
+        }
+        self.commit_with(write, Durability::Buffered)
+    }
+
+    /// A system record of `range_data` (see [`keys::system_key`]).
+    pub fn get_system(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.inner.db.get_cf(self.cf(CF_RANGE_DATA), key)?)
     }
 
     /// Like [`Storage::write`], at a timestamp read from `clock` once the batch's keys are
     /// locked: it is after every version already written to them, so racing writers to one key
     /// all succeed in the clock's order. Returns the timestamp and the version numbers.
     pub fn write_now(&self, batch: MvccBatch, clock: &Hlc) -> Result<(Timestamp, Vec<u32>), StorageError> {
-        self.apply(batch, || Ok(clock.now()?))
+        self.apply(batch, || Ok(clock.now()?), &Replicated::No)
     }
 
     fn apply(
         &self,
         batch: MvccBatch,
         timestamp: impl FnOnce() -> Result<Timestamp, StorageError>,
+        replicated: &Replicated<'_>,
     ) -> Result<(Timestamp, Vec<u32>), StorageError> {
         let mut distinct: Vec<&[u8]> = batch.ops.iter().map(|(k, _)| k.as_slice()).collect();
         distinct.sort_unstable();
@@ -374,18 +440,25 @@ impl Storage {
             return Err(StorageError::DuplicateKeyInBatch);
         }
         let _guards = self.lock_keys(batch.ops.iter().map(|(k, _)| k.as_slice()));
-        let ts = timestamp()?;
+        let batch_ts = timestamp()?;
+        let mut written_at = batch_ts;
         let cf = self.cf(CF_RANGE_DATA);
         let mut write = WriteBatch::default();
         let mut versions = Vec::with_capacity(batch.ops.len());
         for (key, value) in &batch.ops {
+            let mut ts = batch_ts;
             let mut descriptor = match self.read_descriptor(key)? {
-                Some(d) if d.last_write >= ts => {
-                    return Err(StorageError::TimestampNotAfterLatest { ts, latest: d.last_write });
-                }
+                Some(d) if d.last_write >= ts => match replicated {
+                    Replicated::No => return Err(StorageError::TimestampNotAfterLatest { ts, latest: d.last_write }),
+                    Replicated::Yes(_) => {
+                        ts = d.last_write.next();
+                        d
+                    }
+                },
                 Some(d) => d,
                 None => Descriptor::new(ts),
             };
+            written_at = written_at.max(ts);
             // A refusal, not a wrap: a wrapped number would reorder the key's versions.
             descriptor.latest_version = descriptor
                 .latest_version
@@ -405,8 +478,16 @@ impl Storage {
             write.put_cf(cf, keys::descriptor_key(key), descriptor.encode());
             versions.push(descriptor.latest_version);
         }
-        self.commit(write)?;
-        Ok((ts, versions))
+        match replicated {
+            Replicated::No => self.commit(write)?,
+            Replicated::Yes(system) => {
+                for (key, value) in *system {
+                    write.put_cf(cf, key, value);
+                }
+                self.commit_with(write, Durability::Buffered)?;
+            }
+        }
+        Ok((written_at, versions))
     }
 
     /// Adds deletes of the key's `count` oldest versions (which sort last) to `write`.
@@ -646,12 +727,13 @@ impl Storage {
         self.commit(write)
     }
 
+    /// Appends entries, buffered: they are readable at once and durable after [`Storage::sync_wal`].
     pub fn append_raft_log(&self, range_id: u64, entries: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
         let mut write = WriteBatch::default();
         for (index, entry) in entries {
             write.put_cf(self.cf(CF_RAFT_LOG), keys::raft_log_key(range_id, *index), entry);
         }
-        self.commit(write)
+        self.commit_with(write, Durability::Buffered)
     }
 
     /// Entries with index in `[from, to)`, in order.
@@ -678,7 +760,8 @@ impl Storage {
         })
     }
 
-    /// Removes entries from `index` on (a conflicting suffix).
+    /// Removes entries from `index` on (a conflicting suffix). Buffered: the WAL keeps order, so
+    /// the sync of the appends that follow makes it durable before they are acknowledged.
     pub fn truncate_raft_log_from(&self, range_id: u64, index: u64) -> Result<(), StorageError> {
         let mut write = WriteBatch::default();
         write.delete_range_cf(
@@ -686,12 +769,18 @@ impl Storage {
             &keys::raft_log_key(range_id, index)[..],
             &keys::raft_log_key_after(range_id, u64::MAX)[..],
         );
-        self.commit(write)
+        self.commit_with(write, Durability::Buffered)
     }
 
     /// Removes entries up to and including `index` (after a snapshot).
-    pub fn purge_raft_log_upto(&self, range_id: u64, index: u64) -> Result<(), StorageError> {
+    pub fn purge_raft_log_upto(&self, range_id: u64, index: u64, last_purged: &[u8]) -> Result<(), StorageError> {
         let mut write = WriteBatch::default();
+        // The purge point goes in the same batch, so no restart sees a hole without knowing why.
+        write.put_cf(
+            self.cf(CF_RAFT_STATE),
+            keys::raft_state_key(range_id, RaftStateTag::LastPurgedLogId),
+            last_purged,
+        );
         write.delete_range_cf(
             self.cf(CF_RAFT_LOG),
             &keys::raft_log_key(range_id, 0)[..],
@@ -700,10 +789,35 @@ impl Storage {
         self.commit(write)
     }
 
-    pub fn put_raft_state(&self, range_id: u64, tag: RaftStateTag, value: &[u8]) -> Result<(), StorageError> {
+    /// Writes a raft state record; `synced` for what must be on disk before raft goes on (the
+    /// vote), buffered for what a later WAL sync may cover (the committed index).
+    pub fn put_raft_state(
+        &self,
+        range_id: u64,
+        tag: RaftStateTag,
+        value: &[u8],
+        synced: bool,
+    ) -> Result<(), StorageError> {
         let mut write = WriteBatch::default();
         write.put_cf(self.cf(CF_RAFT_STATE), keys::raft_state_key(range_id, tag), value);
-        self.commit(write)
+        self.commit_with(write, if synced { Durability::Synced } else { Durability::Buffered })
+    }
+
+    /// The raft log's last entry of a range, if any.
+    pub fn last_raft_log_entry(&self, range_id: u64) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        let mut it = self.inner.db.raw_iterator_cf(self.cf(CF_RAFT_LOG));
+        it.seek_for_prev(keys::raft_log_key_after(range_id, u64::MAX));
+        match (it.key(), it.value()) {
+            (Some(raw), Some(value)) if raw.len() == 16 && raw[..8] == range_id.to_be_bytes() => {
+                let mut index = [0u8; 8];
+                index.copy_from_slice(&raw[8..]);
+                Ok(Some((u64::from_be_bytes(index), value.to_vec())))
+            }
+            _ => {
+                it.status()?;
+                Ok(None)
+            }
+        }
     }
 
     pub fn get_raft_state(&self, range_id: u64, tag: RaftStateTag) -> Result<Option<Vec<u8>>, StorageError> {
@@ -715,6 +829,28 @@ impl Storage {
         let mut write = WriteBatch::default();
         write.put_cf(self.cf(CF_NODE_LOCAL), key, value);
         self.commit(write)
+    }
+
+    pub fn delete_local(&self, key: &[u8]) -> Result<(), StorageError> {
+        let mut write = WriteBatch::default();
+        write.delete_cf(self.cf(CF_NODE_LOCAL), key);
+        self.commit(write)
+    }
+
+    /// Node-local records whose key starts with `prefix`.
+    pub fn local_records(&self, prefix: &[u8]) -> Result<Records, StorageError> {
+        let mut it = self.inner.db.raw_iterator_cf(self.cf(CF_NODE_LOCAL));
+        it.seek(prefix);
+        let mut out = Vec::new();
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key.to_vec(), value.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
     }
 
     pub fn get_local(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
@@ -733,6 +869,139 @@ impl Storage {
             stats.pending_compaction_bytes += property("rocksdb.estimate-pending-compaction-bytes")?;
         }
         Ok(stats)
+    }
+}
+
+/// The `range_data` keys of one range: its user-key span and its system records.
+pub struct SpanBounds {
+    /// Raw (escaped) bounds of the user keys: `[start, end)`, `end = None` for the keyspace end.
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+    /// The range's own system records, which travel with its data.
+    pub system_keys: Vec<Vec<u8>>,
+}
+
+impl SpanBounds {
+    pub fn new(start_key: &[u8], end_key: &[u8], system_keys: Vec<Vec<u8>>) -> Self {
+        let end = (!end_key.is_empty()).then(|| keys::descriptor_key(end_key));
+        SpanBounds { start: keys::descriptor_key(start_key), end, system_keys }
+    }
+}
+
+/// What [`Storage::export_span`] wrote.
+pub struct Exported {
+    pub records: u64,
+    /// The span's system records as exported, read from the same consistent snapshot.
+    pub system: Records,
+}
+
+impl Storage {
+    /// Writes the span's records, as of one consistent RocksDB snapshot, to an SST file at
+    /// `path`. Streams: memory use does not grow with the span.
+    pub fn export_span(&self, bounds: &SpanBounds, path: &Path) -> Result<Exported, StorageError> {
+        let db = &self.inner.db;
+        let cf = self.cf(CF_RANGE_DATA);
+        let snapshot = db.snapshot();
+        let options = Options::default();
+        let mut writer = rocksdb::SstFileWriter::create(&options);
+        writer.open(path)?;
+        let mut count = 0u64;
+        // System keys (0x00 0x00 ...) sort before every user key; the writer needs sorted input.
+        let mut system_keys = bounds.system_keys.clone();
+        system_keys.sort();
+        let mut system = Vec::new();
+        for key in system_keys {
+            if let Some(value) = snapshot.get_cf(cf, &key)? {
+                writer.put(&key, &value)?;
+                system.push((key, value));
+                count += 1;
+            }
+        }
+        let mut read = rocksdb::ReadOptions::default();
+        read.set_snapshot(&snapshot);
+        if let Some(end) = &bounds.end {
+            read.set_iterate_upper_bound(end.clone());
+        }
+        let mut it = db.raw_iterator_cf_opt(cf, read);
+        it.seek(&bounds.start);
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            writer.put(key, value)?;
+            count += 1;
+            it.next();
+        }
+        it.status()?;
+        if count == 0 {
+            return Err(StorageError::Corrupt { what: "range snapshot", detail: "the range has no records".into() });
+        }
+        writer.finish()?;
+        Ok(Exported { records: count, system })
+    }
+
+    /// Raw `range_data` records in `[start, end)`; for the small system spans (descriptors).
+    pub fn system_records(&self, start: &[u8], end: &[u8]) -> Result<Records, StorageError> {
+        let mut it = self.data_iter();
+        it.seek(start);
+        let mut out = Vec::new();
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            if key >= end {
+                break;
+            }
+            out.push((key.to_vec(), value.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Replaces the span's records by those of an SST file made by [`Storage::export_span`].
+    pub fn ingest_span(&self, bounds: &SpanBounds, path: &Path) -> Result<(), StorageError> {
+        let mut clear = WriteBatch::default();
+        self.clear_span_into(bounds, &mut clear)?;
+        self.commit(clear)?;
+        self.inner.db.ingest_external_file_cf(self.cf(CF_RANGE_DATA), vec![path])?;
+        Ok(())
+    }
+
+    /// Deletes everything a replica kept: its span's records, its raft log and raft state.
+    pub fn clear_replica(&self, range_id: u64, bounds: &SpanBounds) -> Result<(), StorageError> {
+        let mut clear = WriteBatch::default();
+        self.clear_span_into(bounds, &mut clear)?;
+        clear.delete_range_cf(
+            self.cf(CF_RAFT_LOG),
+            &keys::raft_log_key(range_id, 0)[..],
+            &keys::raft_log_key_after(range_id, u64::MAX)[..],
+        );
+        clear.delete_range_cf(
+            self.cf(CF_RAFT_STATE),
+            &keys::raft_state_key(range_id, RaftStateTag::Vote)[..8],
+            &(range_id + 1).to_be_bytes()[..],
+        );
+        self.commit(clear)
+    }
+
+    fn clear_span_into(&self, bounds: &SpanBounds, clear: &mut WriteBatch) -> Result<(), StorageError> {
+        let cf = self.cf(CF_RANGE_DATA);
+        let end = match &bounds.end {
+            Some(end) => Some(end.clone()),
+            // The last range: past its last key, whatever that is.
+            None => {
+                let mut it = self.data_iter();
+                it.seek_to_last();
+                it.status()?;
+                it.key().filter(|last| *last >= bounds.start.as_slice()).map(|last| {
+                    let mut end = last.to_vec();
+                    end.push(0);
+                    end
+                })
+            }
+        };
+        if let Some(end) = end {
+            clear.delete_range_cf(cf, &bounds.start, &end);
+        }
+        for key in &bounds.system_keys {
+            clear.delete_cf(cf, key);
+        }
+        Ok(())
     }
 }
 

@@ -235,7 +235,7 @@ fn everything_survives_reopen() {
         storage.put(b"k", b"v", ts(1)).unwrap();
         storage.put_local(b"node_id", b"7").unwrap();
         storage.append_raft_log(1, &[(1, b"e1".to_vec())]).unwrap();
-        storage.put_raft_state(1, RaftStateTag::Vote, b"vote").unwrap();
+        storage.put_raft_state(1, RaftStateTag::Vote, b"vote", true).unwrap();
         // No close: a crash after synced writes.
     }
     let storage = open(&dir);
@@ -252,10 +252,10 @@ fn raft_logs_and_state_are_kept_per_range() {
     for range in [1, 2] {
         let entries: Vec<_> = (1..=10).map(|i| (i, format!("r{range}e{i}").into_bytes())).collect();
         storage.append_raft_log(range, &entries).unwrap();
-        storage.put_raft_state(range, RaftStateTag::Committed, format!("c{range}").as_bytes()).unwrap();
+        storage.put_raft_state(range, RaftStateTag::Committed, format!("c{range}").as_bytes(), false).unwrap();
     }
     storage.truncate_raft_log_from(1, 8).unwrap();
-    storage.purge_raft_log_upto(1, 3).unwrap();
+    storage.purge_raft_log_upto(1, 3, b"p3").unwrap();
     let indexes =
         |range| storage.raft_log_entries(range, 0, u64::MAX).unwrap().into_iter().map(|(i, _)| i).collect::<Vec<_>>();
     assert_eq!(indexes(1), vec![4, 5, 6, 7]);
@@ -344,4 +344,63 @@ fn write_and_read_latencies_are_exported_under_their_names() {
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(text.contains("pleiades_storage_write_seconds_count 1\n"), "{text}");
     assert!(text.contains("pleiades_storage_read_seconds_count 2\n"), "{text}");
+}
+
+#[test]
+fn a_span_exported_to_an_sst_replaces_the_same_span_elsewhere_and_nothing_else() {
+    let (source_dir, target_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (source, target) = (open(&source_dir), open(&target_dir));
+    let applied = keys::system_key(keys::SYSTEM_APPLIED_STATE, 2);
+    let bounds = SpanBounds::new(b"b", b"d", vec![applied.clone()]);
+    for (key, value) in [("a", "outside"), ("b", "1"), ("c\0x", "2"), ("c", "3")] {
+        source.put(key.as_bytes(), value.as_bytes(), ts(1)).unwrap();
+    }
+    source.put(b"c", b"3-newer", ts(2)).unwrap();
+    source.put_system(&[(applied.clone(), b"applied@7".to_vec())]).unwrap();
+    // The target holds stale data in the span and a neighbour outside it.
+    target.put(b"b", b"stale", ts(1)).unwrap();
+    target.put(b"bz", b"gone after ingest", ts(1)).unwrap();
+    target.put(b"d", b"neighbour", ts(1)).unwrap();
+
+    let sst = source_dir.path().join("span.sst");
+    let exported = source.export_span(&bounds, &sst).unwrap();
+    assert_eq!(exported.system, vec![(applied.clone(), b"applied@7".to_vec())]);
+    target.ingest_span(&bounds, &sst).unwrap();
+
+    assert_eq!(target.get_latest(b"b").unwrap().unwrap().value, b"1");
+    assert_eq!(target.get_latest(b"bz").unwrap(), None, "the span was replaced, not merged");
+    assert_eq!(target.get_latest(b"c").unwrap().unwrap().value, b"3-newer");
+    assert_eq!(target.get_version(b"c", 1).unwrap().unwrap().value, b"3", "every version travels");
+    assert_eq!(target.get_latest(b"c\0x").unwrap().unwrap().value, b"2");
+    assert_eq!(target.get_latest(b"a").unwrap(), None, "outside the span");
+    assert_eq!(target.get_latest(b"d").unwrap().unwrap().value, b"neighbour", "the end is exclusive");
+    assert_eq!(target.get_system(&applied).unwrap().unwrap(), b"applied@7");
+
+    // The last range (no end) also clears to the end of the keyspace; clear_replica empties it all.
+    let tail = SpanBounds::new(b"c", b"", vec![applied.clone()]);
+    target.append_raft_log(2, &[(1, b"entry".to_vec())]).unwrap();
+    target.clear_replica(2, &tail).unwrap();
+    assert_eq!(target.get_latest(b"d").unwrap(), None);
+    assert_eq!(target.get_latest(b"b").unwrap().unwrap().value, b"1");
+    assert_eq!(target.get_system(&applied).unwrap(), None);
+    assert!(target.raft_log_entries(2, 0, u64::MAX).unwrap().is_empty());
+}
+
+#[test]
+fn replicated_writes_at_a_past_time_land_just_after_the_latest_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let system = vec![(keys::system_key(keys::SYSTEM_APPLIED_STATE, 9), b"s".to_vec())];
+    let mut batch = MvccBatch::default();
+    batch.put(b"k".to_vec(), b"first".to_vec());
+    let (first, _) = storage.write_replicated(batch, ts(10), &system).unwrap();
+    let mut batch = MvccBatch::default();
+    batch.put(b"k".to_vec(), b"second".to_vec());
+    // A new leader's clock may lag the old one's: the write still orders after the latest.
+    let (second, versions) = storage.write_replicated(batch, ts(5), &system).unwrap();
+    assert_eq!(first, ts(10));
+    assert_eq!(second, ts(10).next());
+    assert_eq!(versions, vec![2]);
+    assert_eq!(storage.get_latest(b"k").unwrap().unwrap().value, b"second");
+    assert!(matches!(storage.put(b"k", b"x", ts(5)), Err(StorageError::TimestampNotAfterLatest { .. })));
 }
