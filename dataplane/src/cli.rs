@@ -18,21 +18,123 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Show a node's identity, version and addresses.
     Info(ClientArgs),
     /// Show a node's health.
     Health(ClientArgs),
     /// Measure PWP round trips to a node (small system requests, or wire-level latency tests).
     Ping(PingArgs),
-    /// Read and write keys.
+    /// Read and write keys (routed to the right range's leader).
     Kv(KvArgs),
+    /// Start a local constellation of node processes on loopback; Ctrl-C stops them cleanly.
+    Up(UpArgs),
+    /// Show the constellation: members, ranges, leaders and applied indexes.
+    Status(StatusArgs),
+    /// Measure throughput and latency with a closed-loop workload.
+    Bench(BenchArgs),
+}
+
+/// `pleiades node` actions other than running one.
+#[derive(Debug, Subcommand)]
+pub enum NodeAction {
+    /// Move every replica off a node (safely: each replica is added elsewhere before it is
+    /// removed, so no range loses quorum), so the node can be removed.
+    Decommission {
+        /// The node to decommission.
+        node_id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Node processes to start.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u32,
+    /// Where the constellation lives; reused on the next run.
+    #[arg(long, default_value = "pleiades-constellation")]
+    pub data_dir: PathBuf,
+    /// First QUIC port; node i listens on base+i and serves HTTP on base+80+i.
+    #[arg(long, default_value_t = 7400)]
+    pub base_port: u16,
+    /// Data ranges at bootstrap (plus the meta range).
+    #[arg(long, default_value_t = 4)]
+    pub initial_ranges: u32,
+    /// Log filter for the nodes (their logs go to <data-dir>/node-<i>/node.log).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Puts only.
+    Write,
+    /// Gets only (the keys are loaded first).
+    Read,
+    /// 50 % gets, 50 % puts, uniform keys.
+    Mixed,
+    /// YCSB-A: 50 % reads, 50 % updates, zipfian keys.
+    YcsbA,
+    /// YCSB-B: 95 % reads, 5 % updates, zipfian keys.
+    YcsbB,
+    /// YCSB-C: reads only, zipfian keys.
+    YcsbC,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consistency {
+    Linearizable,
+    Stale,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long, value_enum, default_value_t = Workload::Write)]
+    pub workload: Workload,
+    /// Requests in flight (closed loop: each worker waits for its answer).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u32,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Seconds of measurement.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Read consistency of the workload's gets.
+    #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+    pub consistency: Consistency,
+    /// Skip loading the keys before a read workload (they are already there).
+    #[arg(long)]
+    pub no_load: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Node settings. Precedence: flags, then environment variables, then the config file, then
 /// defaults.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct NodeArgs {
+    #[command(subcommand)]
+    pub action: Option<NodeAction>,
     /// TOML configuration file.
     #[arg(long, env = "PLEIADES_CONFIG")]
     pub config: Option<PathBuf>,
@@ -62,6 +164,21 @@ pub struct NodeArgs {
     /// Close a stream that stops mid-frame for this many milliseconds.
     #[arg(long, env = "PLEIADES_STALL_TIMEOUT_MS")]
     pub stall_timeout_ms: Option<u64>,
+    /// CA certificate(s) trusted for connections to other nodes.
+    #[arg(long, env = "PLEIADES_TLS_CA_CERT")]
+    pub tls_ca_cert: Option<PathBuf>,
+    /// Founding members, `id=host:port`, comma-separated; the same list on every founder.
+    #[arg(long, env = "PLEIADES_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Join a running constellation through this node (`host:port`).
+    #[arg(long, env = "PLEIADES_JOIN")]
+    pub join: Option<String>,
+    /// Address other nodes reach this one at (default: the listen address).
+    #[arg(long, env = "PLEIADES_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Data ranges the keyspace is cut into at bootstrap.
+    #[arg(long, env = "PLEIADES_INITIAL_RANGES")]
+    pub initial_ranges: Option<u32>,
 }
 
 impl NodeArgs {
@@ -92,6 +209,21 @@ impl NodeArgs {
         }
         if self.tls_key.is_some() {
             config.tls.key = self.tls_key;
+        }
+        if self.tls_ca_cert.is_some() {
+            config.tls.ca_cert = self.tls_ca_cert;
+        }
+        if !self.peers.is_empty() {
+            config.constellation.peers = self.peers;
+        }
+        if self.join.is_some() {
+            config.constellation.join = self.join;
+        }
+        if self.advertise.is_some() {
+            config.constellation.advertise = self.advertise;
+        }
+        if let Some(ranges) = self.initial_ranges {
+            config.constellation.initial_ranges = ranges;
         }
         config.validate()?;
         Ok(config)
@@ -158,6 +290,24 @@ pub enum KvCommand {
         key: String,
         #[arg(long)]
         version: Option<u32>,
+        /// Read from any replica, possibly stale, without asking the leader.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Compare-and-swap: write VALUE only if the key holds --expect (or is absent).
+    Cas {
+        key: String,
+        /// The new value (omit with --delete).
+        value: Option<String>,
+        /// The value the key must hold now.
+        #[arg(long, conflicts_with = "expect_absent", required_unless_present = "expect_absent")]
+        expect: Option<String>,
+        /// Require the key to be absent.
+        #[arg(long)]
+        expect_absent: bool,
+        /// Delete the key instead of writing a value.
+        #[arg(long, conflicts_with = "value", required_unless_present = "value")]
+        delete: bool,
     },
     /// Delete a key (older versions stay readable until vacuumed).
     Del { key: String },
@@ -168,6 +318,8 @@ pub enum KvCommand {
         end: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        #[arg(long)]
+        stale: bool,
     },
     /// List a key's versions, newest first.
     Versions { key: String },

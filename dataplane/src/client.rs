@@ -1,4 +1,7 @@
-//! The Rust client: one QUIC connection to a node, PWP streams bound to a service on it.
+//! The Rust client: [`Client`] is one QUIC connection to one node with PWP streams bound to a
+//! service on it; [`cluster::Cluster`] routes requests across a constellation.
+
+pub mod cluster;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +54,10 @@ pub enum ClientError {
     UnexpectedPayload(u8),
     #[error("{code:?}: {message}")]
     Kv { code: v1::ErrorCode, message: String },
+    #[error("outcome unknown: {0}")]
+    Uncertain(String),
+    #[error("gave up after {after:?}; last error: {last}")]
+    Deadline { after: Duration, last: Box<ClientError> },
 }
 
 /// A connection to one node.
@@ -81,16 +88,7 @@ impl Client {
 
     /// Opens a stream bound to `service`, pipelining the whole setup (with a version check).
     pub async fn open(&self, service: Service) -> Result<PwpStream, ClientError> {
-        let (mut send, recv) = self.connection.open_bi().await?;
-        let mut session = ClientSession::new();
-        send.write_chunk(session.pipelined_setup(service, true).freeze()).await?;
-        let mut stream =
-            PwpStream { send, recv, inbound: BytesMut::new(), session, timeout: self.timeout, events: Vec::new() };
-        match stream.next_event().await? {
-            ClientEvent::Ready { .. } => Ok(stream),
-            ClientEvent::Refused(status) => Err(ClientError::Refused { service, status }),
-            other => Err(stream.unexpected(other)),
-        }
+        PwpStream::open(&self.connection, service, self.timeout).await
     }
 
     pub async fn system(&self) -> Result<SystemClient, ClientError> {
@@ -118,6 +116,28 @@ pub struct PwpStream {
 }
 
 impl PwpStream {
+    /// Opens a stream on `connection` bound to `service`; `timeout` bounds each answer.
+    pub async fn open(
+        connection: &quinn::Connection,
+        service: Service,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let (mut send, recv) = connection.open_bi().await?;
+        let mut session = ClientSession::new();
+        send.write_chunk(session.pipelined_setup(service, true).freeze()).await?;
+        let mut stream = PwpStream { send, recv, inbound: BytesMut::new(), session, timeout, events: Vec::new() };
+        match stream.next_event().await? {
+            ClientEvent::Ready { .. } => Ok(stream),
+            ClientEvent::Refused(status) => Err(ClientError::Refused { service, status }),
+            other => Err(stream.unexpected(other)),
+        }
+    }
+
+    /// Changes the deadline of the answers that follow.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     async fn next_event(&mut self) -> Result<ClientEvent, ClientError> {
         let timeout = self.timeout;
         tokio::time::timeout(timeout, self.read_event()).await.map_err(|_| ClientError::Timeout(timeout))?
@@ -163,7 +183,7 @@ impl PwpStream {
         }
     }
 
-    async fn call_proto<Response: Message + Default>(
+    pub async fn call_proto<Response: Message + Default>(
         &mut self,
         request_type: u8,
         request: &impl Message,
@@ -226,6 +246,18 @@ impl SystemClient {
         self.0.call_proto(NODE_INFO_REQUEST, &v1::NodeInfoRequest {}, NODE_INFO_RESPONSE, "NodeInfoResponse").await
     }
 
+    pub async fn range_status(&mut self) -> Result<v1::RangeStatusResponse, ClientError> {
+        use payload_type::system::*;
+        let request = v1::RangeStatusRequest {};
+        self.0.call_proto(RANGE_STATUS_REQUEST, &request, RANGE_STATUS_RESPONSE, "RangeStatusResponse").await
+    }
+
+    pub async fn decommission(&mut self, node_id: u64) -> Result<v1::DecommissionResponse, ClientError> {
+        use payload_type::system::*;
+        let request = v1::DecommissionRequest { node_id };
+        self.0.call_proto(DECOMMISSION_REQUEST, &request, DECOMMISSION_RESPONSE, "DecommissionResponse").await
+    }
+
     pub async fn health(&mut self) -> Result<v1::HealthResponse, ClientError> {
         use payload_type::system::*;
         self.0.call_proto(HEALTH_REQUEST, &v1::HealthRequest {}, HEALTH_RESPONSE, "HealthResponse").await
@@ -243,7 +275,7 @@ impl KvClient {
     pub async fn request(&mut self, op: Op) -> Result<KvResult, ClientError> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        let request = KvRequest { request_id, op: Some(op) };
+        let request = KvRequest { request_id, op: Some(op), ..Default::default() };
         let response: KvResponse = self
             .stream
             .call_proto(payload_type::kv::REQUEST, &request, payload_type::kv::RESPONSE, "KvResponse")
@@ -292,14 +324,17 @@ impl KvClient {
     }
 
     pub async fn versions(&mut self, key: &[u8]) -> Result<Vec<v1::VersionInfo>, ClientError> {
-        match self.request(Op::ListVersions(v1::ListVersionsRequest { key: key.to_vec() })).await? {
+        match self
+            .request(Op::ListVersions(v1::ListVersionsRequest { key: key.to_vec(), ..Default::default() }))
+            .await?
+        {
             KvResult::ListVersions(r) => Ok(r.versions),
             _ => Err(mismatched("list_versions")),
         }
     }
 
     pub async fn describe(&mut self, key: &[u8]) -> Result<Option<v1::KeyDescriptor>, ClientError> {
-        match self.request(Op::Describe(v1::DescribeKeyRequest { key: key.to_vec() })).await? {
+        match self.request(Op::Describe(v1::DescribeKeyRequest { key: key.to_vec(), ..Default::default() })).await? {
             KvResult::Describe(r) => Ok(r.descriptor),
             _ => Err(mismatched("describe")),
         }

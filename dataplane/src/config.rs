@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub wire: WireConfig,
     pub clock: ClockConfig,
     pub kv: KvLimits,
+    pub raft: RaftSettings,
+    pub constellation: ConstellationConfig,
     /// How long a shutdown waits for open streams before closing connections.
     pub shutdown_grace_ms: u64,
 }
@@ -63,6 +65,8 @@ impl Default for NodeConfig {
             wire: WireConfig::default(),
             clock: ClockConfig::default(),
             kv: KvLimits::default(),
+            raft: RaftSettings::default(),
+            constellation: ConstellationConfig::default(),
             shutdown_grace_ms: 5_000,
         }
     }
@@ -79,6 +83,9 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
     /// Extra DNS names or IP addresses for a generated certificate.
     pub subject_alt_names: Vec<String>,
+    /// CA certificates trusted for connections to other nodes; defaults to the CA in
+    /// `<data-dir>/tls/ca.crt` (the generated one, or one placed there before first start).
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +140,69 @@ impl Default for KvLimits {
     }
 }
 
+/// Raft timing and log retention, the same for every range on the node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RaftSettings {
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears no leader for a random time in [min, max] starts an election.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_after_entries: u64,
+    /// Entries kept behind a snapshot, so briefly lagging followers catch up from the log.
+    pub keep_entries_after_snapshot: u64,
+    /// Most entries in one append-entries message.
+    pub max_entries_per_append: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 1_000,
+            election_timeout_max_ms: 2_000,
+            snapshot_after_entries: 10_000,
+            keep_entries_after_snapshot: 1_000,
+            max_entries_per_append: 300,
+        }
+    }
+}
+
+/// How this node finds and forms its constellation (static peer lists until gossip lands).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConstellationConfig {
+    /// The founding members as `id=host:port`; every founder must be given the same list.
+    pub peers: Vec<String>,
+    /// Address of a running node to join through (for a node that is not a founder).
+    pub join: Option<String>,
+    /// Address other nodes reach this node at; defaults to the QUIC listen address.
+    pub advertise: Option<String>,
+    /// Data ranges the keyspace is cut into at bootstrap (plus the meta range).
+    pub initial_ranges: u32,
+    /// Replicas per range (fewer when the constellation has fewer nodes).
+    pub replication_factor: u32,
+}
+
+impl Default for ConstellationConfig {
+    fn default() -> Self {
+        ConstellationConfig { peers: Vec::new(), join: None, advertise: None, initial_ranges: 4, replication_factor: 3 }
+    }
+}
+
+/// One founding member from `id=host:port`.
+pub fn parse_peer(peer: &str) -> Result<(u64, String), ConfigError> {
+    let invalid = || ConfigError::Invalid(format!("peer {peer:?} is not id=host:port"));
+    let (id, addr) = peer.split_once('=').ok_or_else(invalid)?;
+    let id: u64 = id.trim().parse().map_err(|_| invalid())?;
+    let addr = addr.trim();
+    if id == 0 || addr.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+        return Err(invalid());
+    }
+    Ok((id, addr.to_string()))
+}
+
 impl NodeConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text =
@@ -163,6 +233,36 @@ impl NodeConfig {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls.cert and tls.key must be given together".into());
+        }
+        let raft = &self.raft;
+        if raft.heartbeat_interval_ms == 0 || raft.election_timeout_min_ms <= raft.heartbeat_interval_ms {
+            return invalid("raft.election-timeout-min-ms must exceed raft.heartbeat-interval-ms (> 0)".into());
+        }
+        if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
+            return invalid("raft.election-timeout-max-ms must exceed raft.election-timeout-min-ms".into());
+        }
+        if raft.snapshot_after_entries == 0 || raft.max_entries_per_append == 0 {
+            return invalid("raft.snapshot-after-entries and raft.max-entries-per-append must be positive".into());
+        }
+        let constellation = &self.constellation;
+        if !(1..=1024).contains(&constellation.initial_ranges) {
+            return invalid("constellation.initial-ranges must be 1 to 1024".into());
+        }
+        if !matches!(constellation.replication_factor, 1 | 3 | 5) {
+            return invalid("constellation.replication-factor must be 1, 3 or 5".into());
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for peer in &constellation.peers {
+            let (id, _) = parse_peer(peer)?;
+            if !ids.insert(id) {
+                return invalid(format!("node id {id} appears twice in constellation.peers"));
+            }
+        }
+        if !constellation.peers.is_empty() && constellation.join.is_some() {
+            return invalid("give constellation.peers (a founder) or constellation.join, not both".into());
+        }
+        if !constellation.peers.is_empty() && !self.node_id.is_some_and(|id| ids.contains(&id)) {
+            return invalid("a founder's node-id must be one of the ids in constellation.peers".into());
         }
         if self.listen.port() != 0 && self.listen == self.http {
             return invalid(format!("listen and http are both {}", self.listen));

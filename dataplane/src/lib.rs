@@ -1,11 +1,14 @@
-//! The Pleiades node engine. Layers, bottom up: clock, storage, transport, node, observe; the
-//! client and CLI on top. Each layer only talks to the ones below it.
+//! The Pleiades node engine. Layers, bottom up: clock, storage, transport, raft, node, observe;
+//! the client, CLI, local constellation and bench on top. Each layer only talks to the ones below it.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod local;
 pub mod node;
 pub mod observe;
+pub mod raft;
 pub mod storage;
 pub mod transport;

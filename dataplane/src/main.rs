@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use pleiades::cli::{Cli, ClientArgs, Command, KvArgs, KvCommand, PingArgs};
+use pleiades::cli::{BenchArgs, Cli, ClientArgs, Command, KvArgs, KvCommand, NodeAction, PingArgs, StatusArgs};
+use pleiades::client::cluster::{Cluster, ClusterConfig};
 use pleiades::client::Client;
-use pleiades_proto::v1;
+use pleiades_proto::v1::{self, ReadConsistency};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -20,7 +21,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Node(args) => run_node(args).await,
+            Command::Node(args) => match args.action {
+                Some(NodeAction::Decommission { node_id, client }) => decommission(node_id, &client).await,
+                None => run_node(*args).await,
+            },
+            Command::Up(args) => pleiades::local::up(&args, stop_signal()?).await,
+            Command::Status(args) => status(&args).await,
+            Command::Bench(args) => bench(&args).await,
             Command::Info(args) => info(&args).await,
             Command::Health(args) => health(&args).await,
             Command::Ping(args) => ping(&args).await,
@@ -36,20 +43,24 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_node(args: pleiades::cli::NodeArgs) -> anyhow::Result<()> {
-    let config = args.into_config()?;
-    pleiades::observe::init_logging(config.log_format, &config.log_level).map_err(anyhow::Error::msg)?;
-    // Registered before the node starts: a lazily created listener would leave a window after
-    // "node ready" in which SIGTERM or SIGINT still kill the process without a clean shutdown.
+/// Resolves on SIGTERM or SIGINT. Registered at once: a lazily created listener would leave a
+/// window in which the signal still kills the process without a clean shutdown.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?;
-    let shutdown = async move {
+    Ok(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
+    })
+}
+
+async fn run_node(args: pleiades::cli::NodeArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    pleiades::observe::init_logging(config.log_format, &config.log_level).map_err(anyhow::Error::msg)?;
+    let shutdown = stop_signal()?;
     if let Err(e) = pleiades::node::run(config, shutdown).await {
         tracing::error!(error = %e, "node failed");
         return Err(e.into());
@@ -139,30 +150,61 @@ fn show_ts(ts: Option<v1::Timestamp>) -> String {
     ts.map(|ts| pleiades::clock::Timestamp::from(ts).to_string()).unwrap_or_default()
 }
 
+async fn cluster(args: &ClientArgs) -> anyhow::Result<Cluster> {
+    let config = ClusterConfig {
+        seeds: vec![args.addr.to_string()],
+        ca_cert: args.ca_cert.clone(),
+        attempt_timeout: Duration::from_millis(args.timeout_ms),
+        deadline: Duration::from_millis(args.timeout_ms.saturating_mul(3)),
+    };
+    Cluster::connect(config).await.with_context(|| format!("cannot reach the constellation through {}", args.addr))
+}
+
+fn consistency(stale: bool) -> ReadConsistency {
+    if stale {
+        ReadConsistency::Stale
+    } else {
+        ReadConsistency::Linearizable
+    }
+}
+
 async fn kv(args: KvArgs) -> anyhow::Result<()> {
-    let client = connect(&args.client).await?;
-    let mut kv = client.kv().await?;
+    let kv = cluster(&args.client).await?;
     match args.command {
         KvCommand::Put { key, value } => {
             let put = kv.put(key.as_bytes(), value.as_bytes()).await?;
             println!("OK version {} at {}", put.version, show_ts(put.timestamp));
         }
-        KvCommand::Get { key, version } => match kv.get(key.as_bytes(), version.unwrap_or(0)).await? {
-            Some(found) => println!("{}", show(&found.value)),
-            None => anyhow::bail!("{key}: not found"),
-        },
+        KvCommand::Get { key, version, stale } => {
+            match kv.get(key.as_bytes(), version.unwrap_or(0), consistency(stale)).await? {
+                Some(found) => println!("{}", show(&found.value)),
+                None => anyhow::bail!("{key}: not found"),
+            }
+        }
         KvCommand::Del { key } => {
             let deleted = kv.delete(key.as_bytes()).await?;
             println!("OK deleted at {}", show_ts(deleted.timestamp));
         }
-        KvCommand::Scan { start, end, limit } => {
-            let scan = kv.scan(start.as_bytes(), end.unwrap_or_default().as_bytes(), limit).await?;
-            for entry in &scan.entries {
+        KvCommand::Cas { key, value, expect, expect_absent: _, delete: _ } => {
+            let swapped = kv
+                .cas(key.as_bytes(), expect.as_deref().map(str::as_bytes), value.as_deref().map(str::as_bytes))
+                .await?;
+            match (swapped.succeeded, swapped.current) {
+                (true, Some(now)) => println!("OK version {} at {}", now.version, show_ts(now.timestamp)),
+                (true, None) => println!("OK"),
+                (false, Some(found)) => anyhow::bail!(
+                    "{key} holds {:?} (version {}), not the expected value",
+                    show(&found.value),
+                    found.version
+                ),
+                (false, None) => anyhow::bail!("{key} is absent, not the expected value"),
+            }
+        }
+        KvCommand::Scan { start, end, limit, stale } => {
+            let rows = kv.scan(start.as_bytes(), end.unwrap_or_default().as_bytes(), limit, consistency(stale)).await?;
+            for entry in &rows {
                 let value = entry.value.as_ref().map(|v| show(&v.value)).unwrap_or_default();
                 println!("{}\t{}", show(&entry.key), value);
-            }
-            if !scan.resume_key.is_empty() {
-                println!("… more from {}", show(&scan.resume_key));
             }
         }
         KvCommand::Versions { key } => {
@@ -184,6 +226,138 @@ async fn kv(args: KvArgs) -> anyhow::Result<()> {
             None => anyhow::bail!("{key}: not found"),
         },
     }
+    kv.close().await;
+    Ok(())
+}
+
+async fn decommission(node_id: u64, args: &ClientArgs) -> anyhow::Result<()> {
+    let client = Client::connect(&pleiades::client::ClientConfig {
+        // Moving replicas waits for each new one to catch up: allow minutes, not seconds.
+        timeout: Duration::from_secs(600),
+        ..args.client_config()
+    })
+    .await
+    .with_context(|| format!("cannot reach the node at {}", args.addr))?;
+    let answer = client.system().await?.decommission(node_id).await?;
     client.close().await;
+    for line in &answer.moves {
+        println!("moved {line}");
+    }
+    anyhow::ensure!(answer.error.is_empty(), "{}", answer.error);
+    println!("node {node_id} holds no replicas; it can be stopped and removed");
+    Ok(())
+}
+
+async fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let cluster = cluster(&args.client).await?;
+    let mut members = Vec::new();
+    let mut replicas: Vec<(u64, v1::ReplicaStatus)> = Vec::new();
+    for (id, addr) in cluster.nodes() {
+        let answer = async {
+            let mut system = cluster.system(&addr).await?;
+            let info = system.node_info().await?;
+            let ranges = system.range_status().await?;
+            Ok::<_, pleiades::client::ClientError>((info, ranges))
+        }
+        .await;
+        match answer {
+            Ok((info, ranges)) => {
+                let leaders = ranges.replicas.iter().filter(|r| r.role == "leader").count();
+                members.push(serde_json::json!({
+                    "node_id": id, "addr": addr, "state": "up", "version": info.version,
+                    "uptime_seconds": info.uptime_seconds, "replicas": ranges.replicas.len(), "leaders": leaders,
+                }));
+                replicas.extend(ranges.replicas.into_iter().map(|r| (id, r)));
+            }
+            Err(e) => members.push(serde_json::json!({
+                "node_id": id, "addr": addr, "state": "unreachable", "error": e.to_string(),
+            })),
+        }
+    }
+    replicas.sort_by_key(|(node, r)| (r.descriptor.as_ref().map(|d| d.range_id).unwrap_or_default(), *node));
+    cluster.close().await;
+    if args.json {
+        let ranges: Vec<_> = replicas
+            .iter()
+            .map(|(node, r)| {
+                let d = r.descriptor.clone().unwrap_or_default();
+                serde_json::json!({
+                    "range_id": d.range_id, "meta": d.meta, "start": show(&d.start_key), "end": show(&d.end_key),
+                    "generation": d.generation, "replicas": d.replicas, "node_id": node, "role": r.role,
+                    "term": r.term, "leader": r.leader_node, "last_log_index": r.last_log_index,
+                    "applied_index": r.applied_index, "snapshot_index": r.snapshot_index,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "members": members, "replicas": ranges }));
+        return Ok(());
+    }
+    println!("MEMBERS");
+    println!("  {:<6} {:<22} {:<12} {:>8} {:>8}", "NODE", "ADDRESS", "STATE", "REPLICAS", "LEADERS");
+    for m in &members {
+        println!(
+            "  {:<6} {:<22} {:<12} {:>8} {:>8}",
+            m["node_id"],
+            m["addr"].as_str().unwrap_or_default(),
+            m["state"].as_str().unwrap_or_default(),
+            m["replicas"].as_u64().map(|n| n.to_string()).unwrap_or("-".into()),
+            m["leaders"].as_u64().map(|n| n.to_string()).unwrap_or("-".into()),
+        );
+    }
+    println!("\nRANGES");
+    println!(
+        "  {:<6} {:<14} {:>4} {:<10} {:<6} {:<10} {:>6} {:>9} {:>9}",
+        "RANGE", "SPAN", "GEN", "REPLICAS", "NODE", "ROLE", "TERM", "LAST LOG", "APPLIED"
+    );
+    for (node, r) in &replicas {
+        let d = r.descriptor.clone().unwrap_or_default();
+        let span = if d.meta { "(meta)".to_string() } else { format!("[{},{})", show(&d.start_key), show(&d.end_key)) };
+        let replica_list: Vec<String> = d.replicas.iter().map(|n| n.to_string()).collect();
+        println!(
+            "  {:<6} {:<14} {:>4} {:<10} {:<6} {:<10} {:>6} {:>9} {:>9}",
+            d.range_id,
+            span,
+            d.generation,
+            replica_list.join(","),
+            node,
+            r.role,
+            r.term,
+            r.last_log_index,
+            r.applied_index
+        );
+    }
+    Ok(())
+}
+
+async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let cluster = cluster(&args.client).await?;
+    let report = pleiades::bench::run(&cluster, args, !args.json && std::io::stderr().is_terminal()).await?;
+    cluster.close().await;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{:?} workload, concurrency {}, {} keys, {}-byte values, {:.1} s: {:.0} ops/s, {} errors",
+        report.workload,
+        report.concurrency,
+        report.keys,
+        report.value_size,
+        report.seconds,
+        report.ops_per_second,
+        report.errors
+    );
+    for (name, summary) in [("writes", &report.writes), ("reads", &report.reads)] {
+        if let Some(s) = summary {
+            println!(
+                "  {name:<6} {:>9} ops  p50 {:>7} µs  p90 {:>7} µs  p99 {:>7} µs  p99.9 {:>7} µs  max {:>8} µs",
+                s.count, s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us
+            );
+        }
+    }
+    for error in &report.sample_errors {
+        println!("  error: {error}");
+    }
     Ok(())
 }

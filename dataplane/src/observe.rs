@@ -35,6 +35,20 @@ pub struct OperationLabels {
     pub op: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KvLabels {
+    pub op: &'static str,
+    /// `linearizable`, `stale`, or `none` for writes.
+    pub consistency: &'static str,
+    /// `ok` or the error code.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RangeLabels {
+    pub range: u64,
+}
+
 /// Latency buckets from 10 µs to ~5 s.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_01, 2.0, 20))
@@ -50,7 +64,19 @@ pub struct Metrics {
     pub bytes_sent: Counter,
     pub frames: Family<FrameLabels, Counter>,
     pub wire_errors: Family<ErrorLabels, Counter>,
-    pub kv_request_seconds: Family<OperationLabels, Histogram>,
+    pub kv_request_seconds: Family<KvLabels, Histogram>,
+    pub raft_proposals: Family<RangeLabels, Counter>,
+    pub raft_proposal_seconds: Family<RangeLabels, Histogram>,
+    pub raft_read_index_seconds: Family<RangeLabels, Histogram>,
+    pub raft_leader_changes: Family<RangeLabels, Counter>,
+    pub raft_term: Family<RangeLabels, Gauge>,
+    pub raft_is_leader: Family<RangeLabels, Gauge>,
+    pub raft_last_log_index: Family<RangeLabels, Gauge>,
+    pub raft_applied_index: Family<RangeLabels, Gauge>,
+    pub raft_log_entries: Family<RangeLabels, Gauge>,
+    pub raft_replication_lag_entries: Family<RangeLabels, Gauge>,
+    pub raft_snapshots_sent: Family<RangeLabels, Counter>,
+    pub raft_snapshots_received: Family<RangeLabels, Counter>,
     pub system_request_seconds: Family<OperationLabels, Histogram>,
     pub hlc_offset_rejections: Counter,
     pub rocksdb_memtable_bytes: Gauge,
@@ -70,6 +96,18 @@ impl Metrics {
             frames: Family::default(),
             wire_errors: Family::default(),
             kv_request_seconds: Family::new_with_constructor(latency_histogram),
+            raft_proposals: Family::default(),
+            raft_proposal_seconds: Family::new_with_constructor(latency_histogram),
+            raft_read_index_seconds: Family::new_with_constructor(latency_histogram),
+            raft_leader_changes: Family::default(),
+            raft_term: Family::default(),
+            raft_is_leader: Family::default(),
+            raft_last_log_index: Family::default(),
+            raft_applied_index: Family::default(),
+            raft_log_entries: Family::default(),
+            raft_replication_lag_entries: Family::default(),
+            raft_snapshots_sent: Family::default(),
+            raft_snapshots_received: Family::default(),
             system_request_seconds: Family::new_with_constructor(latency_histogram),
             hlc_offset_rejections: Counter::default(),
             rocksdb_memtable_bytes: Gauge::default(),
@@ -85,7 +123,40 @@ impl Metrics {
         r.register("pwp_sent_bytes", "Bytes sent on PWP streams", metrics.bytes_sent.clone());
         r.register("pwp_frames", "PWP frames by direction and type", metrics.frames.clone());
         r.register("pwp_errors", "PWP stream errors by kind", metrics.wire_errors.clone());
-        r.register("kv_request_seconds", "KV request latency by operation", metrics.kv_request_seconds.clone());
+        r.register(
+            "kv_request_seconds",
+            "KV request latency by operation, read consistency and outcome",
+            metrics.kv_request_seconds.clone(),
+        );
+        let raft = r.sub_registry_with_prefix("raft");
+        raft.register("proposals", "Commands proposed by this node as leader", metrics.raft_proposals.clone());
+        raft.register(
+            "proposal_seconds",
+            "Time from proposal to applied (commit and apply) on the leader",
+            metrics.raft_proposal_seconds.clone(),
+        );
+        raft.register(
+            "read_index_seconds",
+            "Time to confirm leadership for a linearizable read (ReadIndex)",
+            metrics.raft_read_index_seconds.clone(),
+        );
+        raft.register("leader_changes", "Leader changes seen by this replica", metrics.raft_leader_changes.clone());
+        raft.register("term", "Current raft term", metrics.raft_term.clone());
+        raft.register("is_leader", "1 when this replica leads its range", metrics.raft_is_leader.clone());
+        raft.register("last_log_index", "Index of the last log entry", metrics.raft_last_log_index.clone());
+        raft.register("applied_index", "Index of the last applied entry", metrics.raft_applied_index.clone());
+        raft.register("log_entries", "Entries in the log (last index minus purged)", metrics.raft_log_entries.clone());
+        raft.register(
+            "replication_lag_entries",
+            "On a leader, how far the slowest follower's matched index trails the log",
+            metrics.raft_replication_lag_entries.clone(),
+        );
+        raft.register("snapshots_sent", "Snapshots streamed to followers", metrics.raft_snapshots_sent.clone());
+        raft.register(
+            "snapshots_received",
+            "Snapshots installed from a leader",
+            metrics.raft_snapshots_received.clone(),
+        );
         r.register(
             "system_request_seconds",
             "System service request latency by operation",

@@ -16,7 +16,7 @@ fn pleiades(args: &[&str]) -> (bool, String, String) {
 fn help_lists_every_command() {
     let (ok, out, _) = pleiades(&["--help"]);
     assert!(ok);
-    for command in ["node", "info", "health", "ping", "kv"] {
+    for command in ["node", "info", "health", "ping", "kv", "up", "status", "bench"] {
         assert!(out.contains(command), "{command} missing from:\n{out}");
     }
     let (ok, out, _) = pleiades(&["--version"]);

@@ -16,6 +16,15 @@ pub mod payload_type {
         pub const NODE_INFO_RESPONSE: u8 = 0x02;
         pub const HEALTH_REQUEST: u8 = 0x03;
         pub const HEALTH_RESPONSE: u8 = 0x04;
+        pub const RANGE_STATUS_REQUEST: u8 = 0x05;
+        pub const RANGE_STATUS_RESPONSE: u8 = 0x06;
+        pub const DECOMMISSION_REQUEST: u8 = 0x07;
+        pub const DECOMMISSION_RESPONSE: u8 = 0x08;
+    }
+    /// Raft service (0x02).
+    pub mod raft {
+        pub const REQUEST: u8 = 0x01;
+        pub const RESPONSE: u8 = 0x02;
     }
     /// Key-value service (0x03).
     pub mod kv {

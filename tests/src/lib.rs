@@ -1,5 +1,7 @@
 //! Harness for tests that run real `pleiades` node processes on loopback.
 
+pub mod linearizability;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -58,8 +60,17 @@ impl TestNode {
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
-        let mut child = Command::new(pleiades_binary())
-            .args(["node", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--log-format", "json"])
+        let given = |flag: &str| self.extra_args.iter().any(|a| a == flag);
+        let mut command = Command::new(pleiades_binary());
+        command.args(["node", "--log-format", "json"]);
+        // A constellation's founders need their addresses fixed before they start.
+        if !given("--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !given("--http") {
+            command.args(["--http", "127.0.0.1:0"]);
+        }
+        let mut child = command
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra_args)
@@ -168,5 +179,143 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
 impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A free loopback port for `kind` (the OS picks it; it is free again when this returns).
+pub fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("a free UDP port")
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("a free TCP port")
+    }
+}
+
+/// Raft timing for tests: quick elections so failovers take about a second.
+pub const FAST_RAFT: &str =
+    "[raft]\nheartbeat-interval-ms = 50\nelection-timeout-min-ms = 500\nelection-timeout-max-ms = 1000\n";
+
+/// A constellation of node processes on loopback sharing one CA, founded together.
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+    pub root: tempfile::TempDir,
+    /// The shared CA certificate clients trust.
+    pub ca_cert: PathBuf,
+    /// Extra TOML for every node's config file.
+    config_extra: String,
+}
+
+impl TestCluster {
+    /// Starts `count` founders (ids 1..=count); `config_extra` is appended to each config file.
+    pub fn start(count: usize, config_extra: &str) -> anyhow::Result<TestCluster> {
+        let root = tempfile::tempdir()?;
+        let shared = pleiades::transport::tls::GeneratedPaths::in_data_dir(root.path());
+        pleiades::transport::tls::generate_identity(&shared, &[])?;
+        let addrs: Vec<String> = (0..count).map(|_| format!("127.0.0.1:{}", free_port(true))).collect();
+        let peers: Vec<String> = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+        let mut cluster =
+            TestCluster { nodes: Vec::new(), ca_cert: shared.ca_cert.clone(), root, config_extra: config_extra.into() };
+        let mut pending = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = (i + 1) as u64;
+            let config = format!("node-id = {id}\n[constellation]\npeers = {peers:?}\n");
+            pending.push(std::thread::spawn({
+                let (dir, args) = cluster.prepare_node(id, addr, &config)?;
+                move || TestNode::start(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+            }));
+        }
+        for start in pending {
+            cluster.nodes.push(start.join().map_err(|_| anyhow::anyhow!("node start panicked"))??);
+        }
+        Ok(cluster)
+    }
+
+    /// Writes a node's directory (CA, config) and returns it with the node's arguments.
+    fn prepare_node(&self, id: u64, addr: &str, config: &str) -> anyhow::Result<(PathBuf, Vec<String>)> {
+        let dir = self.root.path().join(format!("node-{id}"));
+        let tls = pleiades::transport::tls::GeneratedPaths::in_data_dir(&dir);
+        std::fs::create_dir_all(tls.ca_cert.parent().context("tls dir")?)?;
+        let shared = pleiades::transport::tls::GeneratedPaths::in_data_dir(self.root.path());
+        std::fs::copy(&shared.ca_cert, &tls.ca_cert)?;
+        std::fs::copy(&shared.ca_key, &tls.ca_key)?;
+        let config_path = dir.join("pleiades.toml");
+        // Top-level keys first: TOML puts everything after a [table] header into that table.
+        std::fs::write(&config_path, format!("{config}{}", self.config_extra))?;
+        let args =
+            vec!["--config".to_string(), config_path.display().to_string(), "--listen".to_string(), addr.to_string()];
+        Ok((dir, args))
+    }
+
+    /// Starts one more node that joins through node 1.
+    pub fn join(&mut self, id: u64) -> anyhow::Result<&TestNode> {
+        let addr = format!("127.0.0.1:{}", free_port(true));
+        let seed = self.nodes[0].quic.to_string();
+        let config = format!("node-id = {id}\n[constellation]\njoin = \"{seed}\"\n");
+        let (dir, args) = self.prepare_node(id, &addr, &config)?;
+        let node = TestNode::start(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        self.nodes.push(node);
+        self.nodes.last().context("just pushed")
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut TestNode {
+        self.nodes.iter_mut().find(|n| n.node_id == id).expect("a node of this cluster")
+    }
+
+    /// A constellation client seeded with every node.
+    pub async fn client(&self) -> anyhow::Result<pleiades::client::cluster::Cluster> {
+        let config = pleiades::client::cluster::ClusterConfig {
+            seeds: self.nodes.iter().map(|n| n.quic.to_string()).collect(),
+            ca_cert: self.ca_cert.clone(),
+            attempt_timeout: Duration::from_secs(3),
+            deadline: Duration::from_secs(30),
+        };
+        Ok(pleiades::client::cluster::Cluster::connect(config).await?)
+    }
+
+    /// Each reachable node's replica status.
+    pub async fn status(&self) -> Vec<pleiades_proto::v1::RangeStatusResponse> {
+        let mut out = Vec::new();
+        for node in self.nodes.iter().filter(|n| n.pid().is_some()) {
+            let Ok(client) = node.client().await else { continue };
+            if let Ok(mut system) = client.system().await {
+                if let Ok(status) = system.range_status().await {
+                    out.push(status);
+                }
+            }
+            client.close().await;
+        }
+        out
+    }
+
+    /// Waits until every range has a leader that the nodes holding it agree on; returns
+    /// range id -> leader node id.
+    pub async fn wait_for_leaders(&self, limit: Duration) -> anyhow::Result<std::collections::BTreeMap<u64, u64>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut leaders = std::collections::BTreeMap::new();
+            let mut ranges = std::collections::BTreeSet::new();
+            for status in self.status().await {
+                for replica in status.replicas {
+                    let range = replica.descriptor.as_ref().map(|d| d.range_id).unwrap_or_default();
+                    ranges.insert(range);
+                    if replica.role == "leader" {
+                        leaders.insert(range, status.node_id);
+                    }
+                }
+            }
+            if !ranges.is_empty() && ranges.len() == leaders.len() {
+                return Ok(leaders);
+            }
+            if Instant::now() > deadline {
+                bail!("not every range has a leader after {limit:?}: {leaders:?} of {ranges:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

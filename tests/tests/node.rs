@@ -18,7 +18,7 @@ async fn system_service_reports_identity_and_health() {
     assert_eq!(info.protocol_version, 1);
     assert_eq!(info.listen_address, node.quic.to_string());
     assert_eq!(info.http_address, node.http.to_string());
-    assert_eq!(info.services, vec![0x05, 0x03]);
+    assert_eq!(info.services, vec![0x05, 0x03, 0x02]);
     assert!(info.now.unwrap().wall_nanos > 0);
     let health = system.health().await.unwrap();
     assert_eq!(health.status(), HealthStatus::Serving);
@@ -151,8 +151,17 @@ async fn metrics_health_and_readiness_endpoints() {
         "pleiades_pwp_sent_bytes_total",
         "pleiades_pwp_frames_total{direction=\"in\",frame=\"HELLO\"}",
         "pleiades_pwp_frames_total{direction=\"out\",frame=\"RESPONSE_STREAM_ID_INCOMING\"}",
-        "pleiades_kv_request_seconds_count{op=\"put\"} 1",
-        "pleiades_kv_request_seconds_count{op=\"get\"} 1",
+        "pleiades_kv_request_seconds_count{op=\"put\",consistency=\"none\",outcome=\"ok\"} 1",
+        "pleiades_kv_request_seconds_count{op=\"get\",consistency=\"linearizable\",outcome=\"ok\"} 1",
+        "pleiades_raft_proposals_total{range=",
+        "pleiades_raft_proposal_seconds_count{range=",
+        "pleiades_raft_read_index_seconds_count{range=",
+        "pleiades_raft_term{range=\"1\"}",
+        "pleiades_raft_is_leader{range=\"1\"} 1",
+        "pleiades_raft_applied_index{range=",
+        "pleiades_raft_log_entries{range=",
+        "pleiades_raft_replication_lag_entries{range=",
+        "pleiades_storage_wal_sync_seconds_count",
         "pleiades_storage_write_seconds_count",
         "pleiades_storage_read_seconds_count",
         "pleiades_rocksdb_memtable_bytes",

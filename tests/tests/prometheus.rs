@@ -52,7 +52,7 @@ async fn prometheus_scrapes_the_node() {
     );
 
     // Bounded wait: Prometheus starts, scrapes every second, and must then hold our samples.
-    let query = "/api/v1/query?query=pleiades_kv_request_seconds_count%7Bop%3D%22put%22%7D";
+    let query = "/api/v1/query?query=pleiades_kv_request_seconds_count%7Bop%3D%22put%22%2Coutcome%3D%22ok%22%7D";
     let deadline = Instant::now() + Duration::from_secs(60);
     let result = loop {
         if let Ok((200, body)) = http_get(web, query) {

@@ -1,29 +1,54 @@
-//! The KV service (PWP 0x03) on this node's storage. Until replication lands, a write is
-//! acknowledged once it is durable in this node's RocksDB WAL.
+//! The KV service (PWP 0x03): routes each request to the local replica of the key's range,
+//! proposes writes through raft and serves reads after a ReadIndex barrier (linearizable) or
+//! straight from the local replica (stale). A request for a range this node does not host, or
+//! routed by an outdated descriptor, gets `RANGE_MISMATCH` with the descriptor this node knows;
+//! one that reaches a follower gets `NOT_LEADER` naming the leader, so the client redirects.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::BasicNode;
 use pleiades_proto::v1::{
-    self, kv_request::Op, kv_response::Result as KvResult, ErrorCode, KvError, KvRequest, KvResponse,
+    self, command, kv_request::Op, kv_response::Result as KvResult, ErrorCode, KvError, KvRequest, KvResponse,
+    ReadConsistency,
 };
 use prost::Message;
 
-use crate::clock::Hlc;
+use super::replicas::{Replica, Replicas};
+use crate::clock::{Hlc, Timestamp};
 use crate::config::KvLimits;
-use crate::observe::{Metrics, OperationLabels};
-use crate::storage::{MvccBatch, Storage, StorageError, VersionedValue};
+use crate::observe::{KvLabels, Metrics, RangeLabels};
+use crate::raft::Outcome;
+use crate::storage::{StorageError, VersionedValue};
+
+/// How long a write waits for its outcome before answering `UNCERTAIN`.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a linearizable read waits to confirm leadership.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct KvService {
-    storage: Storage,
+    replicas: Arc<Replicas>,
     hlc: Arc<Hlc>,
     limits: KvLimits,
     metrics: Arc<Metrics>,
 }
 
-/// A request refused before it touches storage, with the code the client sees.
-struct Refusal(ErrorCode, String);
+/// A request not served, with what the client needs to act on it.
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+    // Boxed: refusals travel in every Result of the request path, which should stay small.
+    range: Option<Box<v1::RangeDescriptor>>,
+    leader: Option<Box<v1::MemberNode>>,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal { code, message: message.into(), range: None, leader: None }
+    }
+}
 
 impl From<StorageError> for Refusal {
     fn from(e: StorageError) -> Self {
@@ -33,120 +58,176 @@ impl From<StorageError> for Refusal {
             StorageError::VersionsExhausted { .. } => ErrorCode::InvalidArgument,
             _ => ErrorCode::Internal,
         };
-        Refusal(code, e.to_string())
+        Refusal::new(code, e.to_string())
     }
 }
 
 impl From<crate::clock::ClockError> for Refusal {
     fn from(e: crate::clock::ClockError) -> Self {
-        Refusal(ErrorCode::Unavailable, e.to_string())
+        Refusal::new(ErrorCode::Unavailable, e.to_string())
+    }
+}
+
+fn not_leader(replica: &Replica, forward: ForwardToLeader<u64, BasicNode>) -> Refusal {
+    let leader = match (forward.leader_id, forward.leader_node) {
+        (Some(node_id), Some(node)) => Some(v1::MemberNode { node_id, addr: node.addr }),
+        _ => replica.leader(),
+    };
+    let message = match &leader {
+        Some(leader) => format!("range {} is led by node {} at {}", replica.span.range_id, leader.node_id, leader.addr),
+        None => format!("range {} has no known leader (an election may be running)", replica.span.range_id),
+    };
+    Refusal {
+        code: ErrorCode::NotLeader,
+        message,
+        range: Some(Box::new(replica.descriptor())),
+        leader: leader.map(Box::new),
     }
 }
 
 impl KvService {
-    pub fn new(storage: Storage, hlc: Arc<Hlc>, limits: KvLimits, metrics: Arc<Metrics>) -> Self {
-        KvService { storage, hlc, limits, metrics }
+    pub fn new(replicas: Arc<Replicas>, hlc: Arc<Hlc>, limits: KvLimits, metrics: Arc<Metrics>) -> Self {
+        KvService { replicas, hlc, limits, metrics }
     }
 
     /// Decodes one request and answers it; a malformed request gets an `INVALID_ARGUMENT` answer.
-    pub async fn handle(self: &Arc<Self>, payload: Bytes) -> KvResponse {
+    pub async fn handle(&self, payload: Bytes) -> KvResponse {
         let request = match KvRequest::decode(payload) {
             Ok(request) => request,
-            Err(e) => return error_response(0, ErrorCode::InvalidArgument, format!("malformed KvRequest: {e}")),
+            Err(e) => {
+                return error_response(0, Refusal::new(ErrorCode::InvalidArgument, format!("malformed KvRequest: {e}")))
+            }
         };
         let request_id = request.request_id;
         let Some(op) = request.op else {
-            return error_response(request_id, ErrorCode::InvalidArgument, "KvRequest names no operation".into());
+            return error_response(
+                request_id,
+                Refusal::new(ErrorCode::InvalidArgument, "KvRequest names no operation"),
+            );
         };
-        let name = op_name(&op);
+        let (name, consistency) = labels(&op);
         let started = Instant::now();
-        let service = Arc::clone(self);
-        // Storage calls block on RocksDB (and fsync for writes): keep them off the async workers.
-        let result = tokio::task::spawn_blocking(move || service.execute(op))
-            .await
-            .unwrap_or_else(|e| Err(Refusal(ErrorCode::Internal, format!("request task failed: {e}"))));
+        let result = self.execute(request.range_id, request.range_generation, op).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(refusal) => refusal.code.as_str_name(),
+        };
         self.metrics
             .kv_request_seconds
-            .get_or_create(&OperationLabels { op: name })
+            .get_or_create(&KvLabels { op: name, consistency, outcome })
             .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(result) => KvResponse { request_id, result: Some(result) },
-            Err(Refusal(code, message)) => error_response(request_id, code, message),
+            Err(refusal) => error_response(request_id, refusal),
         }
     }
 
-    fn execute(&self, op: Op) -> Result<KvResult, Refusal> {
+    async fn execute(&self, range_id: u64, generation: u64, op: Op) -> Result<KvResult, Refusal> {
         match op {
+            Op::Ranges(_) => Ok(KvResult::Ranges(v1::RangesResponse {
+                ranges: self.replicas.descriptors(),
+                nodes: self.replicas.members(),
+            })),
             Op::Put(put) => {
                 self.check_key(&put.key)?;
-                if put.value.len() > self.limits.max_value_bytes {
-                    return Err(Refusal(
-                        ErrorCode::ValueTooLarge,
-                        format!(
-                            "value of {} bytes exceeds the limit of {} bytes",
-                            put.value.len(),
-                            self.limits.max_value_bytes
-                        ),
-                    ));
-                }
-                let mut batch = MvccBatch::default();
-                batch.put(put.key, put.value);
-                let (ts, versions) = self.storage.write_now(batch, &self.hlc)?;
-                Ok(KvResult::Put(v1::PutResponse { version: versions[0], timestamp: Some(ts.into()) }))
-            }
-            Op::Get(get) => {
-                self.check_key(&get.key)?;
-                let found = match (get.version, get.at) {
-                    (0, None) => self.storage.get_latest(&get.key)?,
-                    (0, Some(at)) => self.storage.get_at(&get.key, at.into())?,
-                    (version, None) => self.storage.get_version(&get.key, version)?,
-                    (_, Some(_)) => {
-                        return Err(Refusal(
-                            ErrorCode::InvalidArgument,
-                            "give a version or a timestamp, not both".into(),
-                        ))
-                    }
-                };
-                Ok(KvResult::Get(v1::GetResponse { value: found.map(versioned) }))
+                self.check_value(&put.value)?;
+                let replica = self.route(&put.key, range_id, generation)?;
+                let outcome =
+                    self.propose(&replica, command::Op::Put(v1::CommandPut { key: put.key, value: put.value })).await?;
+                let (version, timestamp) = written(outcome)?;
+                Ok(KvResult::Put(v1::PutResponse { version, timestamp: Some(timestamp.into()) }))
             }
             Op::Delete(delete) => {
                 self.check_key(&delete.key)?;
-                let mut batch = MvccBatch::default();
-                batch.delete(delete.key);
-                let (ts, _) = self.storage.write_now(batch, &self.hlc)?;
-                Ok(KvResult::Delete(v1::DeleteResponse { timestamp: Some(ts.into()) }))
+                let replica = self.route(&delete.key, range_id, generation)?;
+                let outcome =
+                    self.propose(&replica, command::Op::Delete(v1::CommandDelete { key: delete.key })).await?;
+                let (_, timestamp) = written(outcome)?;
+                Ok(KvResult::Delete(v1::DeleteResponse { timestamp: Some(timestamp.into()) }))
+            }
+            Op::Cas(cas) => {
+                self.check_key(&cas.key)?;
+                self.check_value(&cas.expected)?;
+                self.check_value(&cas.value)?;
+                let replica = self.route(&cas.key, range_id, generation)?;
+                let command = command::Op::Cas(v1::CommandCompareAndSwap {
+                    key: cas.key,
+                    expected: cas.expected,
+                    expect_absent: cas.expect_absent,
+                    value: cas.value,
+                    delete: cas.delete,
+                });
+                match self.propose(&replica, command).await? {
+                    Outcome::CompareFailed { current } => Ok(KvResult::Cas(v1::CompareAndSwapResponse {
+                        succeeded: false,
+                        current: current.map(versioned),
+                    })),
+                    outcome => {
+                        let (version, timestamp) = written(outcome)?;
+                        let current =
+                            v1::VersionedValue { value: Vec::new(), version, timestamp: Some(timestamp.into()) };
+                        Ok(KvResult::Cas(v1::CompareAndSwapResponse { succeeded: true, current: Some(current) }))
+                    }
+                }
+            }
+            Op::Get(get) => {
+                self.check_key(&get.key)?;
+                let replica = self.route(&get.key, range_id, generation)?;
+                self.read_barrier(&replica, get.consistency()).await?;
+                let storage = self.replicas.storage();
+                let found = match (get.version, get.at) {
+                    (0, None) => storage.get_latest(&get.key)?,
+                    (0, Some(at)) => storage.get_at(&get.key, at.into())?,
+                    (version, None) => storage.get_version(&get.key, version)?,
+                    (_, Some(_)) => {
+                        return Err(Refusal::new(ErrorCode::InvalidArgument, "give a version or a timestamp, not both"))
+                    }
+                };
+                Ok(KvResult::Get(v1::GetResponse { value: found.map(versioned) }))
             }
             Op::Scan(scan) => {
                 let limit = match scan.limit {
                     0 => self.limits.max_scan_limit,
                     n if n > self.limits.max_scan_limit => {
-                        return Err(Refusal(
+                        return Err(Refusal::new(
                             ErrorCode::ScanLimitExceeded,
                             format!("scan limit {n} exceeds the maximum of {}", self.limits.max_scan_limit),
                         ))
                     }
                     n => n,
                 };
+                self.check_key(&scan.start)?;
+                let replica = self.route(&scan.start, range_id, generation)?;
+                self.read_barrier(&replica, scan.consistency()).await?;
                 let at = match scan.at {
                     Some(at) => at.into(),
                     None => self.hlc.now()?,
                 };
-                let end = (!scan.end.is_empty()).then_some(scan.end.as_slice());
+                // This range's part of the scan; the client continues in the next range.
+                let range_end = replica.span.end_key.clone();
+                let cut_by_range = !range_end.is_empty() && (scan.end.is_empty() || range_end < scan.end);
+                let end = if cut_by_range { range_end.clone() } else { scan.end.clone() };
+                let end = (!end.is_empty()).then_some(end.as_slice());
                 // One extra entry tells whether the limit cut the scan short.
-                let mut rows = self.storage.scan(&scan.start, end, limit as usize + 1, at)?;
+                let mut rows = self.replicas.storage().scan(&scan.start, end, limit as usize + 1, at)?;
                 let resume_key = if rows.len() > limit as usize {
                     rows.pop().map(|(key, _)| key).unwrap_or_default()
+                } else if cut_by_range {
+                    range_end
                 } else {
                     Vec::new()
                 };
                 let entries =
                     rows.into_iter().map(|(key, value)| v1::KeyValue { key, value: Some(versioned(value)) }).collect();
-                Ok(KvResult::Scan(v1::ScanResponse { entries, resume_key }))
+                Ok(KvResult::Scan(v1::ScanResponse { entries, resume_key, read_at: Some(at.into()) }))
             }
             Op::ListVersions(list) => {
                 self.check_key(&list.key)?;
+                let replica = self.route(&list.key, range_id, generation)?;
+                self.read_barrier(&replica, list.consistency()).await?;
                 let versions = self
-                    .storage
+                    .replicas
+                    .storage()
                     .list_versions(&list.key)?
                     .into_iter()
                     .map(|v| v1::VersionInfo {
@@ -160,7 +241,9 @@ impl KvService {
             }
             Op::Describe(describe) => {
                 self.check_key(&describe.key)?;
-                let descriptor = self.storage.descriptor(&describe.key)?.map(|d| v1::KeyDescriptor {
+                let replica = self.route(&describe.key, range_id, generation)?;
+                self.read_barrier(&replica, describe.consistency()).await?;
+                let descriptor = self.replicas.storage().descriptor(&describe.key)?.map(|d| v1::KeyDescriptor {
                     version_count: d.version_count,
                     latest_version: d.latest_version,
                     first_write: Some(d.first_write.into()),
@@ -174,14 +257,118 @@ impl KvService {
         }
     }
 
+    /// The local replica that must serve `key`, checked against the client's routing.
+    fn route(&self, key: &[u8], range_id: u64, generation: u64) -> Result<Arc<Replica>, Refusal> {
+        let Some(replica) = self.replicas.for_key(key) else {
+            return Err(Refusal {
+                code: ErrorCode::RangeMismatch,
+                message: format!("node {} hosts no replica of the range holding this key", self.replicas.node_id),
+                range: self.replicas.descriptor_for_key(key).map(Box::new),
+                leader: None,
+            });
+        };
+        let descriptor = replica.descriptor();
+        if range_id != 0 && (range_id != descriptor.range_id || generation < descriptor.generation) {
+            return Err(Refusal {
+                code: ErrorCode::RangeMismatch,
+                message: format!(
+                    "the key is in range {} generation {}, not range {range_id} generation {generation}",
+                    descriptor.range_id, descriptor.generation
+                ),
+                range: Some(Box::new(descriptor)),
+                leader: None,
+            });
+        }
+        Ok(replica)
+    }
+
+    /// Proposes a command at a fresh HLC time and waits until it is applied.
+    async fn propose(&self, replica: &Replica, op: command::Op) -> Result<Outcome, Refusal> {
+        let labels = RangeLabels { range: replica.span.range_id };
+        let command = v1::Command { timestamp: Some(self.hlc.now()?.into()), op: Some(op) };
+        let started = Instant::now();
+        let result = tokio::time::timeout(WRITE_TIMEOUT, replica.raft.client_write(command)).await;
+        match result {
+            Ok(Ok(response)) => {
+                self.metrics.raft_proposals.get_or_create(&labels).inc();
+                self.metrics.raft_proposal_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+                Ok(response.data)
+            }
+            // Refused before it was appended, or its entry was truncated: it never applies.
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                Err(not_leader(replica, forward))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(Refusal::new(ErrorCode::Internal, e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(Refusal::new(
+                ErrorCode::Uncertain,
+                format!(
+                    "range {} stopped while the write was in flight ({e}); it may or may not apply",
+                    replica.span.range_id
+                ),
+            )),
+            Err(_) => Err(Refusal::new(
+                ErrorCode::Uncertain,
+                format!("no outcome within {WRITE_TIMEOUT:?}; the write may or may not apply"),
+            )),
+        }
+    }
+
+    /// Waits until a read on this replica is linearizable (or not at all for stale reads).
+    async fn read_barrier(&self, replica: &Replica, consistency: ReadConsistency) -> Result<(), Refusal> {
+        if consistency == ReadConsistency::Stale {
+            return Ok(());
+        }
+        let started = Instant::now();
+        match tokio::time::timeout(READ_INDEX_TIMEOUT, replica.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => {
+                self.metrics
+                    .raft_read_index_seconds
+                    .get_or_create(&RangeLabels { range: replica.span.range_id })
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                Err(not_leader(replica, forward))
+            }
+            Ok(Err(e)) => Err(Refusal::new(ErrorCode::Unavailable, format!("cannot confirm leadership: {e}"))),
+            Err(_) => Err(Refusal::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "range {} could not confirm its leadership within {READ_INDEX_TIMEOUT:?}",
+                    replica.span.range_id
+                ),
+            )),
+        }
+    }
+
     fn check_key(&self, key: &[u8]) -> Result<(), Refusal> {
         if key.len() > self.limits.max_key_bytes {
-            return Err(Refusal(
+            return Err(Refusal::new(
                 ErrorCode::KeyTooLarge,
                 format!("key of {} bytes exceeds the limit of {} bytes", key.len(), self.limits.max_key_bytes),
             ));
         }
         Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), Refusal> {
+        if value.len() > self.limits.max_value_bytes {
+            return Err(Refusal::new(
+                ErrorCode::ValueTooLarge,
+                format!("value of {} bytes exceeds the limit of {} bytes", value.len(), self.limits.max_value_bytes),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn written(outcome: Outcome) -> Result<(u32, Timestamp), Refusal> {
+    match outcome {
+        Outcome::Written { version, timestamp } => Ok((version, timestamp)),
+        Outcome::Refused(why) => Err(Refusal::new(ErrorCode::RangeMismatch, why)),
+        other => Err(Refusal::new(ErrorCode::Internal, format!("unexpected outcome {other:?}"))),
     }
 }
 
@@ -189,17 +376,32 @@ fn versioned(value: VersionedValue) -> v1::VersionedValue {
     v1::VersionedValue { value: value.value, version: value.version, timestamp: Some(value.ts.into()) }
 }
 
-fn error_response(request_id: u64, code: ErrorCode, message: String) -> KvResponse {
-    KvResponse { request_id, result: Some(KvResult::Error(KvError { code: code.into(), message })) }
+fn error_response(request_id: u64, refusal: Refusal) -> KvResponse {
+    let error = KvError {
+        code: refusal.code.into(),
+        message: refusal.message,
+        range: refusal.range.map(|r| *r),
+        leader: refusal.leader.map(|l| *l),
+    };
+    KvResponse { request_id, result: Some(KvResult::Error(error)) }
 }
 
-fn op_name(op: &Op) -> &'static str {
+fn consistency_label(consistency: ReadConsistency) -> &'static str {
+    match consistency {
+        ReadConsistency::Stale => "stale",
+        _ => "linearizable",
+    }
+}
+
+fn labels(op: &Op) -> (&'static str, &'static str) {
     match op {
-        Op::Put(_) => "put",
-        Op::Get(_) => "get",
-        Op::Delete(_) => "delete",
-        Op::Scan(_) => "scan",
-        Op::ListVersions(_) => "list_versions",
-        Op::Describe(_) => "describe",
+        Op::Put(_) => ("put", "none"),
+        Op::Get(get) => ("get", consistency_label(get.consistency())),
+        Op::Delete(_) => ("delete", "none"),
+        Op::Scan(scan) => ("scan", consistency_label(scan.consistency())),
+        Op::ListVersions(list) => ("list_versions", consistency_label(list.consistency())),
+        Op::Describe(describe) => ("describe", consistency_label(describe.consistency())),
+        Op::Cas(_) => ("cas", "none"),
+        Op::Ranges(_) => ("ranges", "none"),
     }
 }

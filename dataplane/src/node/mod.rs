@@ -2,6 +2,8 @@
 //! observability endpoints, and shuts down cleanly.
 
 mod kv;
+pub mod placement;
+pub mod replicas;
 mod system;
 
 use std::future::Future;
@@ -11,18 +13,23 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pleiades_proto::payload_type;
-use pleiades_proto::v1::{HealthRequest, NodeInfoRequest};
+use pleiades_proto::v1::{
+    DecommissionRequest, DecommissionResponse, HealthRequest, NodeInfoRequest, RaftRequest, RangeStatusRequest,
+    RangeStatusResponse,
+};
 use pleiades_proto::wire::{Service, ServiceDirectory, ServiceHealth, ServiceTypeStatus};
 use prometheus_client::registry::Registry;
 use prost::Message;
 use tracing::{error, info, warn};
 
 use crate::clock::{ClockError, Hlc, SystemClock, UpperBoundStore, DEFAULT_PERSIST_WINDOW};
-use crate::config::{ConfigError, NodeConfig};
+use crate::config::{parse_peer, ConfigError, NodeConfig};
 use crate::observe::{Health, HttpState, Metrics, OperationLabels};
+use crate::raft::network::Peers;
 use crate::storage::{Storage, StorageError};
 use crate::transport::server::{self, Dispatch, DispatchError, StreamSettings};
 use crate::transport::tls::{self, QuicLimits, TlsError};
+use replicas::{ReplicaError, Replicas};
 
 pub use kv::KvService;
 pub use system::SystemService;
@@ -51,6 +58,8 @@ pub enum NodeError {
     CorruptLocal { key: &'static str, detail: String },
     #[error("background task failed: {0}")]
     Task(String),
+    #[error("replication: {0}")]
+    Replica(#[from] ReplicaError),
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, NodeError> {
@@ -117,17 +126,21 @@ pub fn open_clock(storage: &Storage, max_offset: Duration) -> Result<Hlc, ClockE
 /// The services this node serves over PWP.
 struct NodeServices {
     system: SystemService,
-    kv: Arc<KvService>,
+    kv: KvService,
+    replicas: Arc<Replicas>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
 }
 
-const SERVED: [Service; 2] = [Service::System, Service::Kv];
+const SERVED: [Service; 3] = [Service::System, Service::Kv, Service::Raft];
 
 impl ServiceDirectory for NodeServices {
     fn service_type_status(&self, service: Service) -> ServiceTypeStatus {
-        if !SERVED.contains(&service) {
-            // Gossip, raft and messaging come with later releases: retrying this node won't help.
+        if service == Service::Raft {
+            // Peers replicate to a node as soon as it listens, ready for clients or not.
+            ServiceTypeStatus::Ready
+        } else if !SERVED.contains(&service) {
+            // Gossip and messaging come with later releases: retrying this node won't help.
             ServiceTypeStatus::UnavailableNonRetryable
         } else if self.health.is_ready() {
             ServiceTypeStatus::Ready
@@ -161,6 +174,39 @@ impl Dispatch for NodeServices {
                 let response = self.system.health().encode_to_vec();
                 self.observe_system("health", started);
                 Ok((payload_type::system::HEALTH_RESPONSE, response.into()))
+            }
+            (Service::System, payload_type::system::RANGE_STATUS_REQUEST) => {
+                let started = Instant::now();
+                RangeStatusRequest::decode(payload).map_err(|e| DispatchError::malformed("RangeStatusRequest", e))?;
+                let response = RangeStatusResponse { node_id: self.system.node_id, replicas: self.replicas.status() }
+                    .encode_to_vec();
+                self.observe_system("range_status", started);
+                Ok((payload_type::system::RANGE_STATUS_RESPONSE, response.into()))
+            }
+            (Service::System, payload_type::system::DECOMMISSION_REQUEST) => {
+                let started = Instant::now();
+                let request = DecommissionRequest::decode(payload)
+                    .map_err(|e| DispatchError::malformed("DecommissionRequest", e))?;
+                let response = match self.replicas.decommission(request.node_id).await {
+                    Ok(moves) => DecommissionResponse {
+                        moves: moves
+                            .iter()
+                            .map(|m| format!("range {}: node {} -> node {}", m.range_id, m.remove, m.add))
+                            .collect(),
+                        error: String::new(),
+                    },
+                    Err(e) => DecommissionResponse {
+                        moves: Vec::new(),
+                        error: format!("cannot decommission node {}: {e}", request.node_id),
+                    },
+                };
+                self.observe_system("decommission", started);
+                Ok((payload_type::system::DECOMMISSION_RESPONSE, response.encode_to_vec().into()))
+            }
+            (Service::Raft, payload_type::raft::REQUEST) => {
+                let request = RaftRequest::decode(payload).map_err(|e| DispatchError::malformed("RaftRequest", e))?;
+                let response = self.replicas.handle(request).await;
+                Ok((payload_type::raft::RESPONSE, response.encode_to_vec().into()))
             }
             (Service::Kv, payload_type::kv::REQUEST) => {
                 let response = self.kv.handle(payload).await;
@@ -203,14 +249,47 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         idle_timeout: Duration::from_millis(config.wire.idle_timeout_ms),
     };
     let identity = tls::node_identity(&config.tls, &config.data_dir)?;
-    let endpoint = quinn::Endpoint::server(tls::server_config(identity, &limits)?, config.listen)
+    let mut endpoint = quinn::Endpoint::server(tls::server_config(identity, &limits)?, config.listen)
         .map_err(|source| NodeError::Bind { what: "QUIC", addr: config.listen, source })?;
+    // The same endpoint dials the other nodes, trusting the constellation's CA: the configured
+    // one, else the generated one. A node of one dials no one and may have neither.
+    let has_peers = config.constellation.peers.len() > 1 || config.constellation.join.is_some();
+    let generated_ca = tls::GeneratedPaths::in_data_dir(&config.data_dir).ca_cert;
+    let peer_ca = config.tls.ca_cert.clone().or_else(|| generated_ca.exists().then_some(generated_ca));
+    match peer_ca {
+        Some(ca) => endpoint.set_default_client_config(tls::client_config(&tls::load_certificates(&ca)?, &limits)?),
+        None if has_peers => {
+            return Err(NodeError::Config(ConfigError::Invalid(
+                "tls.ca-cert is required with tls.cert and tls.key when the node has peers".into(),
+            )))
+        }
+        None => {}
+    }
     let quic_addr =
         endpoint.local_addr().map_err(|source| NodeError::Bind { what: "QUIC", addr: config.listen, source })?;
+
+    let advertise = config.constellation.advertise.clone().unwrap_or_else(|| quic_addr.to_string());
+    let mut founders = config.constellation.peers.iter().map(|p| parse_peer(p)).collect::<Result<Vec<_>, _>>()?;
+    if founders.is_empty() && config.constellation.join.is_none() {
+        // Neither founder nor joiner: a constellation of one.
+        founders.push((node_id, advertise.clone()));
+    }
+    let peers = Arc::new(Peers::new(endpoint.clone(), Duration::from_secs(3)));
+    let replicas = Replicas::new(
+        node_id,
+        advertise.clone(),
+        storage.clone(),
+        hlc.clone(),
+        peers,
+        replicas::raft_config(&config.raft)?,
+        config.data_dir.join("snapshots"),
+        metrics.clone(),
+    );
 
     let health = Arc::new(Health::default());
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let refresh = {
+        let replicas = replicas.clone();
         let storage = storage.clone();
         let metrics = metrics.clone();
         let hlc = hlc.clone();
@@ -220,6 +299,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                 metrics.rocksdb_sst_bytes.set(stats.sst_bytes as i64);
                 metrics.rocksdb_pending_compaction_bytes.set(stats.pending_compaction_bytes as i64);
             }
+            replicas.export_metrics();
             let rejections = hlc.offset_rejections();
             let counted = metrics.hlc_offset_rejections.get();
             metrics.hlc_offset_rejections.inc_by(rejections.saturating_sub(counted));
@@ -263,13 +343,34 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             health: health.clone(),
             services: SERVED.iter().map(|s| u32::from(u8::from(*s))).collect(),
         },
-        kv: Arc::new(KvService::new(storage.clone(), hlc.clone(), config.kv.clone(), metrics.clone())),
+        kv: KvService::new(replicas.clone(), hlc.clone(), config.kv.clone(), metrics.clone()),
+        replicas: replicas.clone(),
         health: health.clone(),
         metrics: metrics.clone(),
     });
     let settings =
         Arc::new(StreamSettings { max_payload: config.wire.max_payload_bytes, stall_timeout: config.stall_timeout() });
     let accept_task = tokio::spawn(server::accept_loop(endpoint.clone(), services, settings, metrics.clone()));
+
+    // Replicas start once the endpoint serves, so founders starting together can reach each other.
+    replicas.start(&founders, config.constellation.initial_ranges, config.constellation.replication_factor).await?;
+    let upkeep_task = tokio::spawn(replicas.clone().upkeep());
+    let join_task = config.constellation.join.clone().map(|seed| {
+        let replicas = replicas.clone();
+        tokio::spawn(async move {
+            // A seed that is down or busy is retried; the node serves meanwhile.
+            for attempt in 1u64.. {
+                match replicas.join(&seed).await {
+                    Ok(moves) => {
+                        info!(%seed, replicas_taken = moves.len(), "joined the constellation");
+                        return;
+                    }
+                    Err(e) => warn!(%seed, attempt, error = %e, "join incomplete; retrying"),
+                }
+                tokio::time::sleep(Duration::from_secs(attempt.min(10))).await;
+            }
+        })
+    });
 
     health.set_ready();
     info!(node_id, listen = %quic_addr, http = %http_addr, data_dir = %config.data_dir.display(), "node ready");
@@ -290,6 +391,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             "closing streams still open after the grace period"
         );
     }
+    upkeep_task.abort();
+    if let Some(task) = join_task {
+        task.abort();
+    }
+    replicas.shutdown().await;
     endpoint.close(quinn::VarInt::from_u32(0), b"node shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     accept_task.abort();
@@ -298,6 +404,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let _ = http_task.await;
     // Storage must be the last handle standing: the services held clones.
     drop(hlc);
+    drop(replicas);
     blocking(move || storage.close()).await??;
     info!("node stopped");
     Ok(())

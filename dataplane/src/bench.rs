@@ -1,0 +1,267 @@
+//! `pleiades bench`: a closed-loop load generator on the constellation client. Each worker
+//! sends one request, waits for the answer, records its latency in an HDR histogram, repeats.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use pleiades_proto::v1::ReadConsistency;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::cli::{BenchArgs, Consistency, Workload};
+use crate::client::cluster::Cluster;
+
+/// Latency percentiles of one operation kind, in microseconds.
+#[derive(Debug, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub workload: Workload,
+    pub consistency: Consistency,
+    pub concurrency: u32,
+    pub keys: u64,
+    pub value_size: usize,
+    pub seconds: f64,
+    pub ops_per_second: f64,
+    pub errors: u64,
+    pub writes: Option<LatencySummary>,
+    pub reads: Option<LatencySummary>,
+    /// The first few error messages, for diagnosis.
+    pub sample_errors: Vec<String>,
+}
+
+fn summary(histogram: &Histogram<u64>) -> Option<LatencySummary> {
+    (!histogram.is_empty()).then(|| LatencySummary {
+        count: histogram.len(),
+        p50_us: histogram.value_at_quantile(0.5),
+        p90_us: histogram.value_at_quantile(0.9),
+        p99_us: histogram.value_at_quantile(0.99),
+        p999_us: histogram.value_at_quantile(0.999),
+        max_us: histogram.max(),
+    })
+}
+
+/// The bench's key for index `i`: a first byte spread evenly over the bytes the initial
+/// split points cover ('0'..'z'), so load reaches every range, then the index.
+pub fn bench_key(i: u64) -> Vec<u8> {
+    let mixed = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+    let mut key = vec![b'0' + (mixed % 75) as u8];
+    key.extend_from_slice(format!("bench{i:012}").as_bytes());
+    key
+}
+
+/// YCSB's zipfian generator (Gray et al., "Quickly generating billion-record synthetic
+/// databases"), constant 0.99, over `0..items`.
+pub struct Zipfian {
+    items: u64,
+    theta: f64,
+    alpha: f64,
+    zetan: f64,
+    eta: f64,
+}
+
+impl Zipfian {
+    pub fn new(items: u64) -> Self {
+        let theta = 0.99;
+        let zeta = |n: u64| (1..=n).map(|i| 1.0 / (i as f64).powf(theta)).sum::<f64>();
+        let zetan = zeta(items.max(1));
+        let zeta2 = zeta(2.min(items.max(1)));
+        let alpha = 1.0 / (1.0 - theta);
+        let eta = (1.0 - (2.0 / items.max(1) as f64).powf(1.0 - theta)) / (1.0 - zeta2 / zetan);
+        Zipfian { items: items.max(1), theta, alpha, zetan, eta }
+    }
+
+    pub fn sample(&self, rng: &mut impl Rng) -> u64 {
+        let u: f64 = rng.random();
+        let uz = u * self.zetan;
+        if uz < 1.0 {
+            return 0;
+        }
+        if uz < 1.0 + 0.5f64.powf(self.theta) {
+            return 1.min(self.items - 1);
+        }
+        ((self.items as f64) * (self.eta * u - self.eta + 1.0).powf(self.alpha)) as u64 % self.items
+    }
+}
+
+/// Share of reads in the workload.
+fn read_share(workload: Workload) -> f64 {
+    match workload {
+        Workload::Write => 0.0,
+        Workload::Read | Workload::YcsbC => 1.0,
+        Workload::Mixed | Workload::YcsbA => 0.5,
+        Workload::YcsbB => 0.95,
+    }
+}
+
+/// Writes every key once, `concurrency` at a time.
+pub async fn load(cluster: &Cluster, keys: u64, value_size: usize, concurrency: u32) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let value = Arc::new(vec![b'v'; value_size]);
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (cluster, next, value) = (cluster.clone(), next.clone(), value.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= keys {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                cluster.put(&bench_key(i), &value).await?;
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    Ok(())
+}
+
+pub async fn run(cluster: &Cluster, args: &BenchArgs, progress: bool) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(args.keys > 0, "--keys must be at least 1");
+    anyhow::ensure!(args.duration > 0, "--duration must be at least 1 second");
+    let reads = read_share(args.workload);
+    if reads > 0.0 && !args.no_load {
+        if progress {
+            eprintln!("loading {} keys of {} bytes…", args.keys, args.value_size);
+        }
+        load(cluster, args.keys, args.value_size, args.concurrency.max(16)).await?;
+    }
+    let zipfian = matches!(args.workload, Workload::YcsbA | Workload::YcsbB | Workload::YcsbC)
+        .then(|| Arc::new(Zipfian::new(args.keys)));
+    let consistency = match args.consistency {
+        Consistency::Linearizable => ReadConsistency::Linearizable,
+        Consistency::Stale => ReadConsistency::Stale,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let done_ops = Arc::new(AtomicU64::new(0));
+    let value = Arc::new(vec![b'x'; args.value_size]);
+    let mut workers = Vec::new();
+    for worker in 0..args.concurrency {
+        let (cluster, stop, done_ops, value, zipfian) =
+            (cluster.clone(), stop.clone(), done_ops.clone(), value.clone(), zipfian.clone());
+        let keys = args.keys;
+        workers.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(0x5EED ^ u64::from(worker));
+            let mut write_latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
+            let mut read_latency = write_latency.clone();
+            let (mut errors, mut sample_errors) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let index = match &zipfian {
+                    Some(z) => z.sample(&mut rng),
+                    None => rng.random_range(0..keys),
+                };
+                let key = bench_key(index);
+                let is_read = rng.random::<f64>() < reads;
+                let started = Instant::now();
+                let result = if is_read {
+                    cluster.get(&key, 0, consistency).await.map(|_| ())
+                } else {
+                    cluster.put(&key, &value).await.map(|_| ())
+                };
+                let micros = started.elapsed().as_micros().max(1) as u64;
+                match result {
+                    Ok(()) => {
+                        let histogram = if is_read { &mut read_latency } else { &mut write_latency };
+                        histogram.saturating_record(micros);
+                        done_ops.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        if sample_errors.len() < 3 {
+                            sample_errors.push(e.to_string());
+                        }
+                    }
+                }
+            }
+            (write_latency, read_latency, errors, sample_errors)
+        }));
+    }
+    let bar = if progress {
+        let bar = indicatif::ProgressBar::new(args.duration);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len}s {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let started = Instant::now();
+    for second in 1..=args.duration {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(started + Duration::from_secs(second))).await;
+        if let Some(bar) = &bar {
+            let rate = done_ops.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+            bar.set_position(second);
+            bar.set_message(format!("{rate:.0} ops/s"));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut writes = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut reads_histogram = writes.clone();
+    let (mut errors, mut sample_errors) = (0, Vec::new());
+    for worker in workers {
+        let (w, r, e, samples) = worker.await?;
+        writes.add(&w)?;
+        reads_histogram.add(&r)?;
+        errors += e;
+        sample_errors.extend(samples);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    sample_errors.truncate(5);
+    Ok(BenchReport {
+        workload: args.workload,
+        consistency: args.consistency,
+        concurrency: args.concurrency,
+        keys: args.keys,
+        value_size: args.value_size,
+        seconds,
+        ops_per_second: (writes.len() + reads_histogram.len()) as f64 / seconds,
+        errors,
+        writes: summary(&writes),
+        reads: summary(&reads_histogram),
+        sample_errors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_keys_spread_over_the_initial_ranges() {
+        let layout = crate::node::replicas::initial_layout(&[1, 2, 3], 4, 3);
+        let mut per_range = std::collections::BTreeMap::new();
+        for i in 0..10_000 {
+            let key = bench_key(i);
+            let range = layout.iter().find(|d| crate::node::replicas::descriptor_contains(d, &key)).unwrap();
+            *per_range.entry(range.range_id).or_insert(0) += 1;
+        }
+        assert_eq!(per_range.len(), 4, "{per_range:?}");
+        assert!(per_range.values().all(|n| *n > 1_500), "roughly even: {per_range:?}");
+    }
+
+    #[test]
+    fn zipfian_stays_in_bounds_and_favours_low_ranks() {
+        let zipf = Zipfian::new(1_000);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let samples: Vec<u64> = (0..20_000).map(|_| zipf.sample(&mut rng)).collect();
+        assert!(samples.iter().all(|s| *s < 1_000));
+        let hot = samples.iter().filter(|s| **s < 10).count();
+        assert!(hot > 20_000 / 5, "the top 1 % of keys draws a large share: {hot}");
+    }
+}

@@ -1,0 +1,485 @@
+//! The constellation client: reaches any node, caches range descriptors and leaders, routes
+//! each request to the range's leader (or any replica for stale reads), and retries with
+//! backoff on leader changes and `RANGE_MISMATCH` until a deadline. Requests share one QUIC
+//! connection per node and run concurrently on a pool of PWP streams.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pleiades_proto::payload_type;
+use pleiades_proto::v1::{
+    self, kv_request::Op, kv_response::Result as KvResult, ErrorCode, KvRequest, KvResponse, ReadConsistency,
+};
+use pleiades_proto::wire::Service;
+
+use super::{ClientError, PwpStream};
+use crate::transport::tls::{self, QuicLimits};
+
+pub struct ClusterConfig {
+    /// Nodes to start from, as `host:port`; any one that answers is enough.
+    pub seeds: Vec<String>,
+    pub ca_cert: PathBuf,
+    /// Deadline of one attempt.
+    pub attempt_timeout: Duration,
+    /// Deadline of a request across its retries.
+    pub deadline: Duration,
+}
+
+/// What a request may do on a failure: reads can be retried anywhere; a write is retried only
+/// when the node said it was not proposed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Write,
+    Read(ReadConsistency),
+}
+
+struct Node {
+    connection: quinn::Connection,
+    streams: Mutex<Vec<PwpStream>>,
+}
+
+#[derive(Default)]
+struct Routing {
+    /// Data ranges by start key.
+    ranges: BTreeMap<Vec<u8>, v1::RangeDescriptor>,
+    nodes: HashMap<u64, String>,
+    leaders: HashMap<u64, String>,
+    /// Nodes that failed a request recently, and when: tried last for a while.
+    failed: HashMap<String, Instant>,
+}
+
+/// How long a node that failed a request is tried only after the others.
+const FAILED_NODE_PENALTY: Duration = Duration::from_secs(3);
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    seeds: Vec<String>,
+    attempt_timeout: Duration,
+    deadline: Duration,
+    connections: tokio::sync::Mutex<HashMap<String, Arc<Node>>>,
+    routing: Mutex<Routing>,
+    next_request_id: std::sync::atomic::AtomicU64,
+}
+
+/// A handle to a constellation. Cheap to clone; clones share connections and caches.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cluster {
+    pub async fn connect(config: ClusterConfig) -> Result<Self, ClientError> {
+        let trusted = tls::load_certificates(&config.ca_cert)?;
+        let limits = QuicLimits { max_streams: 1024, idle_timeout: Duration::from_secs(30) };
+        let bind: std::net::SocketAddr =
+            "0.0.0.0:0".parse().map_err(|e| ClientError::Read(format!("bind address: {e}")))?;
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect { addr: bind, detail: e.to_string() })?;
+        endpoint.set_default_client_config(tls::client_config(&trusted, &limits)?);
+        let cluster = Cluster {
+            inner: Arc::new(Inner {
+                endpoint,
+                seeds: config.seeds,
+                attempt_timeout: config.attempt_timeout,
+                deadline: config.deadline,
+                connections: tokio::sync::Mutex::new(HashMap::new()),
+                routing: Mutex::new(Routing::default()),
+                next_request_id: std::sync::atomic::AtomicU64::new(1),
+            }),
+        };
+        cluster.refresh_ranges().await?;
+        Ok(cluster)
+    }
+
+    pub async fn close(&self) {
+        self.inner.endpoint.close(quinn::VarInt::from_u32(0), b"client done");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+    }
+
+    async fn node(&self, addr: &str) -> Result<Arc<Node>, ClientError> {
+        if let Some(node) = self.inner.connections.lock().await.get(addr) {
+            if node.connection.close_reason().is_none() {
+                return Ok(node.clone());
+            }
+        }
+        let connect_error = |detail: String| ClientError::Connect {
+            addr: ([0, 0, 0, 0], 0).into(),
+            detail: format!("{addr}: {detail}"),
+        };
+        let socket = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| connect_error(e.to_string()))?
+            .next()
+            .ok_or_else(|| connect_error("resolves to no address".into()))?;
+        let server_name = addr.rsplit_once(':').map(|(host, _)| host.trim_matches(['[', ']'])).unwrap_or(addr);
+        let connecting = self.inner.endpoint.connect(socket, server_name).map_err(|e| connect_error(e.to_string()))?;
+        let connection = tokio::time::timeout(self.inner.attempt_timeout, connecting)
+            .await
+            .map_err(|_| ClientError::Timeout(self.inner.attempt_timeout))?
+            .map_err(|e| connect_error(e.to_string()))?;
+        let node = Arc::new(Node { connection, streams: Mutex::new(Vec::new()) });
+        self.inner.connections.lock().await.insert(addr.to_string(), node.clone());
+        Ok(node)
+    }
+
+    /// Sends one KV request to the node at `addr` on a pooled stream.
+    async fn send(&self, addr: &str, request: &KvRequest) -> Result<KvResponse, ClientError> {
+        let node = self.node(addr).await?;
+        let pooled = lock(&node.streams).pop();
+        let mut stream = match pooled {
+            Some(stream) => stream,
+            None => PwpStream::open(&node.connection, Service::Kv, self.inner.attempt_timeout).await?,
+        };
+        let response: KvResponse =
+            stream.call_proto(payload_type::kv::REQUEST, request, payload_type::kv::RESPONSE, "KvResponse").await?;
+        if response.request_id != request.request_id {
+            return Err(ClientError::Read(format!(
+                "answer to request {} arrived for {}",
+                response.request_id, request.request_id
+            )));
+        }
+        // Only a stream that completed its exchange cleanly goes back to the pool.
+        lock(&node.streams).push(stream);
+        Ok(response)
+    }
+
+    fn next_id(&self) -> u64 {
+        self.inner.next_request_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Asks the seeds and known nodes for descriptors; keeps the newest generation of each.
+    pub async fn refresh_ranges(&self) -> Result<(), ClientError> {
+        let mut candidates: Vec<String> = self.inner.seeds.clone();
+        candidates.extend(lock(&self.inner.routing).nodes.values().cloned());
+        candidates.dedup();
+        let mut last_error = ClientError::Read("no node to ask for the ranges".into());
+        let mut learned = false;
+        for addr in candidates {
+            let request = KvRequest {
+                request_id: self.next_id(),
+                op: Some(Op::Ranges(v1::RangesRequest {})),
+                ..Default::default()
+            };
+            match self.send(&addr, &request).await {
+                Ok(KvResponse { result: Some(KvResult::Ranges(answer)), .. }) => {
+                    let mut routing = lock(&self.inner.routing);
+                    for node in answer.nodes {
+                        routing.nodes.insert(node.node_id, node.addr);
+                    }
+                    for range in answer.ranges {
+                        learn(&mut routing, range);
+                    }
+                    learned = true;
+                    // One answer is enough unless it knew no data ranges.
+                    if !routing.ranges.is_empty() {
+                        return Ok(());
+                    }
+                }
+                Ok(other) => last_error = ClientError::Read(format!("unexpected answer {other:?}")),
+                Err(e) => last_error = e,
+            }
+        }
+        if learned {
+            return Ok(());
+        }
+        Err(last_error)
+    }
+
+    /// The cached descriptor of the range holding `key`.
+    fn range_for(&self, key: &[u8]) -> Option<v1::RangeDescriptor> {
+        let routing = lock(&self.inner.routing);
+        routing
+            .ranges
+            .range(..=key.to_vec())
+            .next_back()
+            .map(|(_, d)| d.clone())
+            .filter(|d| key >= d.start_key.as_slice() && (d.end_key.is_empty() || key < d.end_key.as_slice()))
+    }
+
+    /// Where to send a request for `range`: the leader when known, else its replicas in turn.
+    fn targets(&self, range: &v1::RangeDescriptor, kind: Kind, attempt: usize) -> Vec<String> {
+        let routing = lock(&self.inner.routing);
+        let mut replicas: Vec<String> = range.replicas.iter().filter_map(|id| routing.nodes.get(id).cloned()).collect();
+        if !replicas.is_empty() {
+            let len = replicas.len();
+            replicas.rotate_left(attempt % len);
+        }
+        let mut targets = match (kind, routing.leaders.get(&range.range_id)) {
+            (Kind::Read(ReadConsistency::Stale), _) | (_, None) => replicas,
+            (_, Some(leader)) => {
+                let mut targets = vec![leader.clone()];
+                targets.extend(replicas.into_iter().filter(|r| r != leader));
+                targets
+            }
+        };
+        // Recently failed nodes go last (stable sort keeps the order otherwise).
+        targets.sort_by_key(|addr| routing.failed.get(addr).is_some_and(|at| at.elapsed() < FAILED_NODE_PENALTY));
+        targets
+    }
+
+    /// Forgets `addr` as the range's leader and tries it last for a while.
+    fn mark_failed(&self, range_id: u64, addr: &str) {
+        let mut routing = lock(&self.inner.routing);
+        if routing.leaders.get(&range_id).is_some_and(|leader| leader == addr) {
+            routing.leaders.remove(&range_id);
+        }
+        routing.failed.insert(addr.to_string(), Instant::now());
+    }
+
+    /// Sends `op` for `key` to the right node, retrying as the failure allows until the deadline.
+    async fn call(&self, key: &[u8], op: Op, kind: Kind) -> Result<KvResult, ClientError> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(5);
+        let mut attempt = 0usize;
+        let mut last_error = ClientError::Read("no attempt made".into());
+        while started.elapsed() < self.inner.deadline {
+            attempt += 1;
+            let Some(range) = self.range_for(key) else {
+                if let Err(e) = self.refresh_ranges().await {
+                    last_error = e;
+                }
+                if self.range_for(key).is_none() {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                continue;
+            };
+            let Some(target) = self.targets(&range, kind, attempt).into_iter().next() else {
+                last_error = ClientError::Read(format!("no address for the replicas of range {}", range.range_id));
+                let _ = self.refresh_ranges().await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                continue;
+            };
+            let request = KvRequest {
+                request_id: self.next_id(),
+                op: Some(op.clone()),
+                range_id: range.range_id,
+                range_generation: range.generation,
+            };
+            let response = match self.send(&target, &request).await {
+                Ok(response) => response,
+                // Not connected, so not sent: any request may go elsewhere.
+                Err(e @ (ClientError::Connect { .. } | ClientError::Tls(_))) => {
+                    self.mark_failed(range.range_id, &target);
+                    last_error = e;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    continue;
+                }
+                Err(e) if kind == Kind::Write => {
+                    self.mark_failed(range.range_id, &target);
+                    return Err(ClientError::Uncertain(format!("the connection to {target} failed mid-request: {e}")));
+                }
+                Err(e) => {
+                    self.mark_failed(range.range_id, &target);
+                    last_error = e;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    continue;
+                }
+            };
+            let error = match response.result {
+                Some(KvResult::Error(error)) => error,
+                Some(result) => {
+                    if kind != Kind::Read(ReadConsistency::Stale) {
+                        lock(&self.inner.routing).leaders.insert(range.range_id, target);
+                    }
+                    return Ok(result);
+                }
+                None => return Err(ClientError::Decode { message: "KvResponse", detail: "no result".into() }),
+            };
+            match error.code() {
+                ErrorCode::NotLeader => {
+                    let hinted = {
+                        let mut routing = lock(&self.inner.routing);
+                        match &error.leader {
+                            Some(leader) if leader.addr != target => {
+                                routing.nodes.insert(leader.node_id, leader.addr.clone());
+                                routing.leaders.insert(range.range_id, leader.addr.clone());
+                                true
+                            }
+                            _ => {
+                                routing.leaders.remove(&range.range_id);
+                                false
+                            }
+                        }
+                    };
+                    // A fresh hint: go there at once.
+                    if hinted {
+                        continue;
+                    }
+                }
+                ErrorCode::RangeMismatch => {
+                    let learned = {
+                        let mut routing = lock(&self.inner.routing);
+                        routing.leaders.remove(&range.range_id);
+                        match error.range.clone() {
+                            Some(newer) if newer.generation > range.generation || newer.range_id != range.range_id => {
+                                learn(&mut routing, newer);
+                                true
+                            }
+                            _ => false,
+                        }
+                    };
+                    if learned {
+                        continue;
+                    }
+                    let _ = self.refresh_ranges().await;
+                }
+                ErrorCode::Unavailable => self.mark_failed(range.range_id, &target),
+                code => return Err(ClientError::Kv { code, message: error.message }),
+            }
+            last_error = ClientError::Kv { code: error.code(), message: error.message };
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+        Err(ClientError::Deadline { after: self.inner.deadline, last: Box::new(last_error) })
+    }
+
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<v1::PutResponse, ClientError> {
+        let op = Op::Put(v1::PutRequest { key: key.to_vec(), value: value.to_vec() });
+        match self.call(key, op, Kind::Write).await? {
+            KvResult::Put(r) => Ok(r),
+            _ => Err(mismatched("put")),
+        }
+    }
+
+    pub async fn delete(&self, key: &[u8]) -> Result<v1::DeleteResponse, ClientError> {
+        match self.call(key, Op::Delete(v1::DeleteRequest { key: key.to_vec() }), Kind::Write).await? {
+            KvResult::Delete(r) => Ok(r),
+            _ => Err(mismatched("delete")),
+        }
+    }
+
+    /// Sets `key` to `new` (`None` deletes) if it holds `expected` (`None`: if it is absent).
+    pub async fn cas(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<v1::CompareAndSwapResponse, ClientError> {
+        let op = Op::Cas(v1::CompareAndSwapRequest {
+            key: key.to_vec(),
+            expected: expected.unwrap_or_default().to_vec(),
+            expect_absent: expected.is_none(),
+            value: new.unwrap_or_default().to_vec(),
+            delete: new.is_none(),
+        });
+        match self.call(key, op, Kind::Write).await? {
+            KvResult::Cas(r) => Ok(r),
+            _ => Err(mismatched("cas")),
+        }
+    }
+
+    /// The latest value (`version` 0) or a given version.
+    pub async fn get(
+        &self,
+        key: &[u8],
+        version: u32,
+        consistency: ReadConsistency,
+    ) -> Result<Option<v1::VersionedValue>, ClientError> {
+        let op = Op::Get(v1::GetRequest { key: key.to_vec(), version, at: None, consistency: consistency.into() });
+        match self.call(key, op, Kind::Read(consistency)).await? {
+            KvResult::Get(r) => Ok(r.value),
+            _ => Err(mismatched("get")),
+        }
+    }
+
+    /// Keys in `[start, end)` (empty end: to the end), across ranges, at one timestamp.
+    pub async fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: u32,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<v1::KeyValue>, ClientError> {
+        let mut out = Vec::new();
+        let mut from = start.to_vec();
+        let mut at = None;
+        loop {
+            let remaining = limit.saturating_sub(out.len() as u32);
+            if limit != 0 && remaining == 0 {
+                return Ok(out);
+            }
+            let op = Op::Scan(v1::ScanRequest {
+                start: from.clone(),
+                end: end.to_vec(),
+                limit: remaining,
+                at,
+                consistency: consistency.into(),
+            });
+            let page = match self.call(&from, op, Kind::Read(consistency)).await? {
+                KvResult::Scan(page) => page,
+                _ => return Err(mismatched("scan")),
+            };
+            out.extend(page.entries);
+            // Later pages read at the first page's time: one consistent snapshot.
+            at = at.or(page.read_at);
+            if page.resume_key.is_empty() || (!end.is_empty() && page.resume_key.as_slice() >= end) {
+                return Ok(out);
+            }
+            from = page.resume_key;
+        }
+    }
+
+    pub async fn versions(&self, key: &[u8]) -> Result<Vec<v1::VersionInfo>, ClientError> {
+        let op = Op::ListVersions(v1::ListVersionsRequest { key: key.to_vec(), consistency: 0 });
+        match self.call(key, op, Kind::Read(ReadConsistency::Linearizable)).await? {
+            KvResult::ListVersions(r) => Ok(r.versions),
+            _ => Err(mismatched("list_versions")),
+        }
+    }
+
+    pub async fn describe(&self, key: &[u8]) -> Result<Option<v1::KeyDescriptor>, ClientError> {
+        let op = Op::Describe(v1::DescribeKeyRequest { key: key.to_vec(), consistency: 0 });
+        match self.call(key, op, Kind::Read(ReadConsistency::Linearizable)).await? {
+            KvResult::Describe(r) => Ok(r.descriptor),
+            _ => Err(mismatched("describe")),
+        }
+    }
+
+    /// Every node the client knows, by id.
+    pub fn nodes(&self) -> BTreeMap<u64, String> {
+        lock(&self.inner.routing).nodes.iter().map(|(id, addr)| (*id, addr.clone())).collect()
+    }
+
+    /// Every data range the client knows.
+    pub fn ranges(&self) -> Vec<v1::RangeDescriptor> {
+        lock(&self.inner.routing).ranges.values().cloned().collect()
+    }
+
+    /// A system-service stream to the node at `addr`.
+    pub async fn system(&self, addr: &str) -> Result<super::SystemClient, ClientError> {
+        let node = self.node(addr).await?;
+        Ok(super::SystemClient(PwpStream::open(&node.connection, Service::System, self.inner.attempt_timeout).await?))
+    }
+}
+
+fn learn(routing: &mut Routing, range: v1::RangeDescriptor) {
+    if range.meta {
+        return;
+    }
+    let stale =
+        routing.ranges.values().any(|known| known.range_id == range.range_id && known.generation >= range.generation);
+    if stale {
+        return;
+    }
+    // A newer descriptor replaces whatever overlapped it.
+    let before = |key: &[u8], end: &[u8]| end.is_empty() || key < end;
+    routing.ranges.retain(|_, known| {
+        let overlaps = before(&known.start_key, &range.end_key) && before(&range.start_key, &known.end_key);
+        known.range_id != range.range_id && !overlaps
+    });
+    routing.ranges.insert(range.start_key.clone(), range);
+}
+
+fn mismatched(op: &'static str) -> ClientError {
+    ClientError::Decode { message: "KvResponse", detail: format!("the answer to a {op} is of another operation") }
+}

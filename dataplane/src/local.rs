@@ -1,0 +1,190 @@
+//! `pleiades up`: a local constellation of node processes on loopback, sharing one CA, with
+//! each node's config, data and log under `<data-dir>/node-<i>`. A rerun reuses everything.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cli::UpArgs;
+use crate::transport::tls::{generate_identity, GeneratedPaths};
+
+/// One node of the local constellation.
+pub struct LocalNode {
+    pub id: u32,
+    pub dir: PathBuf,
+    pub quic: String,
+    pub http: String,
+}
+
+/// The file that fixes a constellation's size, so a rerun cannot silently change its founders.
+const SHAPE_FILE: &str = "constellation.toml";
+
+pub fn plan(args: &UpArgs) -> anyhow::Result<Vec<LocalNode>> {
+    anyhow::ensure!((1..=9).contains(&args.nodes), "--nodes must be 1 to 9 for a local constellation");
+    anyhow::ensure!(
+        u32::from(args.base_port) + 80 + args.nodes < u32::from(u16::MAX),
+        "--base-port {} leaves no room for {} nodes",
+        args.base_port,
+        args.nodes
+    );
+    Ok((1..=args.nodes)
+        .map(|id| LocalNode {
+            id,
+            dir: args.data_dir.join(format!("node-{id}")),
+            quic: format!("127.0.0.1:{}", u32::from(args.base_port) + id),
+            http: format!("127.0.0.1:{}", u32::from(args.base_port) + 80 + id),
+        })
+        .collect())
+}
+
+/// Creates (or checks) the constellation directory: the shared CA, and each node's config.
+pub fn prepare(args: &UpArgs, nodes: &[LocalNode]) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let shape = args.data_dir.join(SHAPE_FILE);
+    let expected = format!("nodes = {}\ninitial-ranges = {}\n", args.nodes, args.initial_ranges);
+    match std::fs::read_to_string(&shape) {
+        Ok(existing) if existing != expected => anyhow::bail!(
+            "{} holds a constellation made with\n{existing}which differs from this run's\n{expected}use the same \
+             --nodes and --initial-ranges, or another --data-dir",
+            args.data_dir.display()
+        ),
+        Ok(_) => {}
+        Err(_) => std::fs::write(&shape, &expected).with_context(|| format!("cannot write {}", shape.display()))?,
+    }
+    // One CA for the constellation: each node signs its certificate with it on first start.
+    let shared = GeneratedPaths::in_data_dir(&args.data_dir);
+    if !shared.ca_cert.exists() {
+        generate_identity(&shared, &[])?;
+    }
+    let peers: Vec<String> = nodes.iter().map(|n| format!("\"{}={}\"", n.id, n.quic)).collect();
+    for node in nodes {
+        let tls = GeneratedPaths::in_data_dir(&node.dir);
+        if let Some(dir) = tls.ca_cert.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        for (from, to) in [(&shared.ca_cert, &tls.ca_cert), (&shared.ca_key, &tls.ca_key)] {
+            if !to.exists() {
+                std::fs::copy(from, to)
+                    .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+            }
+        }
+        let config = format!(
+            "node-id = {id}\nlisten = \"{quic}\"\nhttp = \"{http}\"\ndata-dir = \"{dir}\"\nlog-level = \"{level}\"\n\n\
+             [constellation]\npeers = [{peers}]\ninitial-ranges = {ranges}\n",
+            id = node.id,
+            quic = node.quic,
+            http = node.http,
+            dir = node.dir.display(),
+            level = args.log_level,
+            peers = peers.join(", "),
+            ranges = args.initial_ranges,
+        );
+        std::fs::write(node.dir.join("pleiades.toml"), config)
+            .with_context(|| format!("cannot write the config of node {}", node.id))?;
+    }
+    Ok(shared.ca_cert)
+}
+
+/// GETs `path` from an HTTP/1.1 server; returns the status code.
+pub async fn http_status(addr: &str, path: &str) -> std::io::Result<u16> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut head = vec![0u8; 64];
+    let n = stream.read(&mut head).await?;
+    let text = String::from_utf8_lossy(&head[..n]);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {text:?}")))
+}
+
+/// Starts the nodes, waits until each is ready, runs until `stop` resolves, then stops them.
+pub async fn up(args: &UpArgs, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let nodes = plan(args)?;
+    let ca = prepare(args, &nodes)?;
+    let binary = std::env::current_exe().context("cannot find the pleiades binary")?;
+    let mut children = Vec::new();
+    for node in &nodes {
+        let log = std::fs::File::create(node.dir.join("node.log"))
+            .with_context(|| format!("cannot create the log of node {}", node.id))?;
+        let child = tokio::process::Command::new(&binary)
+            .arg("node")
+            .arg("--config")
+            .arg(node.dir.join("pleiades.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start node {}", node.id))?;
+        children.push(child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (node, child) in nodes.iter().zip(children.iter_mut()) {
+        loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("node {} exited with {status}; see {}", node.id, node.dir.join("node.log").display());
+            }
+            if http_status(&node.http, "/readyz").await.ok() == Some(200) {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "node {} not ready within 60 s", node.id);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    println!("constellation of {} nodes is up ({}):", nodes.len(), args.data_dir.display());
+    println!("  {:<4} {:<18} {:<34} LOG", "NODE", "QUIC", "METRICS");
+    for node in &nodes {
+        println!(
+            "  {:<4} {:<18} {:<34} {}",
+            node.id,
+            node.quic,
+            format!("http://{}/metrics", node.http),
+            node.dir.join("node.log").display()
+        );
+    }
+    println!("\ntry:\n  pleiades kv put hello world --addr {} --ca-cert {}", nodes[0].quic, ca.display());
+    println!("  pleiades status --addr {} --ca-cert {}", nodes[0].quic, ca.display());
+    println!("Ctrl-C stops the constellation; rerun with the same --data-dir to restart it.");
+    tokio::pin!(stop);
+    let mut exited = vec![false; children.len()];
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                for ((node, child), seen) in nodes.iter().zip(children.iter_mut()).zip(exited.iter_mut()) {
+                    if !*seen {
+                        if let Some(status) = child.try_wait()? {
+                            *seen = true;
+                            eprintln!("node {} exited with {status}; see {}", node.id, node.dir.join("node.log").display());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("stopping {} nodes…", nodes.len());
+    stop_all(&mut children).await;
+    println!("stopped");
+    Ok(())
+}
+
+/// SIGTERM to every node, then up to 20 s for clean exits before SIGKILL.
+async fn stop_all(children: &mut [tokio::process::Child]) {
+    for child in children.iter() {
+        if let Some(pid) = child.id() {
+            // SAFETY: kill(2) with a pid we spawned and have not reaped; no memory is touched.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+    for child in children.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(20), child.wait()).await.is_err() {
+            let _ = child.kill().await;
+        }
+    }
+}

@@ -1,0 +1,874 @@
+//! The ranges this node hosts: one openraft group per replica, opened at start from the
+//! node-local list, created at bootstrap from the founders' layout or on a leader's request,
+//! and the routing table of every range descriptor the node knows.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use pleiades_proto::v1::{self, raft_request::Rpc, raft_response::Result as RaftResult};
+use prost::Message;
+use tracing::{info, warn};
+
+use super::placement::{plan_decommission, plan_join, Move};
+use crate::clock::Hlc;
+use crate::config::RaftSettings;
+use crate::observe::{Metrics, RangeLabels};
+use crate::raft::codec;
+use crate::raft::log::RangeLog;
+use crate::raft::network::{Peers, RangeNetworkFactory, RpcFailure};
+use crate::raft::state_machine::{read_descriptors, RangeObserver, RangeSpan, RangeStateMachine};
+use crate::raft::{NodeId, Raft, WalSyncer};
+use crate::storage::Storage;
+
+/// Range id of the meta range, which holds every range's descriptor.
+pub const META_RANGE_ID: u64 = 1;
+/// Node-local record of a hosted replica: `replica/` ++ range id.
+const REPLICA_KEY_PREFIX: &[u8] = b"replica/";
+/// Node-local marker: this founder created its share of the initial layout (once, ever).
+const BOOTSTRAPPED_KEY: &[u8] = b"bootstrapped";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("corrupt node-local replica record: {0}")]
+    Corrupt(String),
+}
+
+/// Cuts the keyspace for a new constellation: the meta range plus `data_ranges` spans whose
+/// split points are spread over the printable ASCII bytes '0'..'z' (so textual keys spread
+/// out until load-based splitting exists), each replicated on `replication_factor` founders
+/// (all of them when there are fewer), rotated so replicas and leaders spread evenly.
+pub fn initial_layout(founders: &[NodeId], data_ranges: u32, replication_factor: u32) -> Vec<v1::RangeDescriptor> {
+    let mut nodes: Vec<NodeId> = founders.to_vec();
+    nodes.sort_unstable();
+    nodes.dedup();
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    let replicas_per_range = (replication_factor as usize).min(nodes.len());
+    let replicas_of =
+        |index: usize| -> Vec<NodeId> { (0..replicas_per_range).map(|k| nodes[(index + k) % nodes.len()]).collect() };
+    let (low, high) = (u32::from(b'0'), u32::from(b'z') + 1);
+    let split = |j: u32| vec![(low + j * (high - low) / data_ranges) as u8];
+    let mut layout = vec![v1::RangeDescriptor {
+        range_id: META_RANGE_ID,
+        replicas: replicas_of(0),
+        generation: 1,
+        meta: true,
+        ..Default::default()
+    }];
+    for j in 0..data_ranges {
+        layout.push(v1::RangeDescriptor {
+            range_id: META_RANGE_ID + 1 + u64::from(j),
+            start_key: if j == 0 { Vec::new() } else { split(j) },
+            end_key: if j + 1 == data_ranges { Vec::new() } else { split(j + 1) },
+            replicas: replicas_of(j as usize + 1),
+            generation: 1,
+            meta: false,
+        });
+    }
+    layout
+}
+
+pub fn descriptor_contains(descriptor: &v1::RangeDescriptor, key: &[u8]) -> bool {
+    !descriptor.meta
+        && key >= descriptor.start_key.as_slice()
+        && (descriptor.end_key.is_empty() || key < descriptor.end_key.as_slice())
+}
+
+pub fn raft_config(settings: &RaftSettings) -> Result<openraft::Config, ReplicaError> {
+    openraft::Config {
+        cluster_name: "pleiades".into(),
+        heartbeat_interval: settings.heartbeat_interval_ms,
+        election_timeout_min: settings.election_timeout_min_ms,
+        election_timeout_max: settings.election_timeout_max_ms,
+        max_payload_entries: settings.max_entries_per_append,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_after_entries),
+        max_in_snapshot_log_to_keep: settings.keep_entries_after_snapshot,
+        // Chunks well under the wire's payload limit.
+        snapshot_max_chunk_size: 1 << 20,
+        install_snapshot_timeout: 5_000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| ReplicaError::Raft(e.to_string()))
+}
+
+/// One hosted replica.
+pub struct Replica {
+    pub span: RangeSpan,
+    pub raft: Raft,
+    pub log: RangeLog,
+    pub descriptor: RwLock<v1::RangeDescriptor>,
+}
+
+impl Replica {
+    pub fn descriptor(&self) -> v1::RangeDescriptor {
+        read(&self.descriptor).clone()
+    }
+
+    /// The leader as this replica knows it, with its address.
+    pub fn leader(&self) -> Option<v1::MemberNode> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let addr = metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())?;
+        Some(v1::MemberNode { node_id: leader, addr })
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct Replicas {
+    pub node_id: NodeId,
+    pub advertise: String,
+    storage: Storage,
+    hlc: Arc<Hlc>,
+    syncer: WalSyncer,
+    pub peers: Arc<Peers>,
+    raft_config: Arc<openraft::Config>,
+    snapshot_root: PathBuf,
+    metrics: Arc<Metrics>,
+    hosted: RwLock<BTreeMap<u64, Arc<Replica>>>,
+    /// Every range descriptor this node knows, by range id (newest generation wins).
+    table: Arc<RwLock<BTreeMap<u64, v1::RangeDescriptor>>>,
+}
+
+impl Replicas {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node_id: NodeId,
+        advertise: String,
+        storage: Storage,
+        hlc: Arc<Hlc>,
+        peers: Arc<Peers>,
+        raft_config: openraft::Config,
+        snapshot_root: PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Replicas {
+            node_id,
+            advertise,
+            syncer: WalSyncer::start(storage.clone()),
+            storage,
+            hlc,
+            peers,
+            raft_config: Arc::new(raft_config),
+            snapshot_root,
+            metrics,
+            hosted: RwLock::new(BTreeMap::new()),
+            table: Arc::new(RwLock::new(BTreeMap::new())),
+        })
+    }
+
+    fn learn(table: &RwLock<BTreeMap<u64, v1::RangeDescriptor>>, descriptor: v1::RangeDescriptor) {
+        let mut table = write(table);
+        match table.get(&descriptor.range_id) {
+            Some(known) if known.generation >= descriptor.generation => {}
+            _ => {
+                table.insert(descriptor.range_id, descriptor);
+            }
+        }
+    }
+
+    /// Opens the replicas recorded in node-local storage; on a founder's first start, creates
+    /// and initializes its share of the initial layout.
+    pub async fn start(
+        self: &Arc<Self>,
+        founders: &[(NodeId, String)],
+        data_ranges: u32,
+        rf: u32,
+    ) -> Result<(), ReplicaError> {
+        for descriptor in self.recorded()? {
+            Self::learn(&self.table, descriptor.clone());
+            self.open(descriptor).await?;
+        }
+        if let Ok(stored) = read_descriptors(&self.storage) {
+            for descriptor in stored {
+                Self::learn(&self.table, descriptor);
+            }
+        }
+        if founders.is_empty() || self.storage.get_local(BOOTSTRAPPED_KEY)?.is_some() {
+            return Ok(());
+        }
+        let ids: Vec<NodeId> = founders.iter().map(|(id, _)| *id).collect();
+        let addrs: BTreeMap<NodeId, BasicNode> =
+            founders.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect();
+        for descriptor in initial_layout(&ids, data_ranges, rf) {
+            Self::learn(&self.table, descriptor.clone());
+            if !descriptor.replicas.contains(&self.node_id) || self.get(descriptor.range_id).is_some() {
+                continue;
+            }
+            let voters: BTreeMap<NodeId, BasicNode> =
+                descriptor.replicas.iter().filter_map(|id| addrs.get(id).map(|n| (*id, n.clone()))).collect();
+            let replica = self.create(descriptor).await?;
+            // Every founder initializes with the same membership; openraft accepts that.
+            match replica.raft.initialize(voters).await {
+                Ok(()) => {}
+                Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(ReplicaError::Raft(e.to_string())),
+            }
+        }
+        // Never again: a replica later moved off this node must not come back from the layout.
+        self.storage.put_local(BOOTSTRAPPED_KEY, b"1")?;
+        Ok(())
+    }
+
+    fn recorded(&self) -> Result<Vec<v1::RangeDescriptor>, ReplicaError> {
+        let mut out = Vec::new();
+        for (_, value) in self.storage.local_records(REPLICA_KEY_PREFIX)? {
+            out.push(v1::RangeDescriptor::decode(value.as_slice()).map_err(|e| ReplicaError::Corrupt(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    fn record_key(range_id: u64) -> Vec<u8> {
+        let mut key = REPLICA_KEY_PREFIX.to_vec();
+        key.extend_from_slice(&range_id.to_be_bytes());
+        key
+    }
+
+    /// Records and opens a new (empty) replica.
+    async fn create(self: &Arc<Self>, descriptor: v1::RangeDescriptor) -> Result<Arc<Replica>, ReplicaError> {
+        self.storage.put_local(&Self::record_key(descriptor.range_id), &descriptor.encode_to_vec())?;
+        self.open(descriptor).await
+    }
+
+    async fn open(self: &Arc<Self>, descriptor: v1::RangeDescriptor) -> Result<Arc<Replica>, ReplicaError> {
+        let span = RangeSpan {
+            range_id: descriptor.range_id,
+            start_key: descriptor.start_key.clone(),
+            end_key: descriptor.end_key.clone(),
+            meta: descriptor.meta,
+        };
+        let log = RangeLog::new(descriptor.range_id, self.storage.clone(), self.syncer.clone());
+        let observer = Arc::new(Observer(Arc::downgrade(self)));
+        let machine = RangeStateMachine::open(
+            span.clone(),
+            self.storage.clone(),
+            self.hlc.clone(),
+            &self.snapshot_root,
+            observer,
+        )
+        .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        let network = RangeNetworkFactory {
+            range_id: descriptor.range_id,
+            local_node: self.node_id,
+            peers: self.peers.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let raft = Raft::new(self.node_id, self.raft_config.clone(), network, log.clone(), machine)
+            .await
+            .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        let replica = Arc::new(Replica { span, raft, log, descriptor: RwLock::new(descriptor.clone()) });
+        write(&self.hosted).insert(descriptor.range_id, replica.clone());
+        tokio::spawn(count_leader_changes(replica.raft.metrics(), self.metrics.clone(), descriptor.range_id));
+        info!(range_id = descriptor.range_id, "replica open");
+        Ok(replica)
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    pub fn get(&self, range_id: u64) -> Option<Arc<Replica>> {
+        read(&self.hosted).get(&range_id).cloned()
+    }
+
+    pub fn hosted(&self) -> Vec<Arc<Replica>> {
+        read(&self.hosted).values().cloned().collect()
+    }
+
+    /// The hosted replica whose span holds `key`.
+    pub fn for_key(&self, key: &[u8]) -> Option<Arc<Replica>> {
+        read(&self.hosted).values().find(|r| r.span.contains(key)).cloned()
+    }
+
+    /// The newest descriptor this node knows for the range holding `key`.
+    pub fn descriptor_for_key(&self, key: &[u8]) -> Option<v1::RangeDescriptor> {
+        read(&self.table).values().find(|d| descriptor_contains(d, key)).cloned()
+    }
+
+    pub fn descriptors(&self) -> Vec<v1::RangeDescriptor> {
+        read(&self.table).values().cloned().collect()
+    }
+
+    /// Every member this node knows of, from the memberships of its replicas.
+    pub fn members(&self) -> Vec<v1::MemberNode> {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(self.node_id, self.advertise.clone());
+        for replica in self.hosted() {
+            let metrics = replica.raft.metrics().borrow().clone();
+            for (id, node) in metrics.membership_config.nodes() {
+                nodes.entry(*id).or_insert_with(|| node.addr.clone());
+            }
+        }
+        nodes.into_iter().map(|(node_id, addr)| v1::MemberNode { node_id, addr }).collect()
+    }
+
+    /// Answers one raft-service request.
+    pub async fn handle(self: &Arc<Self>, request: v1::RaftRequest) -> v1::RaftResponse {
+        let result = self.serve(request).await.unwrap_or_else(RaftResult::Error);
+        v1::RaftResponse { result: Some(result) }
+    }
+
+    async fn serve(self: &Arc<Self>, request: v1::RaftRequest) -> Result<RaftResult, v1::RaftError> {
+        let error = |kind: v1::RaftErrorKind, message: String| v1::RaftError {
+            kind: kind.into(),
+            message,
+            ..Default::default()
+        };
+        let malformed = |e: codec::CodecError| error(v1::RaftErrorKind::Malformed, e.to_string());
+        let fatal = |e: String| error(v1::RaftErrorKind::Fatal, e);
+        let rpc = request.rpc.ok_or_else(|| error(v1::RaftErrorKind::Malformed, "no rpc".into()))?;
+        if let Rpc::CreateReplica(descriptor) = rpc {
+            if descriptor.range_id != request.range_id || !descriptor.replicas.is_empty() && descriptor.range_id == 0 {
+                return Err(error(v1::RaftErrorKind::Malformed, "descriptor names another range".into()));
+            }
+            if self.get(request.range_id).is_none() {
+                Self::learn(&self.table, descriptor.clone());
+                self.create(descriptor).await.map_err(|e| fatal(e.to_string()))?;
+            }
+            return Ok(RaftResult::Done(true));
+        }
+        let replica = self.get(request.range_id).ok_or_else(|| {
+            error(
+                v1::RaftErrorKind::NoSuchRange,
+                format!("node {} hosts no replica of range {}", self.node_id, request.range_id),
+            )
+        })?;
+        match rpc {
+            Rpc::AppendEntries(append) => {
+                let append = codec::append_request_from_proto(append).map_err(malformed)?;
+                let response = replica.raft.append_entries(append).await.map_err(|e| fatal(e.to_string()))?;
+                Ok(RaftResult::AppendEntries(codec::append_response_to_proto(&response)))
+            }
+            Rpc::Vote(vote) => {
+                let request = openraft::raft::VoteRequest {
+                    vote: codec::vote_from_proto(vote.vote.as_ref()).map_err(malformed)?,
+                    last_log_id: codec::opt_log_id_from_proto(vote.last_log_id.as_ref()),
+                };
+                let response = replica.raft.vote(request).await.map_err(|e| fatal(e.to_string()))?;
+                Ok(RaftResult::Vote(v1::VoteResponse {
+                    vote: Some(codec::vote_to_proto(&response.vote)),
+                    vote_granted: response.vote_granted,
+                    last_log_id: codec::opt_log_id_to_proto(response.last_log_id.as_ref()),
+                }))
+            }
+            Rpc::InstallSnapshot(install) => {
+                let request = openraft::raft::InstallSnapshotRequest {
+                    vote: codec::vote_from_proto(install.vote.as_ref()).map_err(malformed)?,
+                    meta: codec::snapshot_meta_from_proto(install.meta.as_ref()).map_err(malformed)?,
+                    offset: install.offset,
+                    data: install.data,
+                    done: install.done,
+                };
+                let done = request.done;
+                match replica.raft.install_snapshot(request).await {
+                    Ok(response) => {
+                        if done {
+                            self.metrics
+                                .raft_snapshots_received
+                                .get_or_create(&RangeLabels { range: replica.span.range_id })
+                                .inc();
+                        }
+                        Ok(RaftResult::InstallSnapshot(v1::InstallSnapshotResponse {
+                            vote: Some(codec::vote_to_proto(&response.vote)),
+                        }))
+                    }
+                    Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(mismatch))) => Err(v1::RaftError {
+                        kind: v1::RaftErrorKind::SnapshotMismatch.into(),
+                        message: mismatch.to_string(),
+                        expected_snapshot_id: mismatch.expect.id,
+                        expected_offset: mismatch.expect.offset,
+                        leader_addr: String::new(),
+                    }),
+                    Err(e) => Err(fatal(e.to_string())),
+                }
+            }
+            Rpc::RemoveReplica(_) => {
+                self.remove(request.range_id).await.map_err(|e| fatal(e.to_string()))?;
+                Ok(RaftResult::Done(true))
+            }
+            Rpc::MoveReplica(request) => {
+                let moved = self.move_replica(&replica, request).await?;
+                Ok(RaftResult::Moved(moved))
+            }
+            Rpc::RecordDescriptor(descriptor) => {
+                if !replica.span.meta {
+                    return Err(error(
+                        v1::RaftErrorKind::Malformed,
+                        "descriptors are recorded by the meta range".into(),
+                    ));
+                }
+                self.record_in_meta(&replica, descriptor).await?;
+                Ok(RaftResult::Done(true))
+            }
+            Rpc::CreateReplica(_) => Ok(RaftResult::Done(true)),
+        }
+    }
+
+    fn not_leader(replica: &Replica) -> v1::RaftError {
+        let leader = replica.leader();
+        v1::RaftError {
+            kind: v1::RaftErrorKind::NotLeader.into(),
+            message: format!("range {} is led by {:?}", replica.span.range_id, leader.as_ref().map(|l| l.node_id)),
+            leader_addr: leader.map(|l| l.addr).unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    /// On the meta leader: stores `descriptor` unless a newer one is stored.
+    async fn record_in_meta(&self, meta: &Replica, descriptor: v1::RangeDescriptor) -> Result<(), v1::RaftError> {
+        Self::learn(&self.table, descriptor.clone());
+        let command = v1::Command {
+            timestamp: self.hlc.now().ok().map(Into::into),
+            op: Some(v1::command::Op::SetDescriptor(descriptor)),
+        };
+        match meta.raft.client_write(command).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(_))) => {
+                Err(Self::not_leader(meta))
+            }
+            Err(e) => Err(v1::RaftError {
+                kind: v1::RaftErrorKind::Fatal.into(),
+                message: e.to_string(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// On a range's leader: adds `add_node` (created empty, then a learner until it has caught
+    /// up), then swaps it in for `remove_node` in one joint-consensus change, and tells the
+    /// removed node and the meta range.
+    async fn move_replica(
+        &self,
+        replica: &Replica,
+        request: v1::MoveReplicaRequest,
+    ) -> Result<v1::RangeDescriptor, v1::RaftError> {
+        let refused =
+            |message: String| v1::RaftError { kind: v1::RaftErrorKind::Refused.into(), message, ..Default::default() };
+        let failed =
+            |message: String| v1::RaftError { kind: v1::RaftErrorKind::Fatal.into(), message, ..Default::default() };
+        if replica.raft.metrics().borrow().state != ServerState::Leader {
+            return Err(Self::not_leader(replica));
+        }
+        let range_id = replica.span.range_id;
+        let mut voters: BTreeSet<NodeId> = replica.raft.metrics().borrow().membership_config.voter_ids().collect();
+        if request.add_node == 0 || request.add_addr.is_empty() {
+            return Err(refused("the node to add needs an id and an address".into()));
+        }
+        if request.remove_node != 0 && !voters.contains(&request.remove_node) && !voters.contains(&request.add_node) {
+            return Err(refused(format!("node {} holds no replica of range {range_id}", request.remove_node)));
+        }
+        if !voters.contains(&request.add_node) {
+            let create = v1::RaftRequest {
+                range_id,
+                from_node: self.node_id,
+                rpc: Some(Rpc::CreateReplica(replica.descriptor())),
+            };
+            self.peers
+                .call(&request.add_addr, &create, Duration::from_secs(10))
+                .await
+                .map_err(|e| failed(format!("cannot create the replica on node {}: {e}", request.add_node)))?;
+            let learner = BasicNode::new(request.add_addr.clone());
+            replica
+                .raft
+                .add_learner(request.add_node, learner, true)
+                .await
+                .map_err(|e| failed(format!("cannot add node {} as a learner: {e}", request.add_node)))?;
+            voters.insert(request.add_node);
+        }
+        let removed_addr = self.address_of(request.remove_node);
+        voters.remove(&request.remove_node);
+        if voters.is_empty() {
+            return Err(refused("the move would leave the range without a voter".into()));
+        }
+        replica
+            .raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| failed(format!("membership change of range {range_id} failed: {e}")))?;
+        info!(range_id, added = request.add_node, removed = request.remove_node, "replica moved");
+        let descriptor = replica.descriptor();
+        // The removed replica stops and forgets the range; if it is down, it is simply gone.
+        if request.remove_node != 0 && request.remove_node != self.node_id {
+            if let Some(addr) = removed_addr {
+                let remove = v1::RaftRequest {
+                    range_id,
+                    from_node: self.node_id,
+                    rpc: Some(Rpc::RemoveReplica(v1::RemoveReplicaRequest {})),
+                };
+                if let Err(e) = self.peers.call(&addr, &remove, Duration::from_secs(5)).await {
+                    warn!(range_id, node = request.remove_node, error = %e, "the removed replica was not told");
+                }
+            }
+        }
+        self.publish(descriptor.clone()).await;
+        Ok(descriptor)
+    }
+
+    /// The descriptors and members a node knows, over its KV service.
+    async fn fetch_ranges(&self, addr: &str) -> Result<v1::RangesResponse, String> {
+        use pleiades_proto::payload_type::kv;
+        let connection = self.peers.connection(addr).await?;
+        let mut stream =
+            crate::client::PwpStream::open(&connection, pleiades_proto::wire::Service::Kv, Duration::from_secs(5))
+                .await
+                .map_err(|e| e.to_string())?;
+        let request = v1::KvRequest {
+            request_id: 1,
+            op: Some(v1::kv_request::Op::Ranges(v1::RangesRequest {})),
+            ..Default::default()
+        };
+        let response: v1::KvResponse =
+            stream.call_proto(kv::REQUEST, &request, kv::RESPONSE, "KvResponse").await.map_err(|e| e.to_string())?;
+        match response.result {
+            Some(v1::kv_response::Result::Ranges(ranges)) => Ok(ranges),
+            other => Err(format!("unexpected answer to a ranges request: {other:?}")),
+        }
+    }
+
+    /// The newest descriptors and every member known to this node and the members it knows.
+    async fn survey(&self, seed: Option<&str>) -> (Vec<v1::RangeDescriptor>, BTreeMap<NodeId, String>) {
+        let mut members: BTreeMap<NodeId, String> = self.members().into_iter().map(|m| (m.node_id, m.addr)).collect();
+        let mut asked = BTreeSet::new();
+        let mut to_ask: Vec<String> = seed.into_iter().map(str::to_string).chain(members.values().cloned()).collect();
+        while let Some(addr) = to_ask.pop() {
+            if addr == self.advertise || !asked.insert(addr.clone()) {
+                continue;
+            }
+            match self.fetch_ranges(&addr).await {
+                Ok(answer) => {
+                    for descriptor in answer.ranges {
+                        Self::learn(&self.table, descriptor);
+                    }
+                    for node in answer.nodes {
+                        if let std::collections::btree_map::Entry::Vacant(entry) = members.entry(node.node_id) {
+                            to_ask.push(node.addr.clone());
+                            entry.insert(node.addr);
+                        }
+                    }
+                }
+                Err(e) => warn!(%addr, error = %e, "cannot ask a member for its ranges"),
+            }
+        }
+        (self.descriptors(), members)
+    }
+
+    /// Carries out one move through the range's leader, following redirects; retries a while.
+    async fn execute_move(
+        &self,
+        step: &Move,
+        members: &BTreeMap<NodeId, String>,
+    ) -> Result<v1::RangeDescriptor, String> {
+        let add_addr =
+            members.get(&step.add).cloned().ok_or_else(|| format!("node {} has no known address", step.add))?;
+        let request = v1::RaftRequest {
+            range_id: step.range_id,
+            from_node: self.node_id,
+            rpc: Some(Rpc::MoveReplica(v1::MoveReplicaRequest {
+                add_node: step.add,
+                add_addr,
+                remove_node: step.remove,
+            })),
+        };
+        let mut last_error = String::from("no replica to ask");
+        for attempt in 0..20u32 {
+            let replicas = read(&self.table).get(&step.range_id).map(|d| d.replicas.clone()).unwrap_or_default();
+            let mut candidates: Vec<String> = replicas.iter().filter_map(|id| members.get(id).cloned()).collect();
+            let mut hops = 0;
+            while let Some(addr) = candidates.pop() {
+                hops += 1;
+                if hops > 8 {
+                    break;
+                }
+                // Catching a learner up may take a while on a loaded range.
+                match self.peers.call(&addr, &request, Duration::from_secs(120)).await {
+                    Ok(RaftResult::Moved(descriptor)) => {
+                        Self::learn(&self.table, descriptor.clone());
+                        return Ok(descriptor);
+                    }
+                    Ok(other) => last_error = format!("unexpected answer {other:?}"),
+                    Err(RpcFailure::Remote(e)) if e.kind() == v1::RaftErrorKind::NotLeader => {
+                        if !e.leader_addr.is_empty() {
+                            candidates.push(e.leader_addr.clone());
+                        }
+                        last_error = e.message;
+                    }
+                    Err(RpcFailure::Remote(e)) if e.kind() == v1::RaftErrorKind::Refused => return Err(e.message),
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10) + 1))).await;
+        }
+        Err(format!("range {}: {last_error}", step.range_id))
+    }
+
+    /// Joins a running constellation through `seed`: asks the ranges' leaders to move this
+    /// node's fair share of replicas here. Idempotent: a node that has its share takes nothing.
+    pub async fn join(self: &Arc<Self>, seed: &str) -> Result<Vec<Move>, String> {
+        let (ranges, mut members) = self.survey(Some(seed)).await;
+        if ranges.is_empty() {
+            return Err(format!("{seed} told no ranges"));
+        }
+        members.insert(self.node_id, self.advertise.clone());
+        let others: Vec<NodeId> = members.keys().copied().filter(|id| *id != self.node_id).collect();
+        let moves = plan_join(&ranges, &others, self.node_id);
+        for step in &moves {
+            self.execute_move(step, &members).await?;
+            info!(range_id = step.range_id, from = step.remove, "took over a replica");
+        }
+        Ok(moves)
+    }
+
+    /// Moves every replica off `leaving` (a member or this node), never below quorum: each move
+    /// adds the new replica before removing the old one.
+    pub async fn decommission(&self, leaving: NodeId) -> Result<Vec<Move>, String> {
+        let (ranges, members) = self.survey(None).await;
+        let nodes: Vec<NodeId> = members.keys().copied().collect();
+        let moves = plan_decommission(&ranges, &nodes, leaving).map_err(|e| e.to_string())?;
+        for step in &moves {
+            self.execute_move(step, &members).await?;
+            info!(range_id = step.range_id, to = step.add, "moved a replica off node {leaving}");
+        }
+        Ok(moves)
+    }
+
+    fn address_of(&self, node_id: NodeId) -> Option<String> {
+        self.members().into_iter().find(|m| m.node_id == node_id).map(|m| m.addr)
+    }
+
+    /// Sends a descriptor to the meta range's leader (trying the meta replicas in turn).
+    pub async fn publish(&self, descriptor: v1::RangeDescriptor) {
+        Self::learn(&self.table, descriptor.clone());
+        let Some(meta) = read(&self.table).get(&META_RANGE_ID).cloned() else { return };
+        let mut candidates: Vec<String> = meta.replicas.iter().filter_map(|id| self.address_of(*id)).collect();
+        let request = v1::RaftRequest {
+            range_id: META_RANGE_ID,
+            from_node: self.node_id,
+            rpc: Some(Rpc::RecordDescriptor(descriptor.clone())),
+        };
+        for _ in 0..10 {
+            let Some(addr) = candidates.pop() else { break };
+            match self.peers.call(&addr, &request, Duration::from_secs(5)).await {
+                Ok(_) => return,
+                Err(RpcFailure::Remote(e)) if e.kind() == v1::RaftErrorKind::NotLeader && !e.leader_addr.is_empty() => {
+                    candidates.push(e.leader_addr);
+                }
+                Err(e) => warn!(range_id = descriptor.range_id, error = %e, "cannot record a descriptor at {addr}"),
+            }
+        }
+        warn!(range_id = descriptor.range_id, "no meta leader recorded the descriptor; the meta upkeep retries");
+    }
+
+    /// Stops and forgets a replica that left its group.
+    pub async fn remove(&self, range_id: u64) -> Result<(), ReplicaError> {
+        let Some(replica) = write(&self.hosted).remove(&range_id) else { return Ok(()) };
+        if let Err(e) = replica.raft.shutdown().await {
+            warn!(range_id, error = %e, "replica shutdown failed");
+        }
+        self.storage.delete_local(&Self::record_key(range_id))?;
+        self.storage.clear_replica(range_id, &replica.span.bounds())?;
+        info!(range_id, "replica removed and its data deleted");
+        Ok(())
+    }
+
+    /// Keeps the meta range's descriptors in step with what this node knows, when it leads meta.
+    pub async fn sync_meta(&self) {
+        let Some(meta) = self.get(META_RANGE_ID) else { return };
+        if meta.raft.metrics().borrow().state != ServerState::Leader {
+            return;
+        }
+        let stored: BTreeMap<u64, u64> = match read_descriptors(&self.storage) {
+            Ok(stored) => stored.into_iter().map(|d| (d.range_id, d.generation)).collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot read the meta range");
+                return;
+            }
+        };
+        for descriptor in self.descriptors() {
+            if stored.get(&descriptor.range_id).is_some_and(|g| *g >= descriptor.generation) {
+                continue;
+            }
+            let command = v1::Command {
+                timestamp: self.hlc.now().ok().map(Into::into),
+                op: Some(v1::command::Op::SetDescriptor(descriptor)),
+            };
+            if let Err(e) = meta.raft.client_write(command).await {
+                warn!(error = %e, "cannot record a range descriptor in the meta range");
+                return;
+            }
+        }
+    }
+
+    /// Stops every replica (raft tasks flush nothing further after this).
+    pub async fn shutdown(&self) {
+        for replica in self.hosted() {
+            if let Err(e) = replica.raft.shutdown().await {
+                warn!(range_id = replica.span.range_id, error = %e, "replica shutdown failed");
+            }
+        }
+    }
+
+    /// Runs the periodic upkeep (meta descriptors) until the task is aborted.
+    pub async fn upkeep(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            self.sync_meta().await;
+        }
+    }
+
+    /// Status of every hosted replica, for `pleiades status`.
+    pub fn status(&self) -> Vec<v1::ReplicaStatus> {
+        self.hosted()
+            .into_iter()
+            .map(|replica| {
+                let metrics = replica.raft.metrics().borrow().clone();
+                let role = match metrics.state {
+                    ServerState::Leader => "leader",
+                    ServerState::Follower => "follower",
+                    ServerState::Candidate => "candidate",
+                    ServerState::Learner => "learner",
+                    ServerState::Shutdown => "shutdown",
+                };
+                v1::ReplicaStatus {
+                    descriptor: Some(replica.descriptor()),
+                    role: role.into(),
+                    term: metrics.current_term,
+                    leader_node: metrics.current_leader.unwrap_or_default(),
+                    last_log_index: metrics.last_log_index.unwrap_or_default(),
+                    applied_index: metrics.last_applied.map(|id| id.index).unwrap_or_default(),
+                    snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or_default(),
+                    purged_index: metrics.purged.map(|id| id.index).unwrap_or_default(),
+                    members: metrics
+                        .membership_config
+                        .nodes()
+                        .map(|(id, node)| v1::MemberNode { node_id: *id, addr: node.addr.clone() })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Keeps descriptors in step with what ranges apply.
+struct Observer(std::sync::Weak<Replicas>);
+
+impl RangeObserver for Observer {
+    fn descriptor_applied(&self, descriptor: v1::RangeDescriptor) {
+        if let Some(replicas) = self.0.upgrade() {
+            Replicas::learn(&replicas.table, descriptor);
+        }
+    }
+
+    fn membership_applied(&self, range_id: u64, voters: Vec<NodeId>, generation: u64) {
+        let Some(replicas) = self.0.upgrade() else { return };
+        let mut descriptor = match read(&replicas.table).get(&range_id) {
+            Some(known) if known.generation >= generation => return,
+            Some(known) => known.clone(),
+            None => return,
+        };
+        descriptor.replicas = voters;
+        descriptor.generation = generation;
+        if let Some(replica) = replicas.get(range_id) {
+            *write(&replica.descriptor) = descriptor.clone();
+            // The hosted-replica record is rewritten off the apply path.
+            let (storage, bytes) = (replicas.storage.clone(), descriptor.encode_to_vec());
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = storage.put_local(&Replicas::record_key(range_id), &bytes) {
+                    warn!(range_id, error = %e, "cannot record a replica's new descriptor");
+                }
+            });
+        }
+        Replicas::learn(&replicas.table, descriptor);
+    }
+}
+
+/// Counts leader changes of one replica until its raft stops.
+async fn count_leader_changes(
+    mut watch: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    metrics: Arc<Metrics>,
+    range: u64,
+) {
+    let mut leader = watch.borrow().current_leader;
+    while watch.changed().await.is_ok() {
+        let now = watch.borrow().current_leader;
+        if now != leader && now.is_some() {
+            metrics.raft_leader_changes.get_or_create(&RangeLabels { range }).inc();
+        }
+        leader = now;
+    }
+}
+
+impl Replicas {
+    /// Sets the per-range gauges from each replica's raft metrics (called at scrape time).
+    pub fn export_metrics(&self) {
+        for replica in self.hosted() {
+            let labels = RangeLabels { range: replica.span.range_id };
+            let raft = replica.raft.metrics().borrow().clone();
+            let last = raft.last_log_index.unwrap_or_default();
+            let purged = raft.purged.map(|id| id.index).unwrap_or_default();
+            self.metrics.raft_term.get_or_create(&labels).set(raft.current_term as i64);
+            self.metrics.raft_is_leader.get_or_create(&labels).set(i64::from(raft.state == ServerState::Leader));
+            self.metrics.raft_last_log_index.get_or_create(&labels).set(last as i64);
+            self.metrics
+                .raft_applied_index
+                .get_or_create(&labels)
+                .set(raft.last_applied.map(|id| id.index).unwrap_or_default() as i64);
+            self.metrics.raft_log_entries.get_or_create(&labels).set(last.saturating_sub(purged) as i64);
+            let lag = raft
+                .replication
+                .as_ref()
+                .and_then(|followers| {
+                    followers.values().map(|matched| last.saturating_sub(matched.map(|id| id.index).unwrap_or(0))).max()
+                })
+                .unwrap_or(0);
+            self.metrics.raft_replication_lag_entries.get_or_create(&labels).set(lag as i64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_initial_layout_covers_the_keyspace_once_and_spreads_replicas() {
+        let layout = initial_layout(&[3, 1, 2], 4, 3);
+        assert_eq!(layout.len(), 5);
+        assert!(layout[0].meta);
+        let data = &layout[1..];
+        assert!(data[0].start_key.is_empty() && data[3].end_key.is_empty());
+        for pair in data.windows(2) {
+            assert_eq!(pair[0].end_key, pair[1].start_key, "adjacent and without gaps");
+            assert!(pair[0].start_key < pair[1].start_key || pair[0].start_key.is_empty());
+        }
+        for key in [&b""[..], b"\x00", b"0", b"abc", b"zzz", b"\xff\xff"] {
+            assert_eq!(data.iter().filter(|d| descriptor_contains(d, key)).count(), 1, "{key:?}");
+        }
+        assert!(layout.iter().all(|d| d.replicas.len() == 3));
+        let five = initial_layout(&[1, 2, 3, 4, 5], 4, 3);
+        let mut per_node = BTreeMap::new();
+        for d in &five {
+            for r in &d.replicas {
+                *per_node.entry(*r).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(per_node.len(), 5, "every founder gets replicas: {per_node:?}");
+        assert_eq!(initial_layout(&[7], 2, 3)[1].replicas, vec![7], "one node, one replica");
+    }
+}

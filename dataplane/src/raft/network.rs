@@ -1,0 +1,291 @@
+//! openraft's network over PWP: one QUIC connection per peer node (shared by all ranges), one
+//! raft-service stream per (range, target) so each replication pipeline has its own ordered lane.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::{BasicNode, SnapshotSegmentId};
+use pleiades_proto::payload_type;
+use pleiades_proto::v1::{self, raft_request::Rpc, raft_response::Result as RaftResult};
+use pleiades_proto::wire::Service;
+use tokio::sync::Mutex;
+
+use super::codec;
+use super::{NodeId, TypeConfig};
+use crate::client::{ClientError, PwpStream};
+use crate::observe::{Metrics, RangeLabels};
+
+/// Outgoing QUIC connections to the other nodes, one per address, reconnected when lost.
+pub struct Peers {
+    endpoint: quinn::Endpoint,
+    connect_timeout: Duration,
+    connections: Mutex<HashMap<String, quinn::Connection>>,
+}
+
+impl Peers {
+    /// `endpoint` must carry a default client configuration trusting the constellation's CA.
+    pub fn new(endpoint: quinn::Endpoint, connect_timeout: Duration) -> Self {
+        Peers { endpoint, connect_timeout, connections: Mutex::new(HashMap::new()) }
+    }
+
+    pub async fn connection(&self, addr: &str) -> Result<quinn::Connection, String> {
+        if let Some(connection) = self.connections.lock().await.get(addr) {
+            if connection.close_reason().is_none() {
+                return Ok(connection.clone());
+            }
+        }
+        let socket = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{addr} resolves to no address"))?;
+        let server_name = addr.rsplit_once(':').map(|(host, _)| host.trim_matches(['[', ']'])).unwrap_or(addr);
+        let connecting =
+            self.endpoint.connect(socket, server_name).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let connection = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| format!("no QUIC handshake with {addr} within {:?}", self.connect_timeout))?
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        self.connections.lock().await.insert(addr.to_string(), connection.clone());
+        Ok(connection)
+    }
+
+    /// Drops a cached connection that failed, so the next call dials again: a peer that
+    /// restarted is reached at once instead of after the dead connection's idle timeout.
+    pub async fn forget(&self, addr: &str, failed: &quinn::Connection) {
+        let mut connections = self.connections.lock().await;
+        if connections.get(addr).is_some_and(|c| c.stable_id() == failed.stable_id()) {
+            connections.remove(addr);
+        }
+        failed.close(quinn::VarInt::from_u32(0), b"request failed");
+    }
+
+    /// Sends one raft-service request on a fresh stream (for the rare calls outside replication).
+    pub async fn call(
+        &self,
+        addr: &str,
+        request: &v1::RaftRequest,
+        timeout: Duration,
+    ) -> Result<RaftResult, RpcFailure> {
+        let connection = self.connection(addr).await.map_err(RpcFailure::Unreachable)?;
+        let result = match PwpStream::open(&connection, Service::Raft, timeout).await {
+            Ok(mut stream) => exchange(&mut stream, request).await,
+            Err(e) => Err(RpcFailure::from(e)),
+        };
+        if matches!(result, Err(RpcFailure::Unreachable(_) | RpcFailure::Network(_))) {
+            self.forget(addr, &connection).await;
+        }
+        result
+    }
+}
+
+/// Why a raft RPC got no usable answer.
+#[derive(Debug)]
+pub enum RpcFailure {
+    Unreachable(String),
+    Network(String),
+    Remote(v1::RaftError),
+}
+
+impl std::fmt::Display for RpcFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RpcFailure::Unreachable(e) => write!(f, "unreachable: {e}"),
+            RpcFailure::Network(e) => write!(f, "network: {e}"),
+            RpcFailure::Remote(e) => write!(f, "remote {:?}: {}", e.kind(), e.message),
+        }
+    }
+}
+
+impl From<ClientError> for RpcFailure {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Connect { .. } | ClientError::Connection(_) => RpcFailure::Unreachable(e.to_string()),
+            // A timeout may be a dead connection to a restarted peer: retry soon, on a new one.
+            other => RpcFailure::Network(other.to_string()),
+        }
+    }
+}
+
+async fn exchange(stream: &mut PwpStream, request: &v1::RaftRequest) -> Result<RaftResult, RpcFailure> {
+    use prost::Message;
+    let (kind, payload) = stream.call(payload_type::raft::REQUEST, request.encode_to_vec().into()).await?;
+    if kind != payload_type::raft::RESPONSE {
+        return Err(RpcFailure::Network(format!("answer of payload type {kind:#04x}")));
+    }
+    let response =
+        v1::RaftResponse::decode(payload).map_err(|e| RpcFailure::Network(format!("malformed RaftResponse: {e}")))?;
+    match response.result {
+        Some(RaftResult::Error(e)) => Err(RpcFailure::Remote(e)),
+        Some(result) => Ok(result),
+        None => Err(RpcFailure::Network("RaftResponse without a result".into())),
+    }
+}
+
+/// Makes the per-target clients of one range.
+#[derive(Clone)]
+pub struct RangeNetworkFactory {
+    pub range_id: u64,
+    pub local_node: NodeId,
+    pub peers: Arc<Peers>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for RangeNetworkFactory {
+    type Network = RangeNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> RangeNetwork {
+        RangeNetwork {
+            range_id: self.range_id,
+            local_node: self.local_node,
+            target,
+            addr: node.addr.clone(),
+            peers: self.peers.clone(),
+            metrics: self.metrics.clone(),
+            stream: None,
+        }
+    }
+}
+
+pub struct RangeNetwork {
+    range_id: u64,
+    local_node: NodeId,
+    target: NodeId,
+    addr: String,
+    peers: Arc<Peers>,
+    metrics: Arc<Metrics>,
+    stream: Option<(PwpStream, quinn::Connection)>,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl RangeNetwork {
+    async fn call(&mut self, rpc: Rpc, timeout: Duration) -> Result<RaftResult, RpcFailure> {
+        let request = v1::RaftRequest { range_id: self.range_id, from_node: self.local_node, rpc: Some(rpc) };
+        let (mut stream, connection) = match self.stream.take() {
+            Some(open) => open,
+            None => {
+                let connection = self.peers.connection(&self.addr).await.map_err(RpcFailure::Unreachable)?;
+                match PwpStream::open(&connection, Service::Raft, timeout).await {
+                    Ok(stream) => (stream, connection),
+                    Err(e) => {
+                        self.peers.forget(&self.addr, &connection).await;
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        stream.set_timeout(timeout);
+        let result = exchange(&mut stream, &request).await;
+        if matches!(result, Err(RpcFailure::Unreachable(_) | RpcFailure::Network(_))) {
+            // A stream that failed mid-call may hold a late answer, and its connection may be
+            // to a peer that has since restarted: both go.
+            self.peers.forget(&self.addr, &connection).await;
+        } else {
+            self.stream = Some((stream, connection));
+        }
+        result
+    }
+
+    fn failure<E: std::error::Error>(&self, failure: RpcFailure) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+        let error = std::io::Error::other(format!("range {} → node {}: {failure}", self.range_id, self.target));
+        match failure {
+            RpcFailure::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&error)),
+            RpcFailure::Remote(remote) if remote.kind() == v1::RaftErrorKind::NoSuchRange => {
+                RPCError::Unreachable(Unreachable::new(&error))
+            }
+            _ => RPCError::Network(NetworkError::new(&error)),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+        self.failure(RpcFailure::Network("an answer of another RPC".into()))
+    }
+
+    fn malformed<E: std::error::Error>(
+        &self,
+        e: codec::CodecError,
+    ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+        self.failure(RpcFailure::Network(e.to_string()))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for RangeNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let request = Rpc::AppendEntries(codec::append_request_to_proto(&rpc));
+        match self.call(request, option.hard_ttl()).await {
+            Ok(RaftResult::AppendEntries(response)) => {
+                codec::append_response_from_proto(&response).map_err(|e| self.malformed(e))
+            }
+            Ok(_) => Err(self.unexpected()),
+            Err(failure) => Err(self.failure(failure)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        let last_chunk = rpc.done;
+        let request = Rpc::InstallSnapshot(v1::InstallSnapshotRequest {
+            vote: Some(codec::vote_to_proto(&rpc.vote)),
+            meta: Some(codec::snapshot_meta_to_proto(&rpc.meta)),
+            offset: rpc.offset,
+            data: rpc.data,
+            done: rpc.done,
+        });
+        match self.call(request, option.hard_ttl()).await {
+            Ok(RaftResult::InstallSnapshot(response)) => {
+                if last_chunk {
+                    self.metrics.raft_snapshots_sent.get_or_create(&RangeLabels { range: self.range_id }).inc();
+                }
+                Ok(InstallSnapshotResponse {
+                    vote: codec::vote_from_proto(response.vote.as_ref()).map_err(|e| self.malformed(e))?,
+                })
+            }
+            Ok(_) => Err(self.unexpected()),
+            Err(RpcFailure::Remote(remote)) if remote.kind() == v1::RaftErrorKind::SnapshotMismatch => {
+                // The target lost track of this stream: openraft restarts it from offset 0.
+                let mismatch = SnapshotMismatch {
+                    expect: SnapshotSegmentId { id: remote.expected_snapshot_id, offset: remote.expected_offset },
+                    got: SnapshotSegmentId { id: rpc.meta.snapshot_id, offset: rpc.offset },
+                };
+                Err(RPCError::RemoteError(RemoteError::new(
+                    self.target,
+                    RaftError::APIError(InstallSnapshotError::SnapshotMismatch(mismatch)),
+                )))
+            }
+            Err(failure) => Err(self.failure(failure)),
+        }
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+        let request = Rpc::Vote(v1::VoteRequest {
+            vote: Some(codec::vote_to_proto(&rpc.vote)),
+            last_log_id: codec::opt_log_id_to_proto(rpc.last_log_id.as_ref()),
+        });
+        match self.call(request, option.hard_ttl()).await {
+            Ok(RaftResult::Vote(response)) => Ok(VoteResponse {
+                vote: codec::vote_from_proto(response.vote.as_ref()).map_err(|e| self.malformed(e))?,
+                vote_granted: response.vote_granted,
+                last_log_id: codec::opt_log_id_from_proto(response.last_log_id.as_ref()),
+            }),
+            Ok(_) => Err(self.unexpected()),
+            Err(failure) => Err(self.failure(failure)),
+        }
+    }
+}
