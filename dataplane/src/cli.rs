@@ -318,6 +318,9 @@ pub enum KvCommand {
         end: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Newest key first.
+        #[arg(long)]
+        reverse: bool,
         #[arg(long)]
         stale: bool,
     },

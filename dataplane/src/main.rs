@@ -11,6 +11,7 @@ use pleiades::client::Client;
 use pleiades_proto::v1::{self, ReadConsistency};
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -40,6 +41,16 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc gives each thread that allocates under contention its own 64 MiB arena and rarely
+/// returns their memory; with tokio moving tasks between workers, a node at 1M keys held over
+/// 800 MiB in a dozen arenas. Two arenas keep the resident size near what is actually in use.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only adjusts allocator parameters; called before any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
@@ -200,8 +211,9 @@ async fn kv(args: KvArgs) -> anyhow::Result<()> {
                 (false, None) => anyhow::bail!("{key} is absent, not the expected value"),
             }
         }
-        KvCommand::Scan { start, end, limit, stale } => {
-            let rows = kv.scan(start.as_bytes(), end.unwrap_or_default().as_bytes(), limit, consistency(stale)).await?;
+        KvCommand::Scan { start, end, limit, reverse, stale } => {
+            let end = end.unwrap_or_default();
+            let rows = kv.scan(start.as_bytes(), end.as_bytes(), limit, reverse, consistency(stale)).await?;
             for entry in &rows {
                 let value = entry.value.as_ref().map(|v| show(&v.value)).unwrap_or_default();
                 println!("{}\t{}", show(&entry.key), value);
@@ -297,7 +309,7 @@ async fn status(args: &StatusArgs) -> anyhow::Result<()> {
     for m in &members {
         println!(
             "  {:<6} {:<22} {:<12} {:>8} {:>8}",
-            m["node_id"],
+            m["node_id"].as_u64().unwrap_or_default(),
             m["addr"].as_str().unwrap_or_default(),
             m["state"].as_str().unwrap_or_default(),
             m["replicas"].as_u64().map(|n| n.to_string()).unwrap_or("-".into()),

@@ -160,19 +160,8 @@ fn check_register(ops: &[&Operation]) -> bool {
         if events[head].next >= end {
             return true;
         }
-        if entry >= end {
-            // Every pending call was tried: backtrack.
-            let Some((call, previous)) = stack.pop() else { return false };
-            let op = events[call].op;
-            linearized[op / 64] &= !(1 << (op % 64));
-            state = previous;
-            relink(&mut events, return_of[op]);
-            relink(&mut events, call);
-            entry = events[call].next;
-            continue;
-        }
-        let event = events[entry];
-        if event.is_call {
+        if entry < end && events[entry].is_call {
+            let event = events[entry];
             let op = ops[event.op];
             if let Some(next_state) = step(&state, &op.input, &op.output) {
                 let mut next_linearized = linearized.clone();
@@ -187,16 +176,17 @@ fn check_register(ops: &[&Operation]) -> bool {
                 }
             }
             entry = event.next;
-        } else {
-            // An operation returned before any order of the pending ones explained it.
-            let Some((call, previous)) = stack.pop() else { return false };
-            let op = events[call].op;
-            linearized[op / 64] &= !(1 << (op % 64));
-            state = previous;
-            relink(&mut events, return_of[op]);
-            relink(&mut events, call);
-            entry = events[call].next;
+            continue;
         }
+        // Every pending call was tried, or an operation returned before any order of the
+        // pending ones explained it: undo the last choice and try the next call after it.
+        let Some((call, previous)) = stack.pop() else { return false };
+        let op = events[call].op;
+        linearized[op / 64] &= !(1 << (op % 64));
+        state = previous;
+        relink(&mut events, return_of[op]);
+        relink(&mut events, call);
+        entry = events[call].next;
     }
 }
 

@@ -93,11 +93,21 @@ async fn three_nodes_serve_puts_gets_scans_and_cas_across_ranges() {
     assert_all_readable(&client, &acked).await;
 
     // A scan across every range sees every key once, in order, at one timestamp.
-    let rows = client.scan(b"", b"", 0, LINEARIZABLE).await.unwrap();
+    let rows = client.scan(b"", b"", 0, false, LINEARIZABLE).await.unwrap();
     let keys: Vec<Vec<u8>> = rows.iter().map(|kv| kv.key.clone()).collect();
     assert_eq!(keys, acked.keys().cloned().collect::<Vec<_>>());
-    let limited = client.scan(b"", b"", 7, LINEARIZABLE).await.unwrap();
+    let limited = client.scan(b"", b"", 7, false, LINEARIZABLE).await.unwrap();
     assert_eq!(limited.len(), 7);
+    // Reverse, across every range, and a bounded reverse page in the middle.
+    let reversed = client.scan(b"", b"", 0, true, LINEARIZABLE).await.unwrap();
+    let mut expected: Vec<Vec<u8>> = acked.keys().cloned().collect();
+    expected.reverse();
+    assert_eq!(reversed.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), expected);
+    let (low, high) = (b"5".to_vec(), b"c".to_vec());
+    let window = client.scan(&low, &high, 0, true, LINEARIZABLE).await.unwrap();
+    let expected: Vec<Vec<u8>> = acked.keys().filter(|k| **k >= low && **k < high).rev().cloned().collect();
+    assert!(expected.len() > 10);
+    assert_eq!(window.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), expected);
 
     // Compare-and-swap: absent → a, a → b wins, a → c loses and reports b.
     let swapped = client.cas(b"cas-key", None, Some(b"a")).await.unwrap();

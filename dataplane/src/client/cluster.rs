@@ -50,8 +50,9 @@ struct Routing {
     failed: HashMap<String, Instant>,
 }
 
-/// How long a node that failed a request is tried only after the others.
-const FAILED_NODE_PENALTY: Duration = Duration::from_secs(3);
+/// How many attempt timeouts a node that failed a request is tried only after the others: longer
+/// than one attempt, so a dead node is not retried by every next attempt.
+const FAILED_NODE_PENALTY_ATTEMPTS: u32 = 5;
 
 struct Inner {
     endpoint: quinn::Endpoint,
@@ -76,7 +77,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Cluster {
     pub async fn connect(config: ClusterConfig) -> Result<Self, ClientError> {
         let trusted = tls::load_certificates(&config.ca_cert)?;
-        let limits = QuicLimits { max_streams: 1024, idle_timeout: Duration::from_secs(30) };
+        // Keep-alives every third of the idle timeout: a dead node's connection closes quickly.
+        let limits = QuicLimits { max_streams: 1024, idle_timeout: Duration::from_secs(5) };
         let bind: std::net::SocketAddr =
             "0.0.0.0:0".parse().map_err(|e| ClientError::Read(format!("bind address: {e}")))?;
         let mut endpoint =
@@ -131,6 +133,20 @@ impl Cluster {
     /// Sends one KV request to the node at `addr` on a pooled stream.
     async fn send(&self, addr: &str, request: &KvRequest) -> Result<KvResponse, ClientError> {
         let node = self.node(addr).await?;
+        let result = self.exchange(&node, request).await;
+        // A broken connection is dialled afresh next time. A slow answer (timeout) leaves it be:
+        // other requests share it, and a dead node's connection idles out within seconds.
+        if result.as_ref().is_err_and(|e| !matches!(e, ClientError::Timeout(_))) {
+            let mut connections = self.inner.connections.lock().await;
+            if connections.get(addr).is_some_and(|n| n.connection.stable_id() == node.connection.stable_id()) {
+                connections.remove(addr);
+            }
+            node.connection.close(quinn::VarInt::from_u32(0), b"request failed");
+        }
+        result
+    }
+
+    async fn exchange(&self, node: &Node, request: &KvRequest) -> Result<KvResponse, ClientError> {
         let pooled = lock(&node.streams).pop();
         let mut stream = match pooled {
             Some(stream) => stream,
@@ -191,6 +207,15 @@ impl Cluster {
         Err(last_error)
     }
 
+    /// The cached descriptor of the range holding the keys just below `end` (empty: the last).
+    fn range_before(&self, end: &[u8]) -> Option<v1::RangeDescriptor> {
+        let routing = lock(&self.inner.routing);
+        if end.is_empty() {
+            return routing.ranges.values().find(|d| d.end_key.is_empty()).cloned();
+        }
+        routing.ranges.range(..end.to_vec()).next_back().map(|(_, d)| d.clone())
+    }
+
     /// The cached descriptor of the range holding `key`.
     fn range_for(&self, key: &[u8]) -> Option<v1::RangeDescriptor> {
         let routing = lock(&self.inner.routing);
@@ -219,7 +244,8 @@ impl Cluster {
             }
         };
         // Recently failed nodes go last (stable sort keeps the order otherwise).
-        targets.sort_by_key(|addr| routing.failed.get(addr).is_some_and(|at| at.elapsed() < FAILED_NODE_PENALTY));
+        let penalty = self.inner.attempt_timeout * FAILED_NODE_PENALTY_ATTEMPTS;
+        targets.sort_by_key(|addr| routing.failed.get(addr).is_some_and(|at| at.elapsed() < penalty));
         targets
     }
 
@@ -234,17 +260,25 @@ impl Cluster {
 
     /// Sends `op` for `key` to the right node, retrying as the failure allows until the deadline.
     async fn call(&self, key: &[u8], op: Op, kind: Kind) -> Result<KvResult, ClientError> {
+        self.call_routed(Route::Key(key), op, kind).await
+    }
+
+    async fn call_routed(&self, route: Route<'_>, op: Op, kind: Kind) -> Result<KvResult, ClientError> {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(5);
         let mut attempt = 0usize;
         let mut last_error = ClientError::Read("no attempt made".into());
         while started.elapsed() < self.inner.deadline {
             attempt += 1;
-            let Some(range) = self.range_for(key) else {
+            let lookup = || match route {
+                Route::Key(key) => self.range_for(key),
+                Route::Before(end) => self.range_before(end),
+            };
+            let Some(range) = lookup() else {
                 if let Err(e) = self.refresh_ranges().await {
                     last_error = e;
                 }
-                if self.range_for(key).is_none() {
+                if lookup().is_none() {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
@@ -299,8 +333,13 @@ impl Cluster {
                 ErrorCode::NotLeader => {
                     let hinted = {
                         let mut routing = lock(&self.inner.routing);
+                        let penalty = self.inner.attempt_timeout * FAILED_NODE_PENALTY_ATTEMPTS;
+                        let recently_failed =
+                            |addr: &str| routing.failed.get(addr).is_some_and(|at| at.elapsed() < penalty);
                         match &error.leader {
-                            Some(leader) if leader.addr != target => {
+                            // A hint at a node that just failed us is likely stale (an election is
+                            // under way): back off instead of going straight back to it.
+                            Some(leader) if leader.addr != target && !recently_failed(&leader.addr) => {
                                 routing.nodes.insert(leader.node_id, leader.addr.clone());
                                 routing.leaders.insert(range.range_id, leader.addr.clone());
                                 true
@@ -392,16 +431,18 @@ impl Cluster {
         }
     }
 
-    /// Keys in `[start, end)` (empty end: to the end), across ranges, at one timestamp.
+    /// Keys in `[start, end)` (empty end: to the end), across ranges, at one timestamp; in
+    /// descending order with `reverse`. `limit` 0 means every key.
     pub async fn scan(
         &self,
         start: &[u8],
         end: &[u8],
         limit: u32,
+        reverse: bool,
         consistency: ReadConsistency,
     ) -> Result<Vec<v1::KeyValue>, ClientError> {
         let mut out = Vec::new();
-        let mut from = start.to_vec();
+        let (mut from, mut to) = (start.to_vec(), end.to_vec());
         let mut at = None;
         loop {
             let remaining = limit.saturating_sub(out.len() as u32);
@@ -410,22 +451,31 @@ impl Cluster {
             }
             let op = Op::Scan(v1::ScanRequest {
                 start: from.clone(),
-                end: end.to_vec(),
+                end: to.clone(),
                 limit: remaining,
                 at,
                 consistency: consistency.into(),
+                reverse,
             });
-            let page = match self.call(&from, op, Kind::Read(consistency)).await? {
+            let route = if reverse { Route::Before(&to) } else { Route::Key(&from) };
+            let page = match self.call_routed(route, op, Kind::Read(consistency)).await? {
                 KvResult::Scan(page) => page,
                 _ => return Err(mismatched("scan")),
             };
             out.extend(page.entries);
             // Later pages read at the first page's time: one consistent snapshot.
             at = at.or(page.read_at);
-            if page.resume_key.is_empty() || (!end.is_empty() && page.resume_key.as_slice() >= end) {
+            let resume = page.resume_key;
+            let done = resume.is_empty()
+                || if reverse { resume.as_slice() <= start } else { !end.is_empty() && resume.as_slice() >= end };
+            if done {
                 return Ok(out);
             }
-            from = page.resume_key;
+            if reverse {
+                to = resume;
+            } else {
+                from = resume;
+            }
         }
     }
 
@@ -460,6 +510,13 @@ impl Cluster {
         let node = self.node(addr).await?;
         Ok(super::SystemClient(PwpStream::open(&node.connection, Service::System, self.inner.attempt_timeout).await?))
     }
+}
+
+/// How a request finds its range: by a key in it, or (reverse scans) by the end it lies below.
+#[derive(Clone, Copy)]
+enum Route<'a> {
+    Key(&'a [u8]),
+    Before(&'a [u8]),
 }
 
 fn learn(routing: &mut Routing, range: v1::RangeDescriptor) {

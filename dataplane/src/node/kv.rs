@@ -197,12 +197,20 @@ impl KvService {
                     n => n,
                 };
                 self.check_key(&scan.start)?;
-                let replica = self.route(&scan.start, range_id, generation)?;
+                self.check_key(&scan.end)?;
+                let replica = if scan.reverse {
+                    self.route_before(&scan.end, range_id, generation)?
+                } else {
+                    self.route(&scan.start, range_id, generation)?
+                };
                 self.read_barrier(&replica, scan.consistency()).await?;
                 let at = match scan.at {
                     Some(at) => at.into(),
                     None => self.hlc.now()?,
                 };
+                if scan.reverse {
+                    return self.scan_reverse(&replica, scan, limit, at);
+                }
                 // This range's part of the scan; the client continues in the next range.
                 let range_end = replica.span.end_key.clone();
                 let cut_by_range = !range_end.is_empty() && (scan.end.is_empty() || range_end < scan.end);
@@ -257,6 +265,53 @@ impl KvService {
         }
     }
 
+    /// This range's part of a reverse scan, down to its start; the client continues below it.
+    fn scan_reverse(
+        &self,
+        replica: &Replica,
+        scan: v1::ScanRequest,
+        limit: u32,
+        at: Timestamp,
+    ) -> Result<KvResult, Refusal> {
+        let range_start = replica.span.start_key.clone();
+        let cut_by_range = range_start > scan.start;
+        let start = if cut_by_range { range_start.clone() } else { scan.start.clone() };
+        let end = (!scan.end.is_empty()).then_some(scan.end.as_slice());
+        let mut rows = self.replicas.storage().scan_reverse(&start, end, limit as usize + 1, at)?;
+        let resume_key = if rows.len() > limit as usize {
+            // The next page ends (exclusively) after the last key returned here.
+            rows.pop();
+            rows.last().map(|(key, _)| key.clone()).unwrap_or_default()
+        } else if cut_by_range {
+            range_start
+        } else {
+            Vec::new()
+        };
+        let entries =
+            rows.into_iter().map(|(key, value)| v1::KeyValue { key, value: Some(versioned(value)) }).collect();
+        Ok(KvResult::Scan(v1::ScanResponse { entries, resume_key, read_at: Some(at.into()) }))
+    }
+
+    /// The local replica holding the keys just below `end` (the last range for an empty end).
+    fn route_before(&self, end: &[u8], range_id: u64, generation: u64) -> Result<Arc<Replica>, Refusal> {
+        let holder = self.replicas.hosted().into_iter().find(|r| {
+            !r.span.meta
+                && (end.is_empty() && r.span.end_key.is_empty()
+                    || !end.is_empty()
+                        && r.span.start_key.as_slice() < end
+                        && (r.span.end_key.is_empty() || end <= r.span.end_key.as_slice()))
+        });
+        match holder {
+            Some(replica) => self.check_routing(replica, range_id, generation),
+            None => Err(Refusal {
+                code: ErrorCode::RangeMismatch,
+                message: format!("node {} hosts no replica of the range before this key", self.replicas.node_id),
+                range: None,
+                leader: None,
+            }),
+        }
+    }
+
     /// The local replica that must serve `key`, checked against the client's routing.
     fn route(&self, key: &[u8], range_id: u64, generation: u64) -> Result<Arc<Replica>, Refusal> {
         let Some(replica) = self.replicas.for_key(key) else {
@@ -267,6 +322,10 @@ impl KvService {
                 leader: None,
             });
         };
+        self.check_routing(replica, range_id, generation)
+    }
+
+    fn check_routing(&self, replica: Arc<Replica>, range_id: u64, generation: u64) -> Result<Arc<Replica>, Refusal> {
         let descriptor = replica.descriptor();
         if range_id != 0 && (range_id != descriptor.range_id || generation < descriptor.generation) {
             return Err(Refusal {
@@ -321,8 +380,9 @@ impl KvService {
             return Ok(());
         }
         let started = Instant::now();
-        match tokio::time::timeout(READ_INDEX_TIMEOUT, replica.raft.ensure_linearizable()).await {
-            Ok(Ok(_)) => {
+        let confirm = async { replica.raft.ensure_linearizable().await.map(|_| ()) };
+        match tokio::time::timeout(READ_INDEX_TIMEOUT, replica.read_barrier.confirm(confirm)).await {
+            Ok(Ok(())) => {
                 self.metrics
                     .raft_read_index_seconds
                     .get_or_create(&RangeLabels { range: replica.span.range_id })

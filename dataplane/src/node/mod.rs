@@ -34,6 +34,9 @@ use replicas::{ReplicaError, Replicas};
 pub use kv::KvService;
 pub use system::SystemService;
 
+/// QUIC idle timeout of connections to other nodes.
+const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Node-local keys.
 const NODE_ID_KEY: &[u8] = b"node_id";
 const HLC_UPPER_BOUND_KEY: &[u8] = b"hlc_wall_upper_bound";
@@ -252,12 +255,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let mut endpoint = quinn::Endpoint::server(tls::server_config(identity, &limits)?, config.listen)
         .map_err(|source| NodeError::Bind { what: "QUIC", addr: config.listen, source })?;
     // The same endpoint dials the other nodes, trusting the constellation's CA: the configured
-    // one, else the generated one. A node of one dials no one and may have neither.
+    // one, else the generated one. A node of one dials no one and may have neither. Peer
+    // connections idle out after a few seconds of silence (keep-alives flow every third of
+    // that), so a peer that died or restarted is redialled quickly.
+    let peer_limits = QuicLimits { max_streams: limits.max_streams, idle_timeout: PEER_IDLE_TIMEOUT };
     let has_peers = config.constellation.peers.len() > 1 || config.constellation.join.is_some();
     let generated_ca = tls::GeneratedPaths::in_data_dir(&config.data_dir).ca_cert;
     let peer_ca = config.tls.ca_cert.clone().or_else(|| generated_ca.exists().then_some(generated_ca));
     match peer_ca {
-        Some(ca) => endpoint.set_default_client_config(tls::client_config(&tls::load_certificates(&ca)?, &limits)?),
+        Some(ca) => {
+            endpoint.set_default_client_config(tls::client_config(&tls::load_certificates(&ca)?, &peer_limits)?)
+        }
         None if has_peers => {
             return Err(NodeError::Config(ConfigError::Invalid(
                 "tls.ca-cert is required with tls.cert and tls.key when the node has peers".into(),

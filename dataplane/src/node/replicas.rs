@@ -107,6 +107,36 @@ pub struct Replica {
     pub raft: Raft,
     pub log: RangeLog,
     pub descriptor: RwLock<v1::RangeDescriptor>,
+    pub read_barrier: ReadBarrier,
+}
+
+/// Shares ReadIndex confirmations between concurrent linearizable reads of one range: a read
+/// may use any confirmation that *started* after it arrived (leadership confirmed and the state
+/// machine caught up to the commit index at a time after the read began), so a crowd of readers
+/// costs one heartbeat round, not one each.
+#[derive(Default)]
+pub struct ReadBarrier {
+    /// Confirmations started so far; the next one gets this number plus one.
+    started: std::sync::atomic::AtomicU64,
+    /// The number of the last confirmation that succeeded.
+    confirmed: std::sync::atomic::AtomicU64,
+    /// One confirmation at a time; readers queue here in arrival order.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl ReadBarrier {
+    pub async fn confirm<E>(&self, confirm: impl std::future::Future<Output = Result<(), E>>) -> Result<(), E> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let arrived_after = self.started.load(SeqCst);
+        let _turn = self.running.lock().await;
+        if self.confirmed.load(SeqCst) > arrived_after {
+            return Ok(());
+        }
+        let number = self.started.fetch_add(1, SeqCst) + 1;
+        confirm.await?;
+        self.confirmed.store(number, SeqCst);
+        Ok(())
+    }
 }
 
 impl Replica {
@@ -272,7 +302,13 @@ impl Replicas {
         let raft = Raft::new(self.node_id, self.raft_config.clone(), network, log.clone(), machine)
             .await
             .map_err(|e| ReplicaError::Raft(e.to_string()))?;
-        let replica = Arc::new(Replica { span, raft, log, descriptor: RwLock::new(descriptor.clone()) });
+        let replica = Arc::new(Replica {
+            span,
+            raft,
+            log,
+            descriptor: RwLock::new(descriptor.clone()),
+            read_barrier: ReadBarrier::default(),
+        });
         write(&self.hosted).insert(descriptor.range_id, replica.clone());
         tokio::spawn(count_leader_changes(replica.raft.metrics(), self.metrics.clone(), descriptor.range_id));
         info!(range_id = descriptor.range_id, "replica open");
@@ -845,6 +881,33 @@ impl Replicas {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_read_barrier_is_shared_only_by_reads_that_arrived_before_it_started() {
+        let barrier = Arc::new(ReadBarrier::default());
+        let rounds = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let slow_round = |rounds: Arc<std::sync::atomic::AtomicU64>| async move {
+            rounds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<(), ()>(())
+        };
+        let readers: Vec<_> = (0..50)
+            .map(|_| {
+                let (barrier, rounds) = (barrier.clone(), rounds.clone());
+                tokio::spawn(async move { barrier.confirm(slow_round(rounds)).await })
+            })
+            .collect();
+        for reader in readers {
+            reader.await.unwrap().unwrap();
+        }
+        let shared = rounds.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(shared <= 3, "50 concurrent reads needed {shared} rounds");
+        // A read arriving after every confirmation has finished needs a new one.
+        barrier.confirm(slow_round(rounds.clone())).await.unwrap();
+        assert_eq!(rounds.load(std::sync::atomic::Ordering::SeqCst), shared + 1);
+        // A failed round is shared by no one.
+        assert_eq!(barrier.confirm(async { Err::<(), _>("lost leadership") }).await, Err("lost leadership"));
+    }
 
     #[test]
     fn the_initial_layout_covers_the_keyspace_once_and_spreads_replicas() {

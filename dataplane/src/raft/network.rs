@@ -81,7 +81,7 @@ impl Peers {
             Ok(mut stream) => exchange(&mut stream, request).await,
             Err(e) => Err(RpcFailure::from(e)),
         };
-        if matches!(result, Err(RpcFailure::Unreachable(_) | RpcFailure::Network(_))) {
+        if result.as_ref().is_err_and(connection_lost) {
             self.forget(addr, &connection).await;
         }
         result
@@ -110,11 +110,21 @@ impl From<ClientError> for RpcFailure {
     fn from(e: ClientError) -> Self {
         match e {
             ClientError::Connect { .. } | ClientError::Connection(_) => RpcFailure::Unreachable(e.to_string()),
-            // A timeout may be a dead connection to a restarted peer: retry soon, on a new one.
             other => RpcFailure::Network(other.to_string()),
         }
     }
 }
+
+/// Whether a failure condemns the connection (it is gone), not just the stream (a slow answer).
+/// A busy peer's late answer must not tear down the connection every other range shares; a
+/// dead one is found by the connection's short idle timeout instead.
+fn connection_lost(failure: &RpcFailure) -> bool {
+    matches!(failure, RpcFailure::Unreachable(_))
+}
+
+/// openraft asks for answers within its heartbeat interval; a follower fsyncing under load can
+/// take longer, and giving up early only resends the same entries. Never wait less than this.
+const MIN_RPC_TIMEOUT: Duration = Duration::from_millis(500);
 
 async fn exchange(stream: &mut PwpStream, request: &v1::RaftRequest) -> Result<RaftResult, RpcFailure> {
     use prost::Message;
@@ -178,20 +188,22 @@ impl RangeNetwork {
                 match PwpStream::open(&connection, Service::Raft, timeout).await {
                     Ok(stream) => (stream, connection),
                     Err(e) => {
-                        self.peers.forget(&self.addr, &connection).await;
-                        return Err(e.into());
+                        let failure = RpcFailure::from(e);
+                        if connection_lost(&failure) {
+                            self.peers.forget(&self.addr, &connection).await;
+                        }
+                        return Err(failure);
                     }
                 }
             }
         };
         stream.set_timeout(timeout);
         let result = exchange(&mut stream, &request).await;
-        if matches!(result, Err(RpcFailure::Unreachable(_) | RpcFailure::Network(_))) {
-            // A stream that failed mid-call may hold a late answer, and its connection may be
-            // to a peer that has since restarted: both go.
-            self.peers.forget(&self.addr, &connection).await;
-        } else {
-            self.stream = Some((stream, connection));
+        match &result {
+            Err(failure) if connection_lost(failure) => self.peers.forget(&self.addr, &connection).await,
+            // A stream that failed mid-call may still deliver a late answer: it is dropped.
+            Err(RpcFailure::Network(_)) => {}
+            _ => self.stream = Some((stream, connection)),
         }
         result
     }
@@ -226,7 +238,7 @@ impl RaftNetwork<TypeConfig> for RangeNetwork {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let request = Rpc::AppendEntries(codec::append_request_to_proto(&rpc));
-        match self.call(request, option.hard_ttl()).await {
+        match self.call(request, option.hard_ttl().max(MIN_RPC_TIMEOUT)).await {
             Ok(RaftResult::AppendEntries(response)) => {
                 codec::append_response_from_proto(&response).map_err(|e| self.malformed(e))
             }
@@ -248,7 +260,7 @@ impl RaftNetwork<TypeConfig> for RangeNetwork {
             data: rpc.data,
             done: rpc.done,
         });
-        match self.call(request, option.hard_ttl()).await {
+        match self.call(request, option.hard_ttl().max(MIN_RPC_TIMEOUT)).await {
             Ok(RaftResult::InstallSnapshot(response)) => {
                 if last_chunk {
                     self.metrics.raft_snapshots_sent.get_or_create(&RangeLabels { range: self.range_id }).inc();
@@ -278,7 +290,7 @@ impl RaftNetwork<TypeConfig> for RangeNetwork {
             vote: Some(codec::vote_to_proto(&rpc.vote)),
             last_log_id: codec::opt_log_id_to_proto(rpc.last_log_id.as_ref()),
         });
-        match self.call(request, option.hard_ttl()).await {
+        match self.call(request, option.hard_ttl().max(MIN_RPC_TIMEOUT)).await {
             Ok(RaftResult::Vote(response)) => Ok(VoteResponse {
                 vote: codec::vote_from_proto(response.vote.as_ref()).map_err(|e| self.malformed(e))?,
                 vote_granted: response.vote_granted,

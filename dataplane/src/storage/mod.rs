@@ -87,8 +87,8 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            block_cache_bytes: 256 << 20,
-            memtable_bytes: 64 << 20,
+            block_cache_bytes: 128 << 20,
+            memtable_bytes: 32 << 20,
             compression: Compression::Lz4,
             default_retention: MAX_RETENTION,
         }
@@ -272,6 +272,9 @@ impl Storage {
         db_options.create_missing_column_families(true);
         db_options.set_max_background_jobs(2);
         db_options.set_keep_log_file_num(4);
+        // Without a cap, WAL files live until every column family has flushed past them, and the
+        // busy raft log keeps the quiet ones from flushing: gigabytes of WAL and slow restarts.
+        db_options.set_max_total_wal_size(256 << 20);
         let descriptors = COLUMN_FAMILIES
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(*name == CF_RANGE_DATA)))
@@ -673,6 +676,49 @@ impl Storage {
         })
     }
 
+    /// Like [`Storage::scan`], newest key first: keys in `[start, end)` from the end down.
+    pub fn scan_reverse(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        ts: Timestamp,
+    ) -> Result<Vec<(Vec<u8>, VersionedValue)>, StorageError> {
+        self.timed_read(|| {
+            let lower = keys::descriptor_key(start);
+            let mut out = Vec::new();
+            let mut it = self.data_iter();
+            match end {
+                // The last record before `end`'s descriptor is a version of the key before `end`.
+                Some(end) => it.seek_for_prev(keys::descriptor_key(end)),
+                None => it.seek_to_last(),
+            }
+            if let (Some(end), Some(raw)) = (end, it.key()) {
+                if raw == keys::descriptor_key(end).as_slice() {
+                    it.prev();
+                }
+            }
+            while out.len() < limit {
+                let Some(raw) = it.key() else { break };
+                if raw < lower.as_slice() {
+                    break;
+                }
+                let decoded = decode(raw)?;
+                if let Some(found) = self.get_at(&decoded.user_key, ts)? {
+                    out.push((decoded.user_key, found));
+                }
+                // Step to the previous user key: before this key's descriptor.
+                let prefix = raw[..decoded.prefix_len].to_vec();
+                it.seek_for_prev(&prefix);
+                if it.key() == Some(prefix.as_slice()) {
+                    it.prev();
+                }
+            }
+            it.status()?;
+            Ok(out)
+        })
+    }
+
     /// Garbage-collects versions past each key's retention, all but the latest version of
     /// vacuumable keys, and whole keys whose latest version is a delete. Bounded and resumable.
     pub fn vacuum(&self, options: &VacuumOptions) -> Result<VacuumReport, StorageError> {
@@ -727,6 +773,16 @@ impl Storage {
         self.commit(write)
     }
 
+    /// An iterator over one range's raft log. The bounds matter: purged and truncated entries
+    /// stay in the memtable under range tombstones, and an unbounded iterator stepping past a
+    /// range's last entry would walk every deleted entry of the next range.
+    fn raft_log_iter(&self, range_id: u64, upper: Option<Vec<u8>>) -> DBRawIterator<'_> {
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_lower_bound(keys::raft_log_key(range_id, 0).to_vec());
+        options.set_iterate_upper_bound(upper.unwrap_or_else(|| keys::raft_log_key_after(range_id, u64::MAX)));
+        self.inner.db.raw_iterator_cf_opt(self.cf(CF_RAFT_LOG), options)
+    }
+
     /// Appends entries, buffered: they are readable at once and durable after [`Storage::sync_wal`].
     pub fn append_raft_log(&self, range_id: u64, entries: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
         let mut write = WriteBatch::default();
@@ -739,9 +795,9 @@ impl Storage {
     /// Entries with index in `[from, to)`, in order.
     pub fn raft_log_entries(&self, range_id: u64, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
         self.timed_read(|| {
-            let mut it = self.inner.db.raw_iterator_cf(self.cf(CF_RAFT_LOG));
-            it.seek(keys::raft_log_key(range_id, from));
             let end = keys::raft_log_key(range_id, to);
+            let mut it = self.raft_log_iter(range_id, Some(end.to_vec()));
+            it.seek(keys::raft_log_key(range_id, from));
             let mut out = Vec::new();
             while let (Some(raw), Some(value)) = (it.key(), it.value()) {
                 if raw >= end.as_slice() {
@@ -805,8 +861,8 @@ impl Storage {
 
     /// The raft log's last entry of a range, if any.
     pub fn last_raft_log_entry(&self, range_id: u64) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
-        let mut it = self.inner.db.raw_iterator_cf(self.cf(CF_RAFT_LOG));
-        it.seek_for_prev(keys::raft_log_key_after(range_id, u64::MAX));
+        let mut it = self.raft_log_iter(range_id, None);
+        it.seek_for_prev(keys::raft_log_key(range_id, u64::MAX));
         match (it.key(), it.value()) {
             (Some(raw), Some(value)) if raw.len() == 16 && raw[..8] == range_id.to_be_bytes() => {
                 let mut index = [0u8; 8];

@@ -387,6 +387,32 @@ fn a_span_exported_to_an_sst_replaces_the_same_span_elsewhere_and_nothing_else()
 }
 
 #[test]
+fn reverse_scans_walk_keys_down_from_the_end_at_a_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    for (i, key) in ["a", "b", "b\0", "c", "d"].iter().enumerate() {
+        storage.put(key.as_bytes(), format!("v{i}").as_bytes(), ts(10 + i as u64)).unwrap();
+    }
+    storage.put(b"c", b"newer", ts(50)).unwrap();
+    storage.delete(b"b", ts(51)).unwrap();
+    let keys = |rows: Vec<(Vec<u8>, VersionedValue)>| rows.into_iter().map(|(k, v)| (k, v.value)).collect::<Vec<_>>();
+    let all = keys(storage.scan_reverse(b"", None, 10, Timestamp::MAX).unwrap());
+    assert_eq!(
+        all,
+        vec![
+            (b"d".to_vec(), b"v4".to_vec()),
+            (b"c".to_vec(), b"newer".to_vec()),
+            (b"b\0".to_vec(), b"v2".to_vec()),
+            (b"a".to_vec(), b"v0".to_vec()),
+        ]
+    );
+    let bounded = keys(storage.scan_reverse(b"b", Some(b"d"), 2, ts(20)).unwrap());
+    assert_eq!(bounded, vec![(b"c".to_vec(), b"v3".to_vec()), (b"b\0".to_vec(), b"v2".to_vec())], "end is exclusive");
+    let past = keys(storage.scan_reverse(b"a", Some(b"b\0"), 10, ts(20)).unwrap());
+    assert_eq!(past, vec![(b"b".to_vec(), b"v1".to_vec()), (b"a".to_vec(), b"v0".to_vec())], "b before its delete");
+}
+
+#[test]
 fn replicated_writes_at_a_past_time_land_just_after_the_latest_version() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(&dir);
