@@ -28,6 +28,8 @@ use crate::storage::Storage;
 pub const META_RANGE_ID: u64 = 1;
 /// Node-local record of a hosted replica: `replica/` ++ range id.
 const REPLICA_KEY_PREFIX: &[u8] = b"replica/";
+/// How long a leader that moved its own replica away keeps heartbeating before it stops.
+const STEP_ASIDE_DELAY: Duration = Duration::from_millis(500);
 /// Node-local marker: this founder created its share of the initial layout (once, ever).
 const BOOTSTRAPPED_KEY: &[u8] = b"bootstrapped";
 
@@ -490,7 +492,7 @@ impl Replicas {
     /// up), then swaps it in for `remove_node` in one joint-consensus change, and tells the
     /// removed node and the meta range.
     async fn move_replica(
-        &self,
+        self: &Arc<Self>,
         replica: &Replica,
         request: v1::MoveReplicaRequest,
     ) -> Result<v1::RangeDescriptor, v1::RaftError> {
@@ -551,6 +553,18 @@ impl Replicas {
                     warn!(range_id, node = request.remove_node, error = %e, "the removed replica was not told");
                 }
             }
+        }
+        if request.remove_node == self.node_id {
+            // This leader moved its own replica away. It steps aside once its heartbeats have
+            // carried the commit of the new membership, so the remaining voters apply it and
+            // elect a leader among themselves instead of following a node outside the group.
+            let replicas = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(STEP_ASIDE_DELAY).await;
+                if let Err(e) = replicas.remove(range_id).await {
+                    warn!(range_id, error = %e, "cannot remove this node's replica after moving it away");
+                }
+            });
         }
         self.publish(descriptor.clone()).await;
         Ok(descriptor)
