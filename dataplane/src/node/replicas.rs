@@ -827,11 +827,13 @@ impl RangeObserver for Observer {
 
     fn membership_applied(&self, range_id: u64, voters: Vec<NodeId>, generation: u64) {
         let Some(replicas) = self.0.upgrade() else { return };
-        let mut descriptor = match read(&replicas.table).get(&range_id) {
-            Some(known) if known.generation >= generation => return,
-            Some(known) => known.clone(),
-            None => return,
+        // The hosted replica's own descriptor is compared with its own generation: the table may
+        // already hold this generation (learned from the meta range or a move's answer).
+        let base = match replicas.get(range_id) {
+            Some(replica) => Some(replica.descriptor()),
+            None => read(&replicas.table).get(&range_id).cloned(),
         };
+        let Some(mut descriptor) = base.filter(|known| known.generation < generation) else { return };
         descriptor.replicas = voters;
         descriptor.generation = generation;
         if let Some(replica) = replicas.get(range_id) {
