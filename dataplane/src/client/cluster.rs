@@ -191,6 +191,13 @@ impl Cluster {
                     for range in answer.ranges {
                         learn(&mut routing, range);
                     }
+                    // Known leaders spare the first requests a guess (and a dead node's timeout).
+                    for known in answer.leaders {
+                        if let Some(leader) = known.leader {
+                            routing.nodes.insert(leader.node_id, leader.addr.clone());
+                            routing.leaders.entry(known.range_id).or_insert(leader.addr);
+                        }
+                    }
                     learned = true;
                     // One answer is enough unless it knew no data ranges.
                     if !routing.ranges.is_empty() {

@@ -127,6 +127,14 @@ impl KvService {
             Op::Ranges(_) => Ok(KvResult::Ranges(v1::RangesResponse {
                 ranges: self.replicas.descriptors(),
                 nodes: self.replicas.members(),
+                leaders: self
+                    .replicas
+                    .hosted()
+                    .iter()
+                    .filter_map(|r| {
+                        r.leader().map(|leader| v1::RangeLeader { range_id: r.span.range_id, leader: Some(leader) })
+                    })
+                    .collect(),
             })),
             Op::Put(put) => {
                 self.check_key(&put.key)?;
