@@ -292,7 +292,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         replicas::raft_config(&config.raft)?,
         config.data_dir.join("snapshots"),
         metrics.clone(),
-    );
+    )?;
 
     let health = Arc::new(Health::default());
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -189,11 +189,13 @@ impl Replicas {
         raft_config: openraft::Config,
         snapshot_root: PathBuf,
         metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
-        Arc::new(Replicas {
+    ) -> Result<Arc<Self>, ReplicaError> {
+        let syncer = WalSyncer::start(storage.clone())
+            .map_err(|e| ReplicaError::Raft(format!("cannot start the WAL sync thread: {e}")))?;
+        Ok(Arc::new(Replicas {
             node_id,
             advertise,
-            syncer: WalSyncer::start(storage.clone()),
+            syncer,
             storage,
             hlc,
             peers,
@@ -202,7 +204,7 @@ impl Replicas {
             metrics,
             hosted: RwLock::new(BTreeMap::new()),
             table: Arc::new(RwLock::new(BTreeMap::new())),
-        })
+        }))
     }
 
     fn learn(table: &RwLock<BTreeMap<u64, v1::RangeDescriptor>>, descriptor: v1::RangeDescriptor) {

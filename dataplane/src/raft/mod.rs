@@ -61,9 +61,9 @@ pub struct WalSyncer {
 }
 
 impl WalSyncer {
-    pub fn start(storage: Storage) -> Self {
+    pub fn start(storage: Storage) -> std::io::Result<Self> {
         let (queue, waiting) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let spawned = std::thread::Builder::new().name("wal-sync".into()).spawn(move || {
+        std::thread::Builder::new().name("wal-sync".into()).spawn(move || {
             while let Ok(first) = waiting.recv() {
                 let mut batch = vec![first];
                 batch.extend(waiting.try_iter());
@@ -76,12 +76,8 @@ impl WalSyncer {
                     flushed.log_io_completed(result);
                 }
             }
-        });
-        if let Err(e) = spawned {
-            // Without the thread no append could ever complete; failing loudly is the only option.
-            panic!("cannot start the WAL sync thread: {e}");
-        }
-        WalSyncer { queue }
+        })?;
+        Ok(WalSyncer { queue })
     }
 
     pub fn flush(&self, callback: LogFlushed<TypeConfig>) {
