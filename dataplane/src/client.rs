@@ -60,6 +60,24 @@ pub enum ClientError {
     Deadline { after: Duration, last: Box<ClientError> },
 }
 
+/// Dials `addr` (`host:port`, resolved now) on `endpoint`, verifying the certificate against the
+/// host part, within `timeout`.
+pub async fn dial(endpoint: &quinn::Endpoint, addr: &str, timeout: Duration) -> Result<quinn::Connection, ClientError> {
+    let connect_error =
+        |detail: String| ClientError::Connect { addr: ([0, 0, 0, 0], 0).into(), detail: format!("{addr}: {detail}") };
+    let socket = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| connect_error(format!("cannot resolve: {e}")))?
+        .next()
+        .ok_or_else(|| connect_error("resolves to no address".into()))?;
+    let server_name = addr.rsplit_once(':').map(|(host, _)| host.trim_matches(['[', ']'])).unwrap_or(addr);
+    let connecting = endpoint.connect(socket, server_name).map_err(|e| connect_error(e.to_string()))?;
+    tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| ClientError::Timeout(timeout))?
+        .map_err(|e| connect_error(e.to_string()))
+}
+
 /// A connection to one node.
 pub struct Client {
     endpoint: quinn::Endpoint,

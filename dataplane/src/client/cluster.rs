@@ -110,21 +110,7 @@ impl Cluster {
                 return Ok(node.clone());
             }
         }
-        let connect_error = |detail: String| ClientError::Connect {
-            addr: ([0, 0, 0, 0], 0).into(),
-            detail: format!("{addr}: {detail}"),
-        };
-        let socket = tokio::net::lookup_host(addr)
-            .await
-            .map_err(|e| connect_error(e.to_string()))?
-            .next()
-            .ok_or_else(|| connect_error("resolves to no address".into()))?;
-        let server_name = addr.rsplit_once(':').map(|(host, _)| host.trim_matches(['[', ']'])).unwrap_or(addr);
-        let connecting = self.inner.endpoint.connect(socket, server_name).map_err(|e| connect_error(e.to_string()))?;
-        let connection = tokio::time::timeout(self.inner.attempt_timeout, connecting)
-            .await
-            .map_err(|_| ClientError::Timeout(self.inner.attempt_timeout))?
-            .map_err(|e| connect_error(e.to_string()))?;
+        let connection = super::dial(&self.inner.endpoint, addr, self.inner.attempt_timeout).await?;
         let node = Arc::new(Node { connection, streams: Mutex::new(Vec::new()) });
         self.inner.connections.lock().await.insert(addr.to_string(), node.clone());
         Ok(node)

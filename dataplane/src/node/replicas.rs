@@ -107,7 +107,6 @@ pub fn raft_config(settings: &RaftSettings) -> Result<openraft::Config, ReplicaE
 pub struct Replica {
     pub span: RangeSpan,
     pub raft: Raft,
-    pub log: RangeLog,
     pub descriptor: RwLock<v1::RangeDescriptor>,
     pub read_barrier: ReadBarrier,
 }
@@ -309,7 +308,6 @@ impl Replicas {
         let replica = Arc::new(Replica {
             span,
             raft,
-            log,
             descriptor: RwLock::new(descriptor.clone()),
             read_barrier: ReadBarrier::default(),
         });

@@ -45,13 +45,6 @@ impl RangeLog {
         let proto = v1::Entry::decode(bytes).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
         codec::entry_from_proto(proto).map_err(|e: CodecError| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))
     }
-
-    /// Index of the last entry and the purge point, for status reports.
-    pub fn indexes(&self) -> (Option<u64>, Option<u64>) {
-        let last = self.storage.last_raft_log_entry(self.range_id).ok().flatten().map(|(index, _)| index);
-        let purged = self.read_state::<v1::LogId>(RaftStateTag::LastPurgedLogId).ok().flatten().map(|id| id.index);
-        (last, purged)
-    }
 }
 
 impl RaftLogReader<TypeConfig> for RangeLog {

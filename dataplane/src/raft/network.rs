@@ -43,18 +43,8 @@ impl Peers {
                 return Ok(connection.clone());
             }
         }
-        let socket = tokio::net::lookup_host(addr)
-            .await
-            .map_err(|e| format!("cannot resolve {addr}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{addr} resolves to no address"))?;
-        let server_name = addr.rsplit_once(':').map(|(host, _)| host.trim_matches(['[', ']'])).unwrap_or(addr);
-        let connecting =
-            self.endpoint.connect(socket, server_name).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-        let connection = tokio::time::timeout(self.connect_timeout, connecting)
-            .await
-            .map_err(|_| format!("no QUIC handshake with {addr} within {:?}", self.connect_timeout))?
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let connection =
+            crate::client::dial(&self.endpoint, addr, self.connect_timeout).await.map_err(|e| e.to_string())?;
         self.connections.lock().await.insert(addr.to_string(), connection.clone());
         Ok(connection)
     }
