@@ -179,6 +179,9 @@ pub struct NodeArgs {
     /// Data ranges the keyspace is cut into at bootstrap.
     #[arg(long, env = "PLEIADES_INITIAL_RANGES")]
     pub initial_ranges: Option<u32>,
+    /// A TOML file re-read while the node runs (`log-level`, `[kv]` limits), applied on change.
+    #[arg(long, env = "PLEIADES_LIVE_CONFIG")]
+    pub live_config: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -224,6 +227,14 @@ impl NodeArgs {
         }
         if let Some(ranges) = self.initial_ranges {
             config.constellation.initial_ranges = ranges;
+        }
+        if self.live_config.is_some() {
+            config.live_config = self.live_config;
+        }
+        if let Some(path) = &config.live_config {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| crate::config::ConfigError::Read { path: path.clone(), source })?;
+            crate::config::LiveConfig::parse(path, &text)?.apply_to(&mut config);
         }
         config.validate()?;
         Ok(config)

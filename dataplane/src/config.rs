@@ -47,6 +47,13 @@ pub struct NodeConfig {
     pub kv: KvLimits,
     pub raft: RaftSettings,
     pub constellation: ConstellationConfig,
+    pub gossip: GossipConfig,
+    /// SCHED_FIFO for the node's runtime (raft and network) threads; absent: normal scheduling.
+    pub realtime: Option<RealtimeConfig>,
+    /// Present when the node runs as a pod of a Constellation (written by the operator).
+    pub kubernetes: Option<KubernetesConfig>,
+    /// A file of settings re-read while the node runs (log level, kv limits); see `LiveConfig`.
+    pub live_config: Option<PathBuf>,
     /// How long a shutdown waits for open streams before closing connections.
     pub shutdown_grace_ms: u64,
 }
@@ -67,6 +74,10 @@ impl Default for NodeConfig {
             kv: KvLimits::default(),
             raft: RaftSettings::default(),
             constellation: ConstellationConfig::default(),
+            gossip: GossipConfig::default(),
+            realtime: None,
+            kubernetes: None,
+            live_config: None,
             shutdown_grace_ms: 5_000,
         }
     }
@@ -191,6 +202,74 @@ impl Default for ConstellationConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GossipProfile {
+    /// One data centre: fast probes, short suspicion.
+    #[default]
+    Lan,
+    /// Across regions: slower probes, longer suspicion.
+    Wan,
+    /// Loopback test constellations.
+    Local,
+}
+
+/// Failure-detector timing. Membership is still static peer lists and join requests; the
+/// profile is validated now so Constellations written today keep working when gossip lands.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GossipConfig {
+    pub profile: GossipProfile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RealtimeConfig {
+    /// SCHED_FIFO priority, 1 to 98.
+    pub priority: i32,
+}
+
+/// How a pod of a StatefulSet finds its identity and its peers: its ordinal (from `POD_NAME`)
+/// gives its node id; the first `founders` ordinals found the constellation, the others join
+/// through the client Service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KubernetesConfig {
+    /// Name of the Constellation resource (and of the StatefulSet).
+    pub constellation: String,
+    /// The headless Service that gives each pod a DNS name.
+    pub peer_service: String,
+    /// The Service in front of every ready pod.
+    pub client_service: String,
+    /// How many of the first ordinals found the constellation.
+    pub founders: u32,
+}
+
+/// The settings a running node re-reads from `live-config` (what the operator pushes without a
+/// restart). Absent keys keep their values.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LiveConfig {
+    pub log_level: Option<String>,
+    pub kv: Option<KvLimits>,
+}
+
+impl LiveConfig {
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
+    }
+
+    /// Applies this file over `config` (at start; later changes go through `node::live`).
+    pub fn apply_to(&self, config: &mut NodeConfig) {
+        if let Some(level) = &self.log_level {
+            config.log_level = level.clone();
+        }
+        if let Some(kv) = &self.kv {
+            config.kv = kv.clone();
+        }
+    }
+}
+
 /// One founding member from `id=host:port`.
 pub fn parse_peer(peer: &str) -> Result<(u64, String), ConfigError> {
     let invalid = || ConfigError::Invalid(format!("peer {peer:?} is not id=host:port"));
@@ -266,6 +345,19 @@ impl NodeConfig {
         }
         if self.listen.port() != 0 && self.listen == self.http {
             return invalid(format!("listen and http are both {}", self.listen));
+        }
+        if let Some(realtime) = &self.realtime {
+            if !(1..=98).contains(&realtime.priority) {
+                return invalid("realtime.priority must be 1 to 98".into());
+            }
+        }
+        if let Some(k8s) = &self.kubernetes {
+            if k8s.constellation.is_empty() || k8s.peer_service.is_empty() || k8s.client_service.is_empty() {
+                return invalid("kubernetes.constellation, peer-service and client-service must be set".into());
+            }
+            if k8s.founders == 0 {
+                return invalid("kubernetes.founders must be positive".into());
+            }
         }
         self.storage.validate().map_err(|e| ConfigError::Invalid(e.to_string()))
     }

@@ -10,5 +10,6 @@ pub mod local;
 pub mod node;
 pub mod observe;
 pub mod raft;
+pub mod realtime;
 pub mod storage;
 pub mod transport;

@@ -13,7 +13,26 @@ use pleiades_proto::v1::{self, ReadConsistency};
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // A node's configuration is read before the runtime starts: real-time scheduling applies
+    // to the runtime's threads as they start.
+    let (command, node_config) = match cli.command {
+        Command::Node(args) if args.action.is_none() => match args.into_config() {
+            Ok(config) => (None, Some(config)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        command => (Some(command), None),
+    };
+    if let Some(realtime) = node_config.as_ref().and_then(|c| c.realtime.as_ref()) {
+        pleiades::realtime::request(realtime.priority);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(pleiades::realtime::apply_to_current_thread)
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -21,10 +40,16 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        let Some(command) = command else {
+            return match node_config {
+                Some(config) => run_node(config).await,
+                None => Ok(()),
+            };
+        };
+        match command {
             Command::Node(args) => match args.action {
                 Some(NodeAction::Decommission { node_id, client }) => decommission(node_id, &client).await,
-                None => run_node(*args).await,
+                None => Ok(()),
             },
             Command::Up(args) => pleiades::local::up(&args, stop_signal()?).await,
             Command::Status(args) => status(&args).await,
@@ -68,8 +93,7 @@ fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-async fn run_node(args: pleiades::cli::NodeArgs) -> anyhow::Result<()> {
-    let config = args.into_config()?;
+async fn run_node(config: pleiades::config::NodeConfig) -> anyhow::Result<()> {
     pleiades::observe::init_logging(config.log_format, &config.log_level).map_err(anyhow::Error::msg)?;
     let shutdown = stop_signal()?;
     if let Err(e) = pleiades::node::run(config, shutdown).await {

@@ -221,14 +221,25 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+/// OpenMetrics for scrapers that ask for it (Prometheus does); the classic text format 0.0.4
+/// for everyone else (curl, `promtool check metrics`, older scrapers).
+async fn metrics(State(state): State<Arc<HttpState>>, headers: header::HeaderMap) -> impl IntoResponse {
     (state.refresh)();
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .any(|accept| accept.to_str().is_ok_and(|a| a.contains("application/openmetrics-text")));
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => (
+        Ok(()) if openmetrics => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
             body,
+        ),
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            openmetrics_to_text(&body),
         ),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -236,6 +247,37 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
             format!("cannot encode metrics: {e}\n"),
         ),
     }
+}
+
+/// The classic Prometheus text format from prometheus-client's OpenMetrics: a counter's HELP
+/// and TYPE name its `_total` samples, and the OpenMetrics-only `# UNIT` and `# EOF` lines go.
+pub fn openmetrics_to_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line.strip_prefix("# HELP ").map(|rest| ("# HELP ", rest));
+        let meta = meta.or_else(|| line.strip_prefix("# TYPE ").map(|rest| ("# TYPE ", rest)));
+        match meta {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) { format!("{name}_total") } else { name.to_string() };
+                let tail = if kind == "# TYPE " && tail == "unknown" { "untyped" } else { tail };
+                text.push_str(&format!("{kind}{name} {tail}\n"));
+            }
+            None => {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    text
 }
 
 async fn readyz(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
@@ -260,12 +302,51 @@ pub async fn serve_http(
 
 /// Installs the global `tracing` subscriber. Logs go to stderr so stdout stays for command output.
 pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
     let filter = EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // The filter sits behind a reload handle so a live configuration can change the level.
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().flatten_event(true).with_current_span(false).with_writer(std::io::stderr))
+            .try_init(),
     };
-    result.map_err(|e| format!("cannot install the logger: {e}"))
+    result.map_err(|e| format!("cannot install the logger: {e}"))?;
+    let _ = LOG_FILTER.set(Box::new(move |filter: EnvFilter| handle.reload(filter).map_err(|e| e.to_string())));
+    Ok(())
+}
+
+type FilterReload = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync>;
+static LOG_FILTER: std::sync::OnceLock<FilterReload> = std::sync::OnceLock::new();
+
+/// Replaces the log filter of a running node (a no-op before `init_logging`, as in tests).
+pub fn set_log_filter(filter: &str) -> Result<(), String> {
+    let parsed =
+        tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
+    match LOG_FILTER.get() {
+        Some(reload) => reload(parsed),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_becomes_classic_text() {
+        let openmetrics = "# HELP pleiades_frames Frames.\n# TYPE pleiades_frames counter\n\
+            pleiades_frames_total{dir=\"in\"} 3\n# HELP pleiades_open Open.\n# TYPE pleiades_open gauge\n\
+            # UNIT pleiades_open bytes\npleiades_open 1\n# TYPE pleiades_odd unknown\npleiades_odd 2\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_text(openmetrics),
+            "# HELP pleiades_frames_total Frames.\n# TYPE pleiades_frames_total counter\n\
+             pleiades_frames_total{dir=\"in\"} 3\n# HELP pleiades_open Open.\n# TYPE pleiades_open gauge\n\
+             pleiades_open 1\n# TYPE pleiades_odd untyped\npleiades_odd 2\n"
+        );
+    }
 }

@@ -255,3 +255,70 @@ async fn a_node_serves_a_certificate_loaded_from_files() {
     client.system().await.unwrap().health().await.unwrap();
     client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_settings_apply_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live.toml");
+    std::fs::write(
+        &live,
+        "log-level = \"info\"\n[kv]\nmax-key-bytes = 16\nmax-value-bytes = 1024\nmax-scan-limit = 100\n",
+    )
+    .unwrap();
+    let node = TestNode::start(&dir.path().join("node"), &["--live-config", live.to_str().unwrap()]).unwrap();
+    let client = node.client().await.unwrap();
+    let mut kv = client.kv().await.unwrap();
+    let long_key = [b'k'; 32];
+    match kv.put(&long_key, b"v").await {
+        Err(ClientError::Kv { code: ErrorCode::KeyTooLarge, .. }) => {}
+        other => panic!("the live file's 16-byte key limit did not apply at start: {other:?}"),
+    }
+
+    // The operator's ConfigMap changes: the running node picks it up.
+    std::fs::write(
+        &live,
+        "log-level = \"debug\"\n[kv]\nmax-key-bytes = 64\nmax-value-bytes = 1024\nmax-scan-limit = 100\n",
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while kv.put(&long_key, b"v").await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the new key limit never applied");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(node.logs().iter().any(|l| l.contains("applied live configuration")));
+
+    // A broken file is refused and the node keeps its settings.
+    std::fs::write(&live, "[kv]\nmax-key-bytes = \"lots\"\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !node.logs().iter().any(|l| l.contains("ignoring invalid live configuration")) {
+        assert!(std::time::Instant::now() < deadline, "the invalid file was not reported");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    kv.put(&long_key, b"still accepted").await.unwrap();
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_scheduling_is_applied_or_clearly_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rt.toml");
+    std::fs::write(&config, "[realtime]\npriority = 10\n").unwrap();
+    let node = TestNode::start(&dir.path().join("node"), &["--config", config.to_str().unwrap()]).unwrap();
+    let logs = node.logs().join("\n");
+    let applied = logs.contains("runtime threads run SCHED_FIFO");
+    let refused = logs.contains("realtime scheduling requested but refused");
+    assert!(applied ^ refused, "no clear word on real-time scheduling:\n{logs}");
+    if applied {
+        // Some thread of the node really runs SCHED_FIFO (policy 1 in /proc/<pid>/task/*/stat).
+        let pid = node.pid().unwrap();
+        let fifo = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten().any(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+            fields.get(38) == Some(&"1")
+        });
+        assert!(fifo, "the node said SCHED_FIFO but no thread runs it");
+    }
+    let client = node.client().await.unwrap();
+    client.kv().await.unwrap().put(b"rt", b"ok").await.unwrap();
+    client.close().await;
+}

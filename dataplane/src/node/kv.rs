@@ -16,9 +16,9 @@ use pleiades_proto::v1::{
 };
 use prost::Message;
 
+use super::live::LiveKvLimits;
 use super::replicas::{Replica, Replicas};
 use crate::clock::{Hlc, Timestamp};
-use crate::config::KvLimits;
 use crate::observe::{KvLabels, Metrics, RangeLabels};
 use crate::raft::Outcome;
 use crate::storage::{StorageError, VersionedValue};
@@ -31,7 +31,7 @@ const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct KvService {
     replicas: Arc<Replicas>,
     hlc: Arc<Hlc>,
-    limits: KvLimits,
+    limits: Arc<LiveKvLimits>,
     metrics: Arc<Metrics>,
 }
 
@@ -86,7 +86,7 @@ fn not_leader(replica: &Replica, forward: ForwardToLeader<u64, BasicNode>) -> Re
 }
 
 impl KvService {
-    pub fn new(replicas: Arc<Replicas>, hlc: Arc<Hlc>, limits: KvLimits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(replicas: Arc<Replicas>, hlc: Arc<Hlc>, limits: Arc<LiveKvLimits>, metrics: Arc<Metrics>) -> Self {
         KvService { replicas, hlc, limits, metrics }
     }
 
@@ -195,11 +195,11 @@ impl KvService {
             }
             Op::Scan(scan) => {
                 let limit = match scan.limit {
-                    0 => self.limits.max_scan_limit,
-                    n if n > self.limits.max_scan_limit => {
+                    0 => self.limits.get().max_scan_limit,
+                    n if n > self.limits.get().max_scan_limit => {
                         return Err(Refusal::new(
                             ErrorCode::ScanLimitExceeded,
-                            format!("scan limit {n} exceeds the maximum of {}", self.limits.max_scan_limit),
+                            format!("scan limit {n} exceeds the maximum of {}", self.limits.get().max_scan_limit),
                         ))
                     }
                     n => n,
@@ -412,20 +412,24 @@ impl KvService {
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), Refusal> {
-        if key.len() > self.limits.max_key_bytes {
+        if key.len() > self.limits.get().max_key_bytes {
             return Err(Refusal::new(
                 ErrorCode::KeyTooLarge,
-                format!("key of {} bytes exceeds the limit of {} bytes", key.len(), self.limits.max_key_bytes),
+                format!("key of {} bytes exceeds the limit of {} bytes", key.len(), self.limits.get().max_key_bytes),
             ));
         }
         Ok(())
     }
 
     fn check_value(&self, value: &[u8]) -> Result<(), Refusal> {
-        if value.len() > self.limits.max_value_bytes {
+        if value.len() > self.limits.get().max_value_bytes {
             return Err(Refusal::new(
                 ErrorCode::ValueTooLarge,
-                format!("value of {} bytes exceeds the limit of {} bytes", value.len(), self.limits.max_value_bytes),
+                format!(
+                    "value of {} bytes exceeds the limit of {} bytes",
+                    value.len(),
+                    self.limits.get().max_value_bytes
+                ),
             ));
         }
         Ok(())

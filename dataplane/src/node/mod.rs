@@ -1,13 +1,16 @@
 //! The node process: opens storage, starts the clock, serves PWP over QUIC and the
 //! observability endpoints, and shuts down cleanly.
 
+pub mod kubernetes;
 mod kv;
+pub mod live;
 pub mod placement;
 pub mod replicas;
 mod system;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -229,10 +232,35 @@ impl NodeServices {
     }
 }
 
+/// Asks the constellation, through `seed`, for this node's share of replicas until it has it.
+/// A seed that is down or busy is retried; the node serves meanwhile.
+pub(crate) async fn join_until_done(replicas: Arc<Replicas>, seed: String, joined: Arc<AtomicBool>) {
+    for attempt in 1u64.. {
+        match replicas.join(&seed).await {
+            Ok(moves) => {
+                info!(%seed, replicas_taken = moves.len(), "joined the constellation");
+                joined.store(true, Ordering::SeqCst);
+                return;
+            }
+            Err(e) => warn!(%seed, attempt, error = %e, "join incomplete; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(attempt.min(10))).await;
+    }
+}
+
 /// Runs a node until `shutdown` resolves, then stops accepting, drains, flushes and closes
 /// storage. The "node ready" log event carries the addresses actually bound (port 0 picks one).
-pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let pod = match config.kubernetes.clone() {
+        Some(k8s) => {
+            let pod = kubernetes::Pod::from_env(&k8s)?;
+            kubernetes::adopt(&mut config, &k8s, &pod)?;
+            Some(pod)
+        }
+        None => None,
+    };
     config.validate()?;
+    crate::realtime::report();
     let started = Instant::now();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| NodeError::DataDir { path: config.data_dir.clone(), source })?;
@@ -341,6 +369,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         })
     };
 
+    let kv_limits = Arc::new(live::LiveKvLimits::new(&config.kv));
     let services = Arc::new(NodeServices {
         system: SystemService {
             node_id,
@@ -351,7 +380,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             health: health.clone(),
             services: SERVED.iter().map(|s| u32::from(u8::from(*s))).collect(),
         },
-        kv: KvService::new(replicas.clone(), hlc.clone(), config.kv.clone(), metrics.clone()),
+        kv: KvService::new(replicas.clone(), hlc.clone(), kv_limits.clone(), metrics.clone()),
         replicas: replicas.clone(),
         health: health.clone(),
         metrics: metrics.clone(),
@@ -363,25 +392,30 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // Replicas start once the endpoint serves, so founders starting together can reach each other.
     replicas.start(&founders, config.constellation.initial_ranges, config.constellation.replication_factor).await?;
     let upkeep_task = tokio::spawn(replicas.clone().upkeep());
-    let join_task = config.constellation.join.clone().map(|seed| {
-        let replicas = replicas.clone();
-        tokio::spawn(async move {
-            // A seed that is down or busy is retried; the node serves meanwhile.
-            for attempt in 1u64.. {
-                match replicas.join(&seed).await {
-                    Ok(moves) => {
-                        info!(%seed, replicas_taken = moves.len(), "joined the constellation");
-                        return;
-                    }
-                    Err(e) => warn!(%seed, attempt, error = %e, "join incomplete; retrying"),
-                }
-                tokio::time::sleep(Duration::from_secs(attempt.min(10))).await;
-            }
-        })
-    });
+    let joined = Arc::new(AtomicBool::new(config.constellation.join.is_none()));
+    let join_task = config
+        .constellation
+        .join
+        .clone()
+        .map(|seed| tokio::spawn(join_until_done(replicas.clone(), seed, joined.clone())));
+    let live_task = config.live_config.clone().map(|path| tokio::spawn(live::watch(path, kv_limits.clone())));
 
     health.set_ready();
     info!(node_id, listen = %quic_addr, http = %http_addr, data_dir = %config.data_dir.display(), "node ready");
+    let reporter_task = pod.map(|pod| {
+        let reporter = kubernetes::Reporter {
+            constellation: config.kubernetes.as_ref().map(|k| k.constellation.clone()).unwrap_or_default(),
+            pod,
+            node_id,
+            address: advertise.clone(),
+            replication_factor: config.constellation.replication_factor as usize,
+            join_seed: config.constellation.join.clone(),
+            replicas: replicas.clone(),
+            health: health.clone(),
+            joined: joined.clone(),
+        };
+        tokio::spawn(Arc::new(reporter).run())
+    });
 
     shutdown.await;
     info!("shutting down: refusing new connections, draining streams");
@@ -400,7 +434,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         );
     }
     upkeep_task.abort();
-    if let Some(task) = join_task {
+    for task in [join_task, live_task, reporter_task].into_iter().flatten() {
         task.abort();
     }
     replicas.shutdown().await;

@@ -890,6 +890,14 @@ impl Replicas {
                 })
                 .unwrap_or(0);
             self.metrics.raft_replication_lag_entries.get_or_create(&labels).set(lag as i64);
+            // Event counters start at zero rather than appearing with the first event, so
+            // rates and dashboards see every range from the start.
+            let _ = self.metrics.raft_proposals.get_or_create(&labels);
+            let _ = self.metrics.raft_proposal_seconds.get_or_create(&labels);
+            let _ = self.metrics.raft_read_index_seconds.get_or_create(&labels);
+            let _ = self.metrics.raft_leader_changes.get_or_create(&labels);
+            let _ = self.metrics.raft_snapshots_sent.get_or_create(&labels);
+            let _ = self.metrics.raft_snapshots_received.get_or_create(&labels);
         }
     }
 }

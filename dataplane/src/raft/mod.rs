@@ -64,6 +64,7 @@ impl WalSyncer {
     pub fn start(storage: Storage) -> std::io::Result<Self> {
         let (queue, waiting) = mpsc::channel::<LogFlushed<TypeConfig>>();
         std::thread::Builder::new().name("wal-sync".into()).spawn(move || {
+            crate::realtime::apply_to_current_thread();
             while let Ok(first) = waiting.recv() {
                 let mut batch = vec![first];
                 batch.extend(waiting.try_iter());
