@@ -24,5 +24,18 @@ for component in rustfmt clippy; do
   fi
 done
 
+# kubernetes-validate checks rendered Helm manifests offline (scripts/validate-manifests.py).
+if ! python3 -c "import kubernetes_validate, jsonschema, yaml" >/dev/null 2>&1; then
+  echo "setup: installing kubernetes-validate (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate </dev/null
+fi
+# helm (v4) and kubectl, cached outside the clone (the chart tests find them there).
+get_helm="$(dirname "$0")/../../shared/tools/get-helm.sh"
+if [ -f "$get_helm" ]; then
+  bash "$get_helm" >/dev/null
+else
+  echo "setup: $get_helm not found; the chart tests need helm on PATH or in \$HELM" >&2
+fi
+
 # One target directory outside the clone, so CI runs and fresh clones reuse the compiled deps.
 echo "${CARGO_TARGET_DIR:-$HOME/.cache/pleiades-target}"

@@ -1,0 +1,400 @@
+//! The reconciler: observe, plan (pure, `plan.rs`), apply with server-side apply, report.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as Finalize};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use pleiades_crds::{Constellation, TlsMode};
+use serde::Serialize;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::desired::{desired, service_monitor_resource, Names, CONFIG_HASH_ANNOTATION};
+use crate::metrics::Metrics;
+use crate::plan::{aggregate, plan, ObservedSet, Plan, Rollout, Scale};
+
+pub const FIELD_MANAGER: &str = "pleiades-operator";
+pub const FINALIZER: &str = "pleiades.io/cleanup";
+/// Requeue while something is in progress (members report every few seconds anyway).
+const BUSY_REQUEUE: Duration = Duration::from_secs(10);
+const IDLE_REQUEUE: Duration = Duration::from_secs(120);
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("Constellation {0} has no namespace")]
+    NotNamespaced(String),
+    #[error("creating the self-signed TLS secret: {0}")]
+    Tls(#[from] rcgen::Error),
+}
+
+impl Error {
+    /// A short label for the errors metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(status)) if status.code >= 500 => "server",
+            Error::Kube(_) => "api",
+            Error::Finalizer(_) => "finalizer",
+            Error::NotNamespaced(_) => "spec",
+            Error::Tls(_) => "tls",
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// Consecutive failures per Constellation, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Metrics, instance: String) -> Arc<Context> {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(instance) };
+        Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let constellations = Api::<Constellation>::all(client.clone());
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=pleiades-operator");
+    Controller::new(constellations, watcher::Config::default())
+        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(%error, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+pub async fn reconcile(cst: Arc<Constellation>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let namespace = cst.namespace().ok_or_else(|| Error::NotNamespaced(cst.name_any()))?;
+    let api: Api<Constellation> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, cst.clone(), |event| async {
+        match event {
+            Finalize::Apply(cst) => apply(&cst, &ctx).await,
+            Finalize::Cleanup(cst) => cleanup(&cst, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(Box::new(other)),
+    });
+    ctx.metrics.observe_reconcile(started.elapsed(), result.as_ref().err().map(Error::kind));
+    if result.is_ok() {
+        ctx.failures().remove(&key(&cst));
+    }
+    result
+}
+
+/// Exponential backoff per Constellation: 2 s, 4 s, 8 s … up to 5 minutes.
+pub fn error_policy(cst: Arc<Constellation>, error: &Error, ctx: Arc<Context>) -> Action {
+    let mut failures = ctx.failures();
+    let count = failures.entry(key(&cst)).or_insert(0);
+    *count = count.saturating_add(1);
+    let delay = FIRST_BACKOFF.saturating_mul(1 << (*count - 1).min(16)).min(MAX_BACKOFF);
+    warn!(constellation = %key(&cst), %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn key(cst: &Constellation) -> String {
+    format!("{}/{}", cst.namespace().unwrap_or_default(), cst.name_any())
+}
+
+async fn apply(cst: &Constellation, ctx: &Context) -> Result<Action, Error> {
+    let names = Names::of(cst);
+    let client = &ctx.client;
+    let ns = names.namespace.as_str();
+    let now = Timestamp::now();
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let existing = sets.get_opt(&names.stateful_set()).await?;
+    let observed = existing.as_ref().map(observe);
+    let mut objects = desired(cst);
+    let desired_hash = template_hash(&objects.stateful_set).unwrap_or_default();
+    let plan = plan(cst, observed.as_ref(), &desired_hash, now);
+    let status = aggregate(cst, observed.as_ref(), &plan, now);
+
+    if cst.spec.paused {
+        write_status(cst, ctx, &plan, status).await?;
+        return Ok(Action::requeue(IDLE_REQUEUE));
+    }
+    if cst.spec.tls.mode == TlsMode::SelfSigned {
+        ensure_tls_secret(cst, ctx, &names).await?;
+    }
+
+    let set_spec = objects.stateful_set.spec.get_or_insert_default();
+    set_spec.replicas = Some(plan.stateful_set_replicas);
+    if let Some(rolling) = set_spec.update_strategy.as_mut().and_then(|s| s.rolling_update.as_mut()) {
+        rolling.partition = Some(plan.partition);
+    }
+    if let Some(claims) = existing.and_then(|s| s.spec).and_then(|s| s.volume_claim_templates) {
+        // Claim templates are immutable; a larger size is applied to each claim instead.
+        set_spec.volume_claim_templates = Some(claims);
+    }
+
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    apply_object(Api::<ServiceAccount>::namespaced(client.clone(), ns), &objects.service_account, &params).await?;
+    apply_object(Api::<Role>::namespaced(client.clone(), ns), &objects.role, &params).await?;
+    apply_object(Api::<RoleBinding>::namespaced(client.clone(), ns), &objects.role_binding, &params).await?;
+    apply_object(Api::<ConfigMap>::namespaced(client.clone(), ns), &objects.config_map, &params).await?;
+    apply_object(Api::<Service>::namespaced(client.clone(), ns), &objects.peer_service, &params).await?;
+    apply_object(Api::<Service>::namespaced(client.clone(), ns), &objects.client_service, &params).await?;
+    apply_object(Api::<PodDisruptionBudget>::namespaced(client.clone(), ns), &objects.pod_disruption_budget, &params)
+        .await?;
+    apply_object(sets.clone(), &objects.stateful_set, &params).await?;
+    if let Some(monitor) = &objects.service_monitor {
+        if service_monitors_installed(client).await? {
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &service_monitor_resource());
+            api.patch(&names.constellation, &params, &Patch::Apply(monitor)).await?;
+        }
+    }
+    expand_volumes(cst, ctx, &names).await?;
+
+    publish_decisions(cst, ctx, &plan).await;
+    let busy = !matches!((&plan.scale, &plan.rollout), (Scale::Stable, Rollout::Idle));
+    write_status(cst, ctx, &plan, status).await?;
+    Ok(Action::requeue(if busy { BUSY_REQUEUE } else { IDLE_REQUEUE }))
+}
+
+fn observe(set: &StatefulSet) -> ObservedSet {
+    let spec = set.spec.as_ref();
+    ObservedSet {
+        replicas: spec.and_then(|s| s.replicas).unwrap_or(1),
+        partition: spec
+            .and_then(|s| s.update_strategy.as_ref())
+            .and_then(|s| s.rolling_update.as_ref())
+            .and_then(|r| r.partition)
+            .unwrap_or(0),
+        ready_replicas: set.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
+        template_hash: template_hash(set),
+    }
+}
+
+fn template_hash(set: &StatefulSet) -> Option<String> {
+    set.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(CONFIG_HASH_ANNOTATION).cloned()
+}
+
+async fn apply_object<K>(api: Api<K>, object: &K, params: &PatchParams) -> Result<(), Error>
+where
+    K: Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(&name, params, &Patch::Apply(object)).await?;
+    Ok(())
+}
+
+async fn service_monitors_installed(client: &Client) -> Result<bool, Error> {
+    match client.list_api_group_resources("monitoring.coreos.com/v1").await {
+        Ok(resources) => Ok(resources.resources.iter().any(|r| r.name == "servicemonitors")),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn ensure_tls_secret(cst: &Constellation, ctx: &Context, names: &Names) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    if secrets.get_opt(&names.tls_secret()).await?.is_some() {
+        return Ok(());
+    }
+    let secret = crate::tls::self_signed_secret(cst, names)?;
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            publish(
+                ctx,
+                cst,
+                EventType::Normal,
+                "CreatedCertificate",
+                format!("created self-signed CA and node certificate in Secret {}", names.tls_secret()),
+            )
+            .await;
+            Ok(())
+        }
+        // Another operator replica created it first: theirs is as good as ours.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Grows every node's volume claim to the requested size (the schema forbids shrinking).
+async fn expand_volumes(cst: &Constellation, ctx: &Context, names: &Names) -> Result<(), Error> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let selector = crate::desired::selector_string(cst);
+    for claim in claims.list(&ListParams::default().labels(&selector)).await? {
+        let requested = claim.spec.as_ref().and_then(|s| s.resources.as_ref()).and_then(|r| r.requests.as_ref());
+        if requested.and_then(|r| r.get("storage")).is_some_and(|q| q.0 != cst.spec.storage.size) {
+            let patch = json!({"spec": {"resources": {"requests": {"storage": cst.spec.storage.size}}}});
+            claims.patch(&claim.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            publish(
+                ctx,
+                cst,
+                EventType::Normal,
+                "ExpandingVolume",
+                format!("requested {} for {}", cst.spec.storage.size, claim.name_any()),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the operator's fields of the status (server-side apply; the members' entries belong
+/// to the pods), after dropping the entries of pods that are gone.
+async fn write_status(
+    cst: &Constellation,
+    ctx: &Context,
+    plan: &Plan,
+    status: pleiades_crds::ConstellationStatus,
+) -> Result<(), Error> {
+    let names = Names::of(cst);
+    let api: Api<Constellation> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let members = cst.status.as_ref().map(|s| s.members.as_slice()).unwrap_or_default();
+    // Remove from the highest index down so earlier indices stay valid; each removal tests
+    // the entry first, so a concurrent change makes the patch fail instead of removing the wrong one.
+    let mut operations = Vec::new();
+    for (index, member) in members.iter().enumerate().rev() {
+        if plan.forget_members.contains(&member.pod) {
+            operations.push(json!({"op": "test", "path": format!("/status/members/{index}/pod"), "value": member.pod}));
+            operations.push(json!({"op": "remove", "path": format!("/status/members/{index}")}));
+        }
+    }
+    if !operations.is_empty() {
+        let patch: json_patch::Patch =
+            serde_json::from_value(json!(operations)).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
+        api.patch_status(&names.constellation, &PatchParams::default(), &Patch::<()>::Json(patch)).await?;
+    }
+    let body = json!({
+        "apiVersion": Constellation::api_version(&()),
+        "kind": Constellation::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&names.constellation, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+    Ok(())
+}
+
+async fn publish_decisions(cst: &Constellation, ctx: &Context, plan: &Plan) {
+    let previous = cst.status.clone().unwrap_or_default();
+    match &plan.scale {
+        Scale::Up { from, to } => {
+            publish(ctx, cst, EventType::Normal, "ScalingUp", format!("scaling from {from} to {to} pods")).await
+        }
+        Scale::Decommissioning { pod } if !previous.decommission.contains(pod) => {
+            publish(
+                ctx,
+                cst,
+                EventType::Normal,
+                "Decommissioning",
+                format!("asked {pod} to move its replicas away before removing it"),
+            )
+            .await
+        }
+        Scale::Removing { pod } => {
+            publish(
+                ctx,
+                cst,
+                EventType::Normal,
+                "RemovingPod",
+                format!("{pod} is decommissioned; lowering the StatefulSet to {}", plan.stateful_set_replicas),
+            )
+            .await
+        }
+        Scale::Blocked { reason } => publish(ctx, cst, EventType::Warning, "ScaleDownBlocked", reason.clone()).await,
+        Scale::Decommissioning { .. } | Scale::Stable => {}
+    }
+    if !previous.decommission.is_empty()
+        && plan.decommission.is_empty()
+        && !matches!(plan.scale, Scale::Removing { .. })
+    {
+        publish(
+            ctx,
+            cst,
+            EventType::Normal,
+            "DecommissionCancelled",
+            format!("replicas is back to {}; {} stays", cst.spec.replicas, previous.decommission.join(", ")),
+        )
+        .await;
+    }
+    match &plan.rollout {
+        Rollout::Rolling { status, advanced: true } => {
+            let pod = Names::of(cst).pod(status.partition);
+            publish(
+                ctx,
+                cst,
+                EventType::Normal,
+                "RollingUpdate",
+                format!("constellation healthy; restarting {pod} with configuration {}", status.target_config_hash),
+            )
+            .await
+        }
+        Rollout::Idle if previous.rollout.is_some() => {
+            publish(ctx, cst, EventType::Normal, "RolloutComplete", "every pod runs the new configuration".into()).await
+        }
+        _ => {}
+    }
+}
+
+async fn publish(ctx: &Context, cst: &Constellation, type_: EventType, reason: &str, note: String) {
+    info!(constellation = %key(cst), reason, %note, "decision");
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    if let Err(error) = ctx.recorder.publish(&event, &cst.object_ref(&())).await {
+        warn!(%error, reason, "could not publish an event");
+    }
+}
+
+async fn cleanup(cst: &Constellation, ctx: &Context) -> Result<Action, Error> {
+    let names = Names::of(cst);
+    publish(
+        ctx,
+        cst,
+        EventType::Normal,
+        "Deleting",
+        "deleting the constellation; owned objects are garbage-collected".into(),
+    )
+    .await;
+    if cst.spec.storage.retention.when_deleted == pleiades_crds::RetentionPolicy::Delete {
+        // The StatefulSet's own retention policy does the same; doing it here also covers
+        // claims left by earlier scale-downs with `whenScaled: Retain`.
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
+        let selector = crate::desired::selector_string(cst);
+        claims.delete_collection(&DeleteParams::default(), &ListParams::default().labels(&selector)).await?;
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,569 @@
+//! The reconciler against kube's `tower-test` mock service, answered by a small in-memory API
+//! server: objects by path, server-side apply (the operator's status fields replace its old
+//! ones; the pods' member entries stay), JSON and merge patches, lists by label, events, and
+//! injected failures.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use pleiades_crds::{ConstellationSpec, MemberState, MemberStatus};
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+
+use super::*;
+
+const CST: &str = "/apis/pleiades.io/v1alpha1/namespaces/db/constellations/demo";
+const STS: &str = "/apis/apps/v1/namespaces/db/statefulsets/demo";
+const CONFIG: &str = "/api/v1/namespaces/db/configmaps/demo-config";
+
+struct Fault {
+    method: &'static str,
+    path: &'static str,
+    code: u16,
+}
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<String, Value>,
+    events: Vec<Value>,
+    faults: VecDeque<Fault>,
+    service_monitors_installed: bool,
+    version: u64,
+}
+
+#[derive(Clone, Default)]
+struct FakeApi(Arc<Mutex<State>>);
+
+fn status_response(code: u16, reason: &str, message: &str) -> Response<Body> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code});
+    Response::builder().status(code).body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap()
+}
+
+fn ok(code: u16, value: &Value) -> Response<Body> {
+    Response::builder().status(code).body(Body::from(serde_json::to_vec(value).unwrap())).unwrap()
+}
+
+/// Namespaced collections are /api/v1/namespaces/ns/kind (5 segments) and
+/// /apis/group/version/namespaces/ns/kind (6); their objects have one segment more.
+fn is_collection(path: &str) -> bool {
+    let segments = path.trim_matches('/').split('/').count();
+    if path.starts_with("/api/") {
+        segments == 5
+    } else {
+        segments == 6
+    }
+}
+
+fn selector_matches(object: &Value, query: &str) -> bool {
+    let Some(selector) = query.split('&').find_map(|p| p.strip_prefix("labelSelector=")) else { return true };
+    let selector = selector.replace("%3D", "=").replace("%2C", ",").replace("%2F", "/");
+    selector.split(',').all(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        object["metadata"]["labels"][k] == v
+    })
+}
+
+impl FakeApi {
+    fn client(&self) -> Client {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let fake = self.clone();
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                let response = fake.respond(request).await;
+                send.send_response(response);
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    async fn respond(&self, request: Request<Body>) -> Response<Body> {
+        let method = request.method().to_string();
+        let path = request.uri().path().to_string();
+        let query = request.uri().query().unwrap_or_default().to_string();
+        let content_type =
+            request.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let mut state = self.0.lock().unwrap();
+        if let Some(i) = state.faults.iter().position(|f| f.method == method && path.contains(f.path)) {
+            let fault = state.faults.remove(i).unwrap();
+            let reason = if fault.code == 409 { "Conflict" } else { "InternalError" };
+            return status_response(fault.code, reason, "injected failure");
+        }
+        if path == "/apis/monitoring.coreos.com/v1" {
+            return if state.service_monitors_installed {
+                ok(
+                    200,
+                    &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "monitoring.coreos.com/v1",
+                    "resources": [{"name": "servicemonitors", "singularName": "servicemonitor", "namespaced": true,
+                        "kind": "ServiceMonitor", "verbs": ["get", "patch"]}]}),
+                )
+            } else {
+                status_response(404, "NotFound", "the server could not find the requested resource")
+            };
+        }
+        state.version += 1;
+        let version = state.version.to_string();
+        let (object_path, subresource) = match path.strip_suffix("/status") {
+            Some(object) if !is_collection(&path) => (object.to_string(), true),
+            _ => (path.clone(), false),
+        };
+        match method.as_str() {
+            "GET" if is_collection(&path) => {
+                let prefix = format!("{path}/");
+                let items: Vec<Value> = state
+                    .objects
+                    .iter()
+                    .filter(|(key, object)| key.starts_with(&prefix) && selector_matches(object, &query))
+                    .map(|(_, object)| object.clone())
+                    .collect();
+                ok(
+                    200,
+                    &json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": version}, "items": items}),
+                )
+            }
+            "GET" => match state.objects.get(&object_path) {
+                Some(object) => ok(200, object),
+                None => status_response(404, "NotFound", "not found"),
+            },
+            "POST" => {
+                let mut object = body;
+                if path.ends_with("/events") {
+                    state.events.push(object.clone());
+                    return ok(201, &object);
+                }
+                let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let key = format!("{path}/{name}");
+                if state.objects.contains_key(&key) {
+                    return status_response(409, "AlreadyExists", "already exists");
+                }
+                object["metadata"]["resourceVersion"] = json!(version);
+                state.objects.insert(key, object.clone());
+                ok(201, &object)
+            }
+            "PUT" => {
+                let mut object = body;
+                object["metadata"]["resourceVersion"] = json!(version);
+                state.objects.insert(object_path, object.clone());
+                ok(200, &object)
+            }
+            "PATCH" if path.contains("/events/") => ok(200, &body),
+            "PATCH" => {
+                let existing = state.objects.get(&object_path).cloned();
+                let merged = if content_type.starts_with("application/apply-patch") {
+                    match (existing, subresource) {
+                        (None, true) => return status_response(404, "NotFound", "not found"),
+                        (None, false) => body,
+                        (Some(mut old), true) => {
+                            // The operator's status fields replace its previous ones; the
+                            // pods' entries (another field manager's) stay.
+                            let members = old["status"]["members"].take();
+                            old["status"] = body["status"].clone();
+                            if !members.is_null() {
+                                old["status"]["members"] = members;
+                            }
+                            old
+                        }
+                        (Some(old), false) => {
+                            let mut new = body;
+                            for keep in ["uid", "finalizers", "creationTimestamp"] {
+                                if !old["metadata"][keep].is_null() {
+                                    new["metadata"][keep] = old["metadata"][keep].clone();
+                                }
+                            }
+                            if !old["status"].is_null() {
+                                new["status"] = old["status"].clone();
+                            }
+                            new
+                        }
+                    }
+                } else {
+                    let Some(mut old) = existing else { return status_response(404, "NotFound", "not found") };
+                    if content_type.starts_with("application/json-patch") {
+                        // The API server reads an absent field as null in a `test`.
+                        if old["metadata"].get("finalizers").is_none() {
+                            old["metadata"]["finalizers"] = Value::Null;
+                        }
+                        let patch: json_patch::Patch = serde_json::from_value(body).unwrap();
+                        if json_patch::patch(&mut old, &patch).is_err() {
+                            return status_response(422, "Invalid", "json patch failed");
+                        }
+                    } else {
+                        json_patch::merge(&mut old, &body);
+                    }
+                    old
+                };
+                let mut merged = merged;
+                merged["metadata"]["resourceVersion"] = json!(version);
+                state.objects.insert(object_path, merged.clone());
+                ok(200, &merged)
+            }
+            "DELETE" if is_collection(&path) => {
+                let prefix = format!("{path}/");
+                state.objects.retain(|key, object| !(key.starts_with(&prefix) && selector_matches(object, &query)));
+                ok(200, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+            }
+            "DELETE" => match state.objects.remove(&object_path) {
+                Some(object) => ok(200, &object),
+                None => status_response(404, "NotFound", "not found"),
+            },
+            _ => status_response(405, "MethodNotAllowed", "unexpected request"),
+        }
+    }
+
+    fn get(&self, path: &str) -> Option<Value> {
+        self.0.lock().unwrap().objects.get(path).cloned()
+    }
+
+    fn update(&self, path: &str, change: impl FnOnce(&mut Value)) {
+        let mut state = self.0.lock().unwrap();
+        change(state.objects.get_mut(path).unwrap_or_else(|| panic!("{path} is missing")));
+    }
+
+    fn fail_next(&self, method: &'static str, path: &'static str, code: u16) {
+        self.0.lock().unwrap().faults.push_back(Fault { method, path, code });
+    }
+
+    fn event_reasons(&self) -> Vec<String> {
+        self.0.lock().unwrap().events.iter().map(|e| e["reason"].as_str().unwrap_or_default().to_string()).collect()
+    }
+
+    fn constellation(&self) -> Arc<Constellation> {
+        Arc::new(serde_json::from_value(self.get(CST).unwrap()).unwrap())
+    }
+
+    fn statefulset_replicas_and_partition(&self) -> (i64, i64) {
+        let set = self.get(STS).unwrap();
+        (
+            set["spec"]["replicas"].as_i64().unwrap(),
+            set["spec"]["updateStrategy"]["rollingUpdate"]["partition"].as_i64().unwrap(),
+        )
+    }
+
+    fn template_hash(&self) -> String {
+        let set = self.get(STS).unwrap();
+        set["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION].as_str().unwrap().to_string()
+    }
+
+    fn condition(&self, type_: &str) -> (String, String, String) {
+        let cst = self.get(CST).unwrap();
+        let conditions = cst["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        let c = conditions.iter().find(|c| c["type"] == type_).unwrap_or_else(|| panic!("no {type_} in {cst}"));
+        (
+            c["status"].as_str().unwrap().into(),
+            c["reason"].as_str().unwrap().into(),
+            c["message"].as_str().unwrap().into(),
+        )
+    }
+
+    /// The pods' own reports, as the data plane's reporter writes them.
+    fn report(&self, members: &[MemberStatus]) {
+        let members = serde_json::to_value(members).unwrap();
+        self.update(CST, |cst| cst["status"]["members"] = members);
+    }
+
+    fn mark_statefulset_ready(&self) {
+        self.update(STS, |set| {
+            let replicas = set["spec"]["replicas"].clone();
+            set["status"] = json!({"replicas": replicas, "readyReplicas": replicas});
+        });
+    }
+}
+
+fn member(ordinal: i32, state: MemberState, hash: &str) -> MemberStatus {
+    MemberStatus {
+        pod: format!("demo-{ordinal}"),
+        node_id: i64::from(ordinal) + 1,
+        address: format!("demo-{ordinal}.demo-peers.db.svc:7400"),
+        state,
+        ready: matches!(state, MemberState::Alive | MemberState::Decommissioning | MemberState::Decommissioned),
+        ranges: if state == MemberState::Decommissioned { 0 } else { 3 },
+        leaders: if ordinal == 0 { 5 } else { 0 },
+        constellation_ranges: 5,
+        config_hash: hash.into(),
+        last_report: (Timestamp::now() - SignedDuration::from_secs(1)).to_string(),
+        ..Default::default()
+    }
+}
+
+fn alive(pods: i32, hash: &str) -> Vec<MemberStatus> {
+    (0..pods).map(|o| member(o, MemberState::Alive, hash)).collect()
+}
+
+struct Harness {
+    api: FakeApi,
+    ctx: Arc<Context>,
+}
+
+impl Harness {
+    fn new(spec: ConstellationSpec) -> Harness {
+        let api = FakeApi::default();
+        let mut cst = crate::desired::tests::constellation(spec);
+        cst.metadata.resource_version = Some("1".into());
+        api.0.lock().unwrap().objects.insert(CST.into(), serde_json::to_value(&cst).unwrap());
+        let ctx = Context::new(api.client(), Metrics::new(&mut Registry::default()), "test".into());
+        Harness { api, ctx }
+    }
+
+    async fn reconcile(&self) -> Result<Action, Error> {
+        reconcile(self.api.constellation(), self.ctx.clone()).await
+    }
+
+    /// Adds the finalizer, then creates everything.
+    async fn created(spec: ConstellationSpec) -> Harness {
+        let harness = Harness::new(spec);
+        assert_eq!(harness.reconcile().await.unwrap(), Action::await_change(), "the first pass adds the finalizer");
+        let finalizers = harness.api.get(CST).unwrap()["metadata"]["finalizers"].clone();
+        assert_eq!(finalizers, json!([FINALIZER]));
+        harness.reconcile().await.unwrap();
+        harness.api.mark_statefulset_ready();
+        harness
+    }
+
+    fn set_spec(&self, change: impl FnOnce(&mut ConstellationSpec)) {
+        self.api.update(CST, |cst| {
+            let mut spec: ConstellationSpec = serde_json::from_value(cst["spec"].clone()).unwrap();
+            change(&mut spec);
+            cst["spec"] = serde_json::to_value(spec).unwrap();
+            let generation = cst["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+            cst["metadata"]["generation"] = json!(generation);
+        });
+    }
+}
+
+#[tokio::test]
+async fn create_applies_every_object_and_reports_creating() {
+    let h = Harness::created(ConstellationSpec::default()).await;
+    for path in [
+        STS,
+        CONFIG,
+        "/api/v1/namespaces/db/services/demo",
+        "/api/v1/namespaces/db/services/demo-peers",
+        "/api/v1/namespaces/db/serviceaccounts/demo-node",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/db/roles/demo-node",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/db/rolebindings/demo-node",
+        "/apis/policy/v1/namespaces/db/poddisruptionbudgets/demo",
+        "/api/v1/namespaces/db/secrets/demo-tls",
+    ] {
+        let object = h.api.get(path).unwrap_or_else(|| panic!("{path} was not created"));
+        if !path.ends_with("demo-tls") || object["metadata"]["ownerReferences"].is_array() {
+            assert_eq!(object["metadata"]["ownerReferences"][0]["name"], "demo", "{path}");
+        }
+    }
+    assert_eq!(h.api.statefulset_replicas_and_partition(), (3, 0));
+    assert!(
+        h.api.get("/apis/monitoring.coreos.com/v1/namespaces/db/servicemonitors/demo").is_none(),
+        "no CRD, no ServiceMonitor"
+    );
+    let status = h.api.get(CST).unwrap()["status"].clone();
+    assert_eq!(status["phase"], "Creating");
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(h.api.condition("Available").1, "NoReports");
+    assert!(h.api.event_reasons().contains(&"CreatedCertificate".to_string()));
+
+    // The pods report in: the constellation becomes Available and Running.
+    let hash = h.api.template_hash();
+    h.api.report(&alive(3, &hash));
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.condition("Available").0, "True");
+    let status = h.api.get(CST).unwrap()["status"].clone();
+    assert_eq!((status["phase"].as_str(), status["aliveMembers"].as_i64()), (Some("Running"), Some(3)));
+    assert_eq!(status["ranges"], json!({"total": 5, "underReplicated": 0, "unavailable": 0}));
+    assert_eq!(status["members"].as_array().unwrap().len(), 3, "the pods' entries stay");
+}
+
+#[tokio::test]
+async fn a_service_monitor_is_applied_when_its_crd_exists() {
+    let h = Harness::new(ConstellationSpec::default());
+    h.api.0.lock().unwrap().service_monitors_installed = true;
+    h.reconcile().await.unwrap();
+    h.reconcile().await.unwrap();
+    let monitor = h.api.get("/apis/monitoring.coreos.com/v1/namespaces/db/servicemonitors/demo").unwrap();
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "http");
+}
+
+#[tokio::test]
+async fn scale_up_adds_pods() {
+    let h = Harness::created(ConstellationSpec::default()).await;
+    h.api.report(&alive(3, &h.api.template_hash()));
+    h.set_spec(|spec| spec.replicas = 5);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.statefulset_replicas_and_partition(), (5, 0));
+    assert_eq!(h.api.condition("Progressing").1, "ScalingUp");
+    assert!(h.api.event_reasons().contains(&"ScalingUp".to_string()));
+}
+
+#[tokio::test]
+async fn scale_down_waits_for_decommission_then_resumes() {
+    let h = Harness::created(ConstellationSpec { replicas: 5, ..Default::default() }).await;
+    let hash = h.api.template_hash();
+    h.api.report(&alive(5, &hash));
+    h.set_spec(|spec| spec.replicas = 3);
+
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.statefulset_replicas_and_partition().0, 5, "no pod removed before its data moved");
+    assert_eq!(h.api.get(CST).unwrap()["status"]["decommission"], json!(["demo-4"]));
+    assert_eq!(h.api.condition("Progressing").1, "Decommissioning");
+    assert!(h.api.event_reasons().contains(&"Decommissioning".to_string()));
+
+    // demo-4 is still moving replicas: nothing changes.
+    let mut members = alive(5, &hash);
+    members[4] = member(4, MemberState::Decommissioning, &hash);
+    h.api.report(&members);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.statefulset_replicas_and_partition().0, 5);
+
+    // demo-4 is empty: its pod goes, its entry is dropped, and demo-3 is next.
+    members[4] = member(4, MemberState::Decommissioned, &hash);
+    h.api.report(&members);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.statefulset_replicas_and_partition().0, 4);
+    let status = h.api.get(CST).unwrap()["status"].clone();
+    assert_eq!(status["members"].as_array().unwrap().len(), 4);
+    assert!(status["decommission"].is_null());
+    assert!(h.api.event_reasons().contains(&"RemovingPod".to_string()));
+    h.api.mark_statefulset_ready();
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.get(CST).unwrap()["status"]["decommission"], json!(["demo-3"]));
+
+    // Changing one's mind: back to 4 cancels demo-3's decommission.
+    h.set_spec(|spec| spec.replicas = 4);
+    h.reconcile().await.unwrap();
+    assert!(h.api.get(CST).unwrap()["status"]["decommission"].is_null());
+    assert_eq!(h.api.statefulset_replicas_and_partition().0, 4);
+    assert!(h.api.event_reasons().contains(&"DecommissionCancelled".to_string()));
+}
+
+#[tokio::test]
+async fn scale_down_below_the_replication_factor_is_refused() {
+    let h = Harness::created(ConstellationSpec::default()).await;
+    h.api.report(&alive(3, &h.api.template_hash()));
+    // The API server's CEL rule refuses this; an older CRD or a forced write might not.
+    h.set_spec(|spec| spec.replicas = 2);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.statefulset_replicas_and_partition().0, 3);
+    let (status, reason, message) = h.api.condition("Progressing");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "ScaleDownBlocked"));
+    assert!(message.contains("below replicationFactor"), "{message}");
+    let events = h.api.0.lock().unwrap().events.clone();
+    assert!(events.iter().any(|e| e["reason"] == "ScaleDownBlocked" && e["type"] == "Warning"));
+}
+
+#[tokio::test]
+async fn a_retune_advances_the_partition_only_while_healthy() {
+    let h = Harness::created(ConstellationSpec::default()).await;
+    let old = h.api.template_hash();
+    h.api.report(&alive(3, &old));
+
+    // A live setting: new ConfigMap, same pods.
+    h.set_spec(|spec| spec.tuning.log_level = "debug".into());
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.template_hash(), old);
+    assert_eq!(h.api.statefulset_replicas_and_partition(), (3, 0));
+    assert!(h.api.get(CONFIG).unwrap()["data"]["live.toml"].as_str().unwrap().contains("\"debug\""));
+
+    // A restart-requiring one: the highest ordinal goes first.
+    h.set_spec(|spec| spec.tuning.raft.heartbeat_interval_ms = 50);
+    h.reconcile().await.unwrap();
+    let new = h.api.template_hash();
+    assert_ne!(new, old);
+    assert_eq!(h.api.statefulset_replicas_and_partition(), (3, 2));
+    assert_eq!(h.api.condition("Progressing").1, "RollingUpdate");
+
+    // demo-2 restarting: the rollout holds, and says why.
+    let mut members = alive(3, &old);
+    members[2] = member(2, MemberState::Joining, &new);
+    h.api.report(&members);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.statefulset_replicas_and_partition().1, 2);
+    let waiting = h.api.get(CST).unwrap()["status"]["rollout"]["waitingFor"].as_str().unwrap().to_string();
+    assert!(waiting.contains("demo-2"), "{waiting}");
+
+    // demo-2 is back but demo-0 is unhealthy: still holding.
+    members[2] = member(2, MemberState::Alive, &new);
+    members[0] = member(0, MemberState::Suspect, &old);
+    h.api.report(&members);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.statefulset_replicas_and_partition().1, 2);
+
+    // Healthy: demo-1 next, then demo-0, then done.
+    members[0] = member(0, MemberState::Alive, &old);
+    h.api.report(&members);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.statefulset_replicas_and_partition().1, 1);
+    members[1] = member(1, MemberState::Alive, &new);
+    h.api.report(&members);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.statefulset_replicas_and_partition().1, 0);
+    h.api.report(&alive(3, &new));
+    h.reconcile().await.unwrap();
+    assert!(h.api.get(CST).unwrap()["status"]["rollout"].is_null());
+    assert_eq!(h.api.condition("Progressing").1, "Idle");
+    assert!(h.api.event_reasons().contains(&"RolloutComplete".to_string()));
+}
+
+#[tokio::test]
+async fn paused_constellations_are_left_alone() {
+    let h = Harness::created(ConstellationSpec::default()).await;
+    h.set_spec(|spec| {
+        spec.paused = true;
+        spec.replicas = 5;
+    });
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.statefulset_replicas_and_partition().0, 3);
+    assert_eq!(h.api.get(CST).unwrap()["status"]["phase"], "Paused");
+}
+
+#[tokio::test]
+async fn api_errors_are_retried_with_growing_backoff() {
+    let h = Harness::created(ConstellationSpec::default()).await;
+    h.set_spec(|spec| spec.replicas = 4);
+    h.api.fail_next("PATCH", "/statefulsets/demo", 500);
+    h.api.fail_next("PATCH", "/statefulsets/demo", 409);
+    let cst = h.api.constellation();
+
+    let first = h.reconcile().await.unwrap_err();
+    assert_eq!(first.kind(), "server");
+    assert_eq!(error_policy(cst.clone(), &first, h.ctx.clone()), Action::requeue(Duration::from_secs(2)));
+    let second = h.reconcile().await.unwrap_err();
+    assert_eq!(second.kind(), "conflict");
+    assert_eq!(error_policy(cst.clone(), &second, h.ctx.clone()), Action::requeue(Duration::from_secs(4)));
+    assert_eq!(h.api.statefulset_replicas_and_partition().0, 3);
+
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.statefulset_replicas_and_partition().0, 4);
+    // Success resets the backoff.
+    assert_eq!(error_policy(cst, &first, h.ctx.clone()), Action::requeue(Duration::from_secs(2)));
+}
+
+#[tokio::test]
+async fn a_secret_created_by_someone_else_meanwhile_is_used() {
+    let h = Harness::new(ConstellationSpec::default());
+    h.reconcile().await.unwrap();
+    h.api.fail_next("POST", "/secrets", 409);
+    h.reconcile().await.unwrap();
+    assert!(h.api.get(STS).is_some());
+}
+
+#[tokio::test]
+async fn deletion_cleans_up_and_releases_the_finalizer() {
+    let mut spec = ConstellationSpec::default();
+    spec.storage.retention.when_deleted = pleiades_crds::RetentionPolicy::Delete;
+    let h = Harness::created(spec).await;
+    let claim = "/api/v1/namespaces/db/persistentvolumeclaims/data-demo-0";
+    h.api.0.lock().unwrap().objects.insert(
+        claim.into(),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data-demo-0",
+            "labels": {"app.kubernetes.io/name": "pleiades", "app.kubernetes.io/instance": "demo"}}}),
+    );
+    h.api.update(CST, |cst| cst["metadata"]["deletionTimestamp"] = json!("2026-11-26T00:00:00Z"));
+    h.reconcile().await.unwrap();
+    assert!(h.api.get(claim).is_none(), "whenDeleted: Delete removes the claims");
+    assert_eq!(h.api.get(CST).unwrap()["metadata"]["finalizers"], json!([]));
+}

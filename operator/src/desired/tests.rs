@@ -1,0 +1,202 @@
+use k8s_openapi::api::core::v1::{PodSpec, Toleration};
+use pleiades_crds::{ConstellationSpec, RetentionPolicy, TlsSpec, ZoneSpread};
+use serde_json::json;
+
+use super::*;
+
+pub(crate) fn constellation(spec: ConstellationSpec) -> Constellation {
+    let mut cst = Constellation::new("demo", spec);
+    cst.metadata.namespace = Some("db".into());
+    cst.metadata.uid = Some("6f1c3a52-0d4e-4c3b-9a41-2f5e8b7d9c10".into());
+    cst.metadata.generation = Some(1);
+    cst
+}
+
+fn production() -> ConstellationSpec {
+    let mut spec = ConstellationSpec { replicas: 5, replication_factor: 5, ..Default::default() };
+    spec.image.tag = "1.4.2".into();
+    spec.image.pull_secrets = vec!["registry".into()];
+    spec.resources.cpus = 8;
+    spec.resources.memory = "32Gi".into();
+    spec.storage.size = "500Gi".into();
+    spec.storage.storage_class_name = Some("local-nvme".into());
+    spec.storage.retention.when_scaled = RetentionPolicy::Delete;
+    spec.node_pool.node_selector.insert("node-pool".into(), "pleiades-rt".into());
+    spec.node_pool.tolerations.push(Toleration {
+        key: Some("realtime".into()),
+        operator: Some("Equal".into()),
+        value: Some("true".into()),
+        effect: Some("NoExecute".into()),
+        ..Default::default()
+    });
+    spec.node_pool.zone_spread = ZoneSpread::DoNotSchedule;
+    spec.realtime.enabled = true;
+    spec.realtime.priority = 70;
+    spec.tls = TlsSpec { mode: TlsMode::Secret, secret_name: Some("pleiades-certs".into()) };
+    spec.monitoring.labels.insert("release".into(), "kube-prometheus".into());
+    spec
+}
+
+fn pod(desired: &Desired) -> &PodSpec {
+    desired.stateful_set.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+#[test]
+fn default_constellation_snapshot() {
+    insta::assert_yaml_snapshot!(desired(&constellation(ConstellationSpec::default())));
+}
+
+#[test]
+fn realtime_arm64_production_snapshot() {
+    insta::assert_yaml_snapshot!(desired(&constellation(production())));
+}
+
+#[test]
+fn pods_land_on_the_arm64_preempt_rt_pool() {
+    let defaults = desired(&constellation(ConstellationSpec::default()));
+    let selector = pod(&defaults).node_selector.clone().unwrap();
+    assert_eq!(selector["kubernetes.io/arch"], "arm64");
+    assert_eq!(selector[pleiades_crds::DEFAULT_REALTIME_KERNEL_LABEL], "true");
+
+    let mut spec = production();
+    spec.node_pool.realtime_kernel_label = "example.com/rt-kernel".into();
+    let selector = pod(&desired(&constellation(spec.clone()))).node_selector.clone().unwrap();
+    assert_eq!(selector["example.com/rt-kernel"], "true");
+    assert_eq!(selector["node-pool"], "pleiades-rt");
+    assert!(!selector.contains_key(pleiades_crds::DEFAULT_REALTIME_KERNEL_LABEL));
+
+    spec.node_pool.architecture.clear();
+    spec.node_pool.realtime_kernel_label.clear();
+    spec.node_pool.node_selector.clear();
+    assert_eq!(pod(&desired(&constellation(spec))).node_selector, None, "an empty pool runs anywhere");
+}
+
+#[test]
+fn pods_tolerate_the_pool_taints_and_spread_by_host_and_zone() {
+    let defaults = desired(&constellation(ConstellationSpec::default()));
+    let tolerations = pod(&defaults).tolerations.clone().unwrap();
+    assert_eq!(tolerations.len(), 1);
+    assert_eq!(tolerations[0].key.as_deref(), Some(pleiades_crds::DEFAULT_POOL_TAINT));
+    let anti = pod(&defaults).affinity.clone().unwrap().pod_anti_affinity.unwrap();
+    let term = &anti.required_during_scheduling_ignored_during_execution.unwrap()[0];
+    assert_eq!(term.topology_key, "kubernetes.io/hostname");
+
+    let production = desired(&constellation(production()));
+    let tolerations = pod(&production).tolerations.clone().unwrap();
+    assert_eq!(tolerations[1].effect.as_deref(), Some("NoExecute"));
+    let spread = &pod(&production).topology_spread_constraints.clone().unwrap()[0];
+    assert_eq!(
+        (spread.topology_key.as_str(), spread.when_unsatisfiable.as_str()),
+        ("topology.kubernetes.io/zone", "DoNotSchedule")
+    );
+}
+
+#[test]
+fn requests_equal_limits_in_whole_cpus_for_guaranteed_qos() {
+    for spec in [ConstellationSpec::default(), production()] {
+        let cpus = spec.resources.cpus;
+        let desired = desired(&constellation(spec));
+        let resources = pod(&desired).containers[0].resources.clone().unwrap();
+        assert_eq!(resources.requests, resources.limits);
+        let limits = resources.limits.unwrap();
+        assert_eq!(limits["cpu"].0, cpus.to_string(), "whole CPUs, no millicores");
+        assert!(limits.contains_key("memory"));
+    }
+}
+
+#[test]
+fn realtime_grants_cap_sys_nice_and_configures_the_priority() {
+    let capabilities =
+        |desired: &Desired| pod(desired).containers[0].security_context.clone().unwrap().capabilities.unwrap();
+    let plain = desired(&constellation(ConstellationSpec::default()));
+    assert_eq!(capabilities(&plain).drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(capabilities(&plain).add, None);
+    assert!(!plain.config_map.data.as_ref().unwrap()["node.toml"].contains("[realtime]"));
+
+    let realtime = desired(&constellation(production()));
+    assert_eq!(capabilities(&realtime).add, Some(vec!["SYS_NICE".to_string()]));
+    assert_eq!(capabilities(&realtime).drop, Some(vec!["ALL".to_string()]));
+    assert!(realtime.config_map.data.as_ref().unwrap()["node.toml"].contains("[realtime]\npriority = 70\n"));
+}
+
+#[test]
+fn pods_are_locked_down() {
+    let desired = desired(&constellation(ConstellationSpec::default()));
+    let container = &pod(&desired).containers[0];
+    let security = container.security_context.clone().unwrap();
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(pod(&desired).security_context.clone().unwrap().run_as_non_root, Some(true));
+    let env: Vec<_> = container.env.clone().unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(env, ["POD_NAME", "POD_NAMESPACE", CONFIG_HASH_ENV]);
+    assert_eq!(container.readiness_probe.clone().unwrap().http_get.unwrap().path.as_deref(), Some("/readyz"));
+    assert_eq!(container.liveness_probe.clone().unwrap().http_get.unwrap().path.as_deref(), Some("/healthz"));
+    assert!(container.startup_probe.is_some());
+}
+
+#[test]
+fn tls_comes_from_the_self_signed_secret_or_the_named_one() {
+    let secret = |desired: &Desired| {
+        let volumes = pod(desired).volumes.clone().unwrap();
+        volumes.into_iter().find(|v| v.name == "tls").unwrap().secret.unwrap().secret_name.unwrap()
+    };
+    assert_eq!(secret(&desired(&constellation(ConstellationSpec::default()))), "demo-tls");
+    assert_eq!(secret(&desired(&constellation(production()))), "pleiades-certs");
+    let names = Names::of(&constellation(ConstellationSpec::default()));
+    assert!(names.dns_names().contains(&"*.demo-peers.db.svc".to_string()));
+}
+
+#[test]
+fn the_service_monitor_follows_the_switch() {
+    let on = desired(&constellation(production()));
+    let monitor = serde_json::to_value(on.service_monitor.unwrap()).unwrap();
+    assert_eq!(monitor["kind"], "ServiceMonitor");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus");
+    assert_eq!(monitor["spec"]["endpoints"][0], json!({"port": "http", "path": "/metrics", "interval": "15s"}));
+    let mut spec = production();
+    spec.monitoring.service_monitor = false;
+    assert!(desired(&constellation(spec)).service_monitor.is_none());
+}
+
+#[test]
+fn live_settings_do_not_restart_pods_but_the_rest_does() {
+    let base = desired(&constellation(ConstellationSpec::default()));
+    let hash = |desired: &Desired| {
+        desired.stateful_set.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()
+            [CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    let mut live = ConstellationSpec::default();
+    live.tuning.log_level = "debug".into();
+    live.tuning.kv.max_scan_limit = 500;
+    let live = desired(&constellation(live));
+    assert_eq!(hash(&live), hash(&base));
+    assert_ne!(live.config_map.data, base.config_map.data);
+    assert!(live.config_map.data.as_ref().unwrap()["live.toml"].contains("max-scan-limit = 500"));
+
+    for change in [
+        |s: &mut ConstellationSpec| s.tuning.raft.heartbeat_interval_ms = 50,
+        |s: &mut ConstellationSpec| s.tuning.rocksdb.block_cache_mib = 512,
+        |s: &mut ConstellationSpec| s.image.tag = "9.9.9".into(),
+        |s: &mut ConstellationSpec| s.resources.cpus = 4,
+        |s: &mut ConstellationSpec| s.realtime.enabled = true,
+    ] {
+        let mut spec = ConstellationSpec::default();
+        change(&mut spec);
+        assert_ne!(hash(&desired(&constellation(spec))), hash(&base));
+    }
+}
+
+#[test]
+fn every_object_is_owned_by_the_constellation() {
+    let desired = desired(&constellation(ConstellationSpec::default()));
+    let value = serde_json::to_value(&desired).unwrap();
+    for (name, object) in value.as_object().unwrap() {
+        if object.is_null() {
+            continue;
+        }
+        let owner = &object["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "Constellation", "{name}");
+        assert_eq!(owner["controller"], true, "{name}");
+    }
+}

@@ -1,0 +1,8 @@
+//! The Pleiades operator: reconciles `Constellation` resources into running constellations.
+
+pub mod controller;
+pub mod desired;
+pub mod leader;
+pub mod metrics;
+pub mod plan;
+pub mod tls;

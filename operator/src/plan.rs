@@ -1,0 +1,403 @@
+//! The operator's decisions, as pure functions of what it observed: how many pods the
+//! StatefulSet runs (a scale-down waits for decommission), which pods a rollout may restart (the
+//! partition steps down only while the constellation is healthy), and the aggregate status.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use pleiades_crds::{
+    Constellation, ConstellationStatus, MemberState, MemberStatus, Phase, RangesStatus, RolloutStatus,
+};
+
+use crate::desired::Names;
+
+/// A member that has not reported for this long counts as suspect.
+pub const REPORT_STALE_AFTER_SECONDS: i64 = 45;
+/// A rollout step that has waited longer than this is reported as stuck.
+pub const ROLLOUT_STUCK_AFTER_SECONDS: i64 = 600;
+
+/// What the operator saw of the StatefulSet it owns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedSet {
+    pub replicas: i32,
+    pub partition: i32,
+    pub ready_replicas: i32,
+    /// The configuration hash in the StatefulSet's current pod template.
+    pub template_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scale {
+    Stable,
+    Up {
+        from: i32,
+        to: i32,
+    },
+    /// Waiting for `pod` to move its replicas away before the StatefulSet shrinks.
+    Decommissioning {
+        pod: String,
+    },
+    /// `pod` reported decommissioned: the StatefulSet shrinks past it now.
+    Removing {
+        pod: String,
+    },
+    /// A scale-down that cannot proceed, and why.
+    Blocked {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rollout {
+    Idle,
+    /// Rolling to a new configuration; `waiting_for` says what the next step waits on.
+    Rolling {
+        status: RolloutStatus,
+        advanced: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub stateful_set_replicas: i32,
+    pub partition: i32,
+    pub decommission: Vec<String>,
+    /// Member entries of pods that no longer exist, to drop from the status.
+    pub forget_members: Vec<String>,
+    pub scale: Scale,
+    pub rollout: Rollout,
+}
+
+/// The ordinal of a pod of this constellation (`<name>-<ordinal>`).
+pub fn ordinal(names: &Names, pod: &str) -> Option<i32> {
+    pod.strip_prefix(&names.constellation)?.strip_prefix('-')?.parse().ok()
+}
+
+fn fresh(member: &MemberStatus, now: Timestamp) -> bool {
+    member
+        .last_report
+        .parse::<Timestamp>()
+        .is_ok_and(|reported| now.as_second() - reported.as_second() <= REPORT_STALE_AFTER_SECONDS)
+}
+
+/// Why the constellation cannot afford to lose or restart a pod right now, if it cannot.
+/// `pods` are the pods that must all be serving.
+fn unhealthy(status: &ConstellationStatus, names: &Names, pods: i32, now: Timestamp) -> Option<String> {
+    let members: Vec<&MemberStatus> =
+        status.members.iter().filter(|m| ordinal(names, &m.pod).is_some_and(|o| o < pods)).collect();
+    if let Some(ranges) = range_health(&members, now) {
+        if ranges.unavailable > 0 {
+            return Some(format!("{} of {} ranges have no quorum", ranges.unavailable, ranges.total));
+        }
+        if ranges.under_replicated > 0 {
+            return Some(format!("{} ranges are under-replicated", ranges.under_replicated));
+        }
+    } else {
+        return Some("no member has reported range health yet".into());
+    }
+    for ordinal in 0..pods {
+        let pod = names.pod(ordinal);
+        match status.members.iter().find(|m| m.pod == pod) {
+            None => return Some(format!("{pod} has not reported")),
+            Some(m) if !fresh(m, now) => {
+                return Some(format!("{pod} has not reported for {REPORT_STALE_AFTER_SECONDS}s"))
+            }
+            Some(m) if !m.ready || m.state != MemberState::Alive => {
+                return Some(format!("{pod} is {:?}{}", m.state, if m.ready { "" } else { " and not ready" }))
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+pub fn plan(cst: &Constellation, observed: Option<&ObservedSet>, desired_hash: &str, now: Timestamp) -> Plan {
+    let names = Names::of(cst);
+    let status = cst.status.clone().unwrap_or_default();
+    let target = cst.spec.replicas;
+    let Some(set) = observed else {
+        // First reconcile: create everything at the requested size, nothing to roll.
+        return Plan {
+            stateful_set_replicas: target,
+            partition: 0,
+            decommission: Vec::new(),
+            forget_members: Vec::new(),
+            scale: Scale::Stable,
+            rollout: Rollout::Idle,
+        };
+    };
+    let current = set.replicas;
+    let mut decommission: Vec<String> =
+        status.decommission.iter().filter(|pod| ordinal(&names, pod).is_some_and(|o| o >= target)).cloned().collect();
+    let mut forget_members: Vec<String> = status
+        .members
+        .iter()
+        .filter(|m| ordinal(&names, &m.pod).is_none_or(|o| o >= current.max(target)))
+        .map(|m| m.pod.clone())
+        .collect();
+    let mut stateful_set_replicas = current;
+    let scale = if target >= current {
+        stateful_set_replicas = target;
+        decommission.clear();
+        if target > current {
+            Scale::Up { from: current, to: target }
+        } else {
+            Scale::Stable
+        }
+    } else if target < cst.spec.replication_factor {
+        Scale::Blocked {
+            reason: format!(
+                "replicas {target} is below replicationFactor {}: every range needs that many nodes",
+                cst.spec.replication_factor
+            ),
+        }
+    } else {
+        // One pod at a time, highest ordinal first, so the nodes receiving replicas are never
+        // themselves on the way out.
+        let victim = names.pod(current - 1);
+        let member = status.members.iter().find(|m| m.pod == victim);
+        match member {
+            Some(m) if m.state == MemberState::Decommissioned && decommission.contains(&victim) => {
+                stateful_set_replicas = current - 1;
+                decommission.retain(|pod| pod != &victim);
+                forget_members.push(victim.clone());
+                Scale::Removing { pod: victim }
+            }
+            _ if decommission.contains(&victim) => Scale::Decommissioning { pod: victim },
+            _ => match unhealthy(&status, &names, current, now) {
+                Some(reason) => Scale::Blocked { reason: format!("cannot decommission {victim}: {reason}") },
+                None => {
+                    decommission = vec![victim.clone()];
+                    Scale::Decommissioning { pod: victim }
+                }
+            },
+        }
+    };
+
+    let rollout = plan_rollout(set, &status, &names, stateful_set_replicas, desired_hash, now);
+    let partition = match &rollout {
+        Rollout::Idle => 0,
+        Rollout::Rolling { status, .. } => status.partition,
+    };
+    forget_members.sort();
+    forget_members.dedup();
+    Plan { stateful_set_replicas, partition, decommission, forget_members, scale, rollout }
+}
+
+fn plan_rollout(
+    set: &ObservedSet,
+    status: &ConstellationStatus,
+    names: &Names,
+    replicas: i32,
+    desired_hash: &str,
+    now: Timestamp,
+) -> Rollout {
+    let previous = status.rollout.as_ref().filter(|r| r.target_config_hash == desired_hash);
+    let updated = |ordinal: i32| {
+        status
+            .members
+            .iter()
+            .any(|m| m.pod == names.pod(ordinal) && m.config_hash == desired_hash && m.ready && fresh(m, now))
+    };
+    let updated_replicas = (0..replicas).filter(|o| updated(*o)).count() as i32;
+    let (mut partition, step_started) = match previous {
+        Some(rollout) => (set.partition.min(rollout.partition), rollout.step_started.clone()),
+        None if set.template_hash.as_deref() == Some(desired_hash) => return Rollout::Idle,
+        // A new configuration: hold every pod on the old one, then release them one by one.
+        None => (replicas, Some(now.to_string())),
+    };
+    partition = partition.min(replicas);
+    if partition == 0 && updated_replicas == replicas {
+        return Rollout::Idle;
+    }
+    let pending = (partition..replicas).find(|o| !updated(*o));
+    let waiting_for = match pending {
+        Some(o) => Some(format!("{} to restart with the new configuration and report ready", names.pod(o))),
+        None if partition == 0 => Some("every pod to report the new configuration".into()),
+        None => unhealthy(status, names, replicas, now).map(|reason| format!("a healthy constellation: {reason}")),
+    };
+    let advanced = waiting_for.is_none();
+    let (partition, step_started) =
+        if advanced { (partition - 1, Some(now.to_string())) } else { (partition, step_started) };
+    Rollout::Rolling {
+        status: RolloutStatus {
+            target_config_hash: desired_hash.to_string(),
+            partition,
+            updated_replicas,
+            waiting_for,
+            step_started,
+        },
+        advanced,
+    }
+}
+
+/// Range health from the fresh reports: the total is what the best-informed member knows; a
+/// range is unavailable when a member sees no leader for it or when no member leads it.
+fn range_health(members: &[&MemberStatus], now: Timestamp) -> Option<RangesStatus> {
+    let fresh: Vec<&&MemberStatus> = members.iter().filter(|m| fresh(m, now)).collect();
+    if fresh.is_empty() {
+        return None;
+    }
+    let total = fresh.iter().map(|m| m.constellation_ranges).max().unwrap_or(0);
+    let leaders: i32 = fresh.iter().map(|m| m.leaders).sum();
+    let unavailable =
+        fresh.iter().map(|m| m.unavailable_ranges).max().unwrap_or(0).max(total.saturating_sub(leaders).max(0));
+    let under_replicated = fresh.iter().map(|m| m.under_replicated_ranges).sum();
+    Some(RangesStatus { total, under_replicated, unavailable })
+}
+
+/// The operator's part of the status: counts, range health, phase and conditions, from the
+/// members' own reports and the plan.
+pub fn aggregate(cst: &Constellation, set: Option<&ObservedSet>, plan: &Plan, now: Timestamp) -> ConstellationStatus {
+    let names = Names::of(cst);
+    let previous = cst.status.clone().unwrap_or_default();
+    let members: Vec<&MemberStatus> = previous
+        .members
+        .iter()
+        .filter(|m| !plan.forget_members.contains(&m.pod))
+        .filter(|m| ordinal(&names, &m.pod).is_some_and(|o| o < plan.stateful_set_replicas))
+        .collect();
+    let alive_members = members.iter().filter(|m| fresh(m, now) && m.state == MemberState::Alive).count() as i32;
+    let ranges = range_health(&members, now);
+    let under_replicated = ranges.as_ref().map(|r| r.under_replicated).unwrap_or(0);
+    let ready_replicas = set.map(|s| s.ready_replicas).unwrap_or(0);
+
+    let condition = |type_: &str, status: bool, reason: &str, message: String| {
+        let status = if status { "True" } else { "False" };
+        let since = previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(now));
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: since,
+            observed_generation: cst.metadata.generation,
+        }
+    };
+
+    let available = match &ranges {
+        None => condition("Available", false, "NoReports", "no member has reported yet".into()),
+        Some(r) if r.total == 0 => condition("Available", false, "NoRanges", "no member knows any range yet".into()),
+        Some(r) if r.unavailable > 0 => condition(
+            "Available",
+            false,
+            "RangesUnavailable",
+            format!("{} of {} ranges have no leader and accept no writes", r.unavailable, r.total),
+        ),
+        Some(r) => condition("Available", true, "AllRangesAvailable", format!("all {} ranges have a leader", r.total)),
+    };
+    let rollout_stuck = match &plan.rollout {
+        Rollout::Rolling { status, advanced: false } => status
+            .step_started
+            .as_deref()
+            .and_then(|s| s.parse::<Timestamp>().ok())
+            .is_some_and(|started| now.as_second() - started.as_second() > ROLLOUT_STUCK_AFTER_SECONDS),
+        _ => false,
+    };
+    let progressing = match (&plan.scale, &plan.rollout) {
+        (Scale::Blocked { reason }, _) => condition("Progressing", false, "ScaleDownBlocked", reason.clone()),
+        (_, Rollout::Rolling { status, .. }) if rollout_stuck => condition(
+            "Progressing",
+            false,
+            "RolloutStuck",
+            format!(
+                "partition {} has waited over {ROLLOUT_STUCK_AFTER_SECONDS}s for {}",
+                status.partition,
+                status.waiting_for.clone().unwrap_or_default()
+            ),
+        ),
+        (Scale::Up { from, to }, _) => condition(
+            "Progressing",
+            true,
+            "ScalingUp",
+            format!("adding pods: {from} to {to}; new nodes join and take replicas"),
+        ),
+        (Scale::Decommissioning { pod }, _) => condition(
+            "Progressing",
+            true,
+            "Decommissioning",
+            format!("waiting for {pod} to move its replicas to the other nodes"),
+        ),
+        (Scale::Removing { pod }, _) => {
+            condition("Progressing", true, "RemovingPod", format!("{pod} is decommissioned; removing its pod"))
+        }
+        (Scale::Stable, Rollout::Rolling { status, .. }) => condition(
+            "Progressing",
+            true,
+            "RollingUpdate",
+            format!(
+                "{} of {} pods run the new configuration; {}",
+                status.updated_replicas,
+                plan.stateful_set_replicas,
+                status.waiting_for.clone().unwrap_or_else(|| format!("restarting pod ordinal {}", status.partition))
+            ),
+        ),
+        (Scale::Stable, Rollout::Idle) => condition("Progressing", false, "Idle", "nothing to change".into()),
+    };
+    let unhealthy_members: Vec<String> =
+        members
+            .iter()
+            .filter(|m| !fresh(m, now) || !m.ready || m.state != MemberState::Alive)
+            .filter(|m| !previous.decommission.contains(&m.pod))
+            .map(|m| {
+                if fresh(m, now) {
+                    format!("{} is {:?}", m.pod, m.state)
+                } else {
+                    format!("{} stopped reporting", m.pod)
+                }
+            })
+            .collect();
+    let degraded = if !unhealthy_members.is_empty() {
+        condition("Degraded", true, "MembersUnhealthy", unhealthy_members.join(", "))
+    } else if under_replicated > 0 {
+        condition("Degraded", true, "UnderReplicated", format!("{under_replicated} ranges are under-replicated"))
+    } else if ready_replicas < plan.stateful_set_replicas {
+        condition(
+            "Degraded",
+            true,
+            "PodsNotReady",
+            format!("{ready_replicas} of {} pods ready", plan.stateful_set_replicas),
+        )
+    } else {
+        condition("Degraded", false, "Healthy", "every member is alive and every range fully replicated".into())
+    };
+
+    let ever_available = previous.phase.is_some_and(|p| p != Phase::Creating) || available.status == "True";
+    let phase = if cst.spec.paused {
+        Phase::Paused
+    } else if !ever_available || set.is_none() {
+        Phase::Creating
+    } else if !matches!(plan.scale, Scale::Stable) {
+        Phase::Scaling
+    } else if matches!(plan.rollout, Rollout::Rolling { .. }) {
+        Phase::Updating
+    } else if degraded.status == "True" || available.status == "False" {
+        Phase::Degraded
+    } else {
+        Phase::Running
+    };
+
+    ConstellationStatus {
+        observed_generation: cst.metadata.generation,
+        phase: Some(phase),
+        replicas: plan.stateful_set_replicas,
+        ready_replicas,
+        alive_members,
+        selector: Some(crate::desired::selector_string(cst)),
+        members: Vec::new(),
+        ranges,
+        decommission: plan.decommission.clone(),
+        rollout: match &plan.rollout {
+            Rollout::Rolling { status, .. } => Some(status.clone()),
+            Rollout::Idle => None,
+        },
+        conditions: vec![available, progressing, degraded],
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,243 @@
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use pleiades_crds::{ConstellationSpec, ConstellationStatus, MemberState, MemberStatus, RangesStatus, RolloutStatus};
+
+use super::*;
+use crate::desired::tests::constellation;
+
+const OLD: &str = "old-hash";
+const NEW: &str = "new-hash";
+
+fn now() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).unwrap()
+}
+
+pub(crate) fn member(ordinal: i32, state: MemberState, hash: &str) -> MemberStatus {
+    MemberStatus {
+        pod: format!("demo-{ordinal}"),
+        node_id: i64::from(ordinal) + 1,
+        address: format!("demo-{ordinal}.demo-peers.db.svc:7400"),
+        state,
+        ready: state == MemberState::Alive,
+        ranges: 3,
+        leaders: 1,
+        constellation_ranges: 5,
+        config_hash: hash.into(),
+        last_report: (now() - SignedDuration::from_secs(3)).to_string(),
+        ..Default::default()
+    }
+}
+
+fn healthy(pods: i32, hash: &str) -> ConstellationStatus {
+    let mut members: Vec<MemberStatus> = (0..pods).map(|o| member(o, MemberState::Alive, hash)).collect();
+    // Every one of the 5 ranges has a leader somewhere.
+    members[0].leaders = 5 - (pods - 1);
+    ConstellationStatus { members, ..Default::default() }
+}
+
+fn cst(replicas: i32, status: ConstellationStatus) -> Constellation {
+    let mut cst = constellation(ConstellationSpec { replicas, ..Default::default() });
+    cst.status = Some(status);
+    cst
+}
+
+fn set(replicas: i32, partition: i32, hash: &str) -> ObservedSet {
+    ObservedSet { replicas, partition, ready_replicas: replicas, template_hash: Some(hash.into()) }
+}
+
+#[test]
+fn a_new_constellation_is_created_at_full_size() {
+    let plan = plan(&cst(3, ConstellationStatus::default()), None, NEW, now());
+    assert_eq!((plan.stateful_set_replicas, plan.partition), (3, 0));
+    assert_eq!((plan.scale, plan.rollout), (Scale::Stable, Rollout::Idle));
+}
+
+#[test]
+fn scaling_up_adds_pods_at_once() {
+    let plan = plan(&cst(5, healthy(3, OLD)), Some(&set(3, 0, OLD)), OLD, now());
+    assert_eq!(plan.stateful_set_replicas, 5);
+    assert_eq!(plan.scale, Scale::Up { from: 3, to: 5 });
+}
+
+#[test]
+fn scaling_down_decommissions_the_highest_ordinal_first_and_waits() {
+    let first = plan(&cst(3, healthy(5, OLD)), Some(&set(5, 0, OLD)), OLD, now());
+    assert_eq!(first.stateful_set_replicas, 5, "no pod goes before its replicas moved");
+    assert_eq!(first.decommission, ["demo-4"]);
+    assert_eq!(first.scale, Scale::Decommissioning { pod: "demo-4".into() });
+
+    let mut status = healthy(5, OLD);
+    status.decommission = vec!["demo-4".into()];
+    status.members[4].state = MemberState::Decommissioning;
+    let waiting = plan(&cst(3, status.clone()), Some(&set(5, 0, OLD)), OLD, now());
+    assert_eq!((waiting.stateful_set_replicas, waiting.decommission.clone()), (5, vec!["demo-4".to_string()]));
+
+    status.members[4].state = MemberState::Decommissioned;
+    let removing = plan(&cst(3, status), Some(&set(5, 0, OLD)), OLD, now());
+    assert_eq!(removing.stateful_set_replicas, 4);
+    assert_eq!(removing.scale, Scale::Removing { pod: "demo-4".into() });
+    assert!(removing.decommission.is_empty());
+    assert_eq!(removing.forget_members, ["demo-4"]);
+
+    // The next reconcile moves on to demo-3.
+    let next = plan(&cst(3, healthy(4, OLD)), Some(&set(4, 0, OLD)), OLD, now());
+    assert_eq!(next.decommission, ["demo-3"]);
+}
+
+#[test]
+fn a_scale_down_waits_for_a_healthy_constellation() {
+    let mut status = healthy(5, OLD);
+    status.members[1].state = MemberState::Suspect;
+    status.members[1].ready = false;
+    let blocked = plan(&cst(3, status), Some(&set(5, 0, OLD)), OLD, now());
+    let Scale::Blocked { reason } = &blocked.scale else { panic!("{:?}", blocked.scale) };
+    assert!(reason.contains("demo-1 is Suspect"), "{reason}");
+    assert!(blocked.decommission.is_empty());
+    assert_eq!(blocked.stateful_set_replicas, 5);
+
+    let mut status = healthy(5, OLD);
+    status.members[3].unavailable_ranges = 2;
+    let blocked = plan(&cst(3, status), Some(&set(5, 0, OLD)), OLD, now());
+    assert!(matches!(&blocked.scale, Scale::Blocked { reason } if reason.contains("2 of 5 ranges have no quorum")));
+
+    let mut status = healthy(5, OLD);
+    status.members[2].last_report = (now() - SignedDuration::from_secs(120)).to_string();
+    status.members[2].leaders = 0;
+    status.members[0].leaders += 1;
+    let blocked = plan(&cst(3, status), Some(&set(5, 0, OLD)), OLD, now());
+    assert!(matches!(&blocked.scale, Scale::Blocked { reason } if reason.contains("demo-2 has not reported")));
+}
+
+#[test]
+fn a_scale_down_below_the_replication_factor_is_refused() {
+    let plan = plan(&cst(2, healthy(3, OLD)), Some(&set(3, 0, OLD)), OLD, now());
+    let Scale::Blocked { reason } = &plan.scale else { panic!("{:?}", plan.scale) };
+    assert!(reason.contains("below replicationFactor 3"), "{reason}");
+    assert_eq!(plan.stateful_set_replicas, 3);
+    assert!(plan.decommission.is_empty());
+}
+
+#[test]
+fn scaling_back_up_mid_decommission_cancels_it() {
+    let mut status = healthy(5, OLD);
+    status.decommission = vec!["demo-4".into()];
+    status.members[4].state = MemberState::Decommissioning;
+    let plan = plan(&cst(5, status), Some(&set(5, 0, OLD)), OLD, now());
+    assert!(plan.decommission.is_empty(), "demo-4 stays and rejoins");
+    assert_eq!((plan.stateful_set_replicas, plan.scale), (5, Scale::Stable));
+}
+
+#[test]
+fn a_new_configuration_rolls_one_pod_at_a_time_while_healthy() {
+    // The first step: every pod held back, and the constellation is healthy, so the highest
+    // ordinal is released at once.
+    let start = plan(&cst(3, healthy(3, OLD)), Some(&set(3, 0, OLD)), NEW, now());
+    let Rollout::Rolling { status, advanced } = &start.rollout else { panic!("{:?}", start.rollout) };
+    assert!(*advanced);
+    assert_eq!((start.partition, status.partition), (2, 2));
+
+    // demo-2 restarts: until it reports the new hash and ready, nothing moves.
+    let mut observed = healthy(3, OLD);
+    observed.rollout = Some(status.clone());
+    observed.members[2].ready = false;
+    observed.members[2].state = MemberState::Joining;
+    let waiting = plan(&cst(3, observed.clone()), Some(&set(3, 2, NEW)), NEW, now());
+    let Rollout::Rolling { status: waiting_status, advanced } = &waiting.rollout else { panic!() };
+    assert!(!advanced);
+    assert_eq!(waiting.partition, 2);
+    assert!(waiting_status.waiting_for.as_deref().unwrap().contains("demo-2"));
+
+    // demo-2 is back on the new configuration, but a range lost quorum: still hold.
+    observed.members[2] = member(2, MemberState::Alive, NEW);
+    observed.members[0].unavailable_ranges = 1;
+    let unhealthy = plan(&cst(3, observed.clone()), Some(&set(3, 2, NEW)), NEW, now());
+    assert_eq!(unhealthy.partition, 2);
+    let Rollout::Rolling { status: held, .. } = &unhealthy.rollout else { panic!() };
+    assert!(held.waiting_for.as_deref().unwrap().contains("no quorum"), "{held:?}");
+
+    // Healthy again: the next pod goes.
+    observed.members[0].unavailable_ranges = 0;
+    let next = plan(&cst(3, observed), Some(&set(3, 2, NEW)), NEW, now());
+    assert_eq!(next.partition, 1);
+}
+
+#[test]
+fn a_rollout_finishes_when_every_pod_runs_the_new_configuration() {
+    let mut status = healthy(3, NEW);
+    status.rollout = Some(RolloutStatus {
+        target_config_hash: NEW.into(),
+        partition: 0,
+        updated_replicas: 2,
+        waiting_for: None,
+        step_started: None,
+    });
+    let plan = plan(&cst(3, status), Some(&set(3, 0, NEW)), NEW, now());
+    assert_eq!(plan.rollout, Rollout::Idle);
+    assert_eq!(plan.partition, 0);
+}
+
+#[test]
+fn status_aggregates_the_members_reports() {
+    let cst = cst(3, healthy(3, OLD));
+    let observed = set(3, 0, OLD);
+    let plan = plan(&cst, Some(&observed), OLD, now());
+    let status = aggregate(&cst, Some(&observed), &plan, now());
+    assert_eq!(status.alive_members, 3);
+    assert_eq!(status.ranges, Some(RangesStatus { total: 5, under_replicated: 0, unavailable: 0 }));
+    let condition = |status: &ConstellationStatus, t: &str| {
+        let c = status.conditions.iter().find(|c| c.type_ == t).unwrap();
+        (c.status.clone(), c.reason.clone())
+    };
+    assert_eq!(condition(&status, "Available"), ("True".into(), "AllRangesAvailable".into()));
+    assert_eq!(condition(&status, "Degraded"), ("False".into(), "Healthy".into()));
+    assert_eq!(condition(&status, "Progressing"), ("False".into(), "Idle".into()));
+    assert_eq!(status.phase, Some(Phase::Running));
+    assert_eq!(status.selector.as_deref(), Some("app.kubernetes.io/instance=demo,app.kubernetes.io/name=pleiades"));
+
+    // One member lost its leaders (they moved) and stopped reporting; another is suspect.
+    let mut reports = healthy(3, OLD);
+    reports.members[0].leaders = 0;
+    reports.members[0].last_report = (now() - SignedDuration::from_secs(300)).to_string();
+    reports.members[1].state = MemberState::Suspect;
+    reports.members[2].under_replicated_ranges = 2;
+    reports.phase = Some(Phase::Running);
+    let cst = self::cst(3, reports);
+    let status = aggregate(&cst, Some(&observed), &plan, now());
+    assert_eq!(status.alive_members, 1);
+    let ranges = status.ranges.clone().unwrap();
+    assert_eq!((ranges.total, ranges.under_replicated, ranges.unavailable), (5, 2, 3));
+    assert_eq!(condition(&status, "Available").1, "RangesUnavailable");
+    let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+    assert_eq!(degraded.status, "True");
+    assert!(degraded.message.contains("demo-0 stopped reporting") && degraded.message.contains("demo-1 is Suspect"));
+    assert_eq!(status.phase, Some(Phase::Degraded));
+}
+
+#[test]
+fn a_blocked_scale_down_and_a_stuck_rollout_show_in_the_conditions() {
+    let mut reports = healthy(5, OLD);
+    reports.members[0].ready = false;
+    let cst = cst(3, reports);
+    let observed = set(5, 0, OLD);
+    let plan = plan(&cst, Some(&observed), OLD, now());
+    let status = aggregate(&cst, Some(&observed), &plan, now());
+    let progressing = status.conditions.iter().find(|c| c.type_ == "Progressing").unwrap();
+    assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("False", "ScaleDownBlocked"));
+    assert!(progressing.message.contains("cannot decommission demo-4"), "{}", progressing.message);
+
+    let mut reports = healthy(3, OLD);
+    reports.rollout = Some(RolloutStatus {
+        target_config_hash: NEW.into(),
+        partition: 2,
+        updated_replicas: 0,
+        waiting_for: None,
+        step_started: Some((now() - SignedDuration::from_secs(3600)).to_string()),
+    });
+    let cst = self::cst(3, reports);
+    let observed = set(3, 2, NEW);
+    let plan = self::plan(&cst, Some(&observed), NEW, now());
+    let status = aggregate(&cst, Some(&observed), &plan, now());
+    let progressing = status.conditions.iter().find(|c| c.type_ == "Progressing").unwrap();
+    assert_eq!(progressing.reason, "RolloutStuck");
+    assert!(progressing.message.contains("demo-2"), "{}", progressing.message);
+    assert_eq!(status.rollout.unwrap().partition, 2);
+}

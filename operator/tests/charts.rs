@@ -1,0 +1,134 @@
+//! Both Helm charts, linted and rendered by a real `helm` (v4, from ../shared/tools/get-helm.sh),
+//! with default and example values; every rendered manifest validated offline
+//! (kubernetes-validate for built-in kinds, the CRD's own schema and CEL rules for Constellations).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pleiades_crds::{Constellation, ConstellationSpec};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `$HELM`, else the one ../shared/tools/get-helm.sh installs (and caches), else `helm` on PATH.
+fn helm() -> PathBuf {
+    if let Some(helm) = std::env::var_os("HELM") {
+        return helm.into();
+    }
+    let script = repo().join("../shared/tools/get-helm.sh");
+    if script.exists() {
+        let output = Command::new("bash").arg(&script).output().expect("run get-helm.sh");
+        assert!(output.status.success(), "get-helm.sh failed: {}", String::from_utf8_lossy(&output.stderr));
+        let dir = String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or_default().trim().to_string();
+        return Path::new(&dir).join("helm");
+    }
+    PathBuf::from("helm")
+}
+
+fn run(command: &mut Command) -> (bool, String) {
+    let output = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// Lints and renders `chart` with each values file; returns the rendered files.
+fn render(helm: &Path, chart: &str, values: &[Option<&str>], out: &Path) -> Vec<PathBuf> {
+    let chart_dir = repo().join("charts").join(chart);
+    let mut rendered = Vec::new();
+    for (i, values) in values.iter().enumerate() {
+        let mut lint = Command::new(helm);
+        lint.arg("lint").arg("--strict").arg(&chart_dir);
+        let mut template = Command::new(helm);
+        template.args(["template", "demo"]).arg(&chart_dir).args(["--namespace", "db", "--include-crds"]);
+        if let Some(values) = values {
+            lint.arg("-f").arg(chart_dir.join(values));
+            template.arg("-f").arg(chart_dir.join(values));
+        }
+        let (ok, text) = run(&mut lint);
+        assert!(ok, "helm lint {chart} {values:?}:\n{text}");
+        let output = template.output().unwrap();
+        assert!(
+            output.status.success(),
+            "helm template {chart} {values:?}:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let file = out.join(format!("{chart}-{i}.yaml"));
+        std::fs::write(&file, &output.stdout).unwrap();
+        rendered.push(file);
+    }
+    rendered
+}
+
+fn validate(files: &[PathBuf]) -> (bool, String) {
+    run(Command::new("python3")
+        .arg(repo().join("scripts/validate-manifests.py"))
+        .arg("--crd")
+        .arg(repo().join("crds/constellation.yaml"))
+        .args(files))
+}
+
+fn constellations(file: &Path) -> Vec<Constellation> {
+    let text = std::fs::read_to_string(file).unwrap();
+    text.split("\n---")
+        .filter(|doc| doc.contains("kind: Constellation"))
+        .map(|doc| serde_saphyr::from_str(doc).unwrap_or_else(|e| panic!("{e}: {doc}")))
+        .collect()
+}
+
+#[test]
+fn both_charts_lint_render_and_validate() {
+    let helm = helm();
+    let out = tempfile::tempdir().unwrap();
+    let mut files = render(&helm, "pleiades-operator", &[None, Some("ci/production-values.yaml")], out.path());
+    let constellation_files = render(
+        &helm,
+        "constellation",
+        &[None, Some("examples/dev.yaml"), Some("examples/production-rt-arm64.yaml")],
+        out.path(),
+    );
+    files.extend(constellation_files.iter().cloned());
+
+    let operator = std::fs::read_to_string(&files[0]).unwrap();
+    for kind in ["CustomResourceDefinition", "Deployment", "ClusterRole", "ServiceAccount", "Service"] {
+        assert!(operator.contains(&format!("kind: {kind}\n")), "the operator chart renders no {kind}");
+    }
+    let production = std::fs::read_to_string(&files[1]).unwrap();
+    assert!(production.contains("kind: ServiceMonitor") && production.contains("pleiades-overview"));
+
+    let (ok, text) = validate(&files);
+    assert!(ok, "rendered manifests are invalid:\n{text}");
+
+    // The API server's CEL rules, evaluated here on each rendered Constellation.
+    for file in &constellation_files {
+        for cst in constellations(file) {
+            let spec = serde_json::to_value(&cst.spec).unwrap();
+            ConstellationSpec::validate_cel(&spec, None).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        }
+    }
+    let production = constellations(&constellation_files[2]).remove(0);
+    assert!(production.spec.realtime.enabled && production.spec.replication_factor == 5);
+}
+
+#[test]
+fn bad_values_and_bad_manifests_are_refused() {
+    let helm = helm();
+    let out = tempfile::tempdir().unwrap();
+    let chart = repo().join("charts/constellation");
+    for bad in ["replica=5", "replicas=three", "storage.retention.whenScaled=Sometimes", "tls.mode=Plain"] {
+        let (ok, text) = run(Command::new(&helm).args(["template", "demo"]).arg(&chart).args(["--set", bad]));
+        assert!(!ok, "helm accepted --set {bad}");
+        assert!(text.contains("schema"), "--set {bad}: {text}");
+    }
+    // The validator itself fails on a broken Constellation and a broken StatefulSet.
+    let broken = out.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        "apiVersion: pleiades.io/v1alpha1\nkind: Constellation\nmetadata:\n  name: x\nspec:\n  replicas: 3\n  replica: 3\n\
+         ---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: y\nspec:\n  replicas: three\n",
+    )
+    .unwrap();
+    let (ok, text) = validate(&[broken]);
+    assert!(!ok);
+    assert!(text.contains("INVALID") && text.contains("2 invalid"), "{text}");
+}
