@@ -301,6 +301,7 @@ async fn write_status(
     let body = json!({
         "apiVersion": Constellation::api_version(&()),
         "kind": Constellation::kind(&()),
+        "metadata": {"name": names.constellation},
         "status": status,
     });
     api.patch_status(&names.constellation, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;

@@ -304,9 +304,16 @@ async fn realtime_scheduling_is_applied_or_clearly_refused() {
     let config = dir.path().join("rt.toml");
     std::fs::write(&config, "[realtime]\npriority = 10\n").unwrap();
     let node = TestNode::start(&dir.path().join("node"), &["--config", config.to_str().unwrap()]).unwrap();
-    let logs = node.logs().join("\n");
-    let applied = logs.contains("runtime threads run SCHED_FIFO");
-    let refused = logs.contains("realtime scheduling requested but refused");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (applied, refused, logs) = loop {
+        let logs = node.logs().join("\n");
+        let applied = logs.contains("runtime threads run SCHED_FIFO");
+        let refused = logs.contains("realtime scheduling requested but refused");
+        if applied || refused || std::time::Instant::now() > deadline {
+            break (applied, refused, logs);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert!(applied ^ refused, "no clear word on real-time scheduling:\n{logs}");
     if applied {
         // Some thread of the node really runs SCHED_FIFO (policy 1 in /proc/<pid>/task/*/stat).

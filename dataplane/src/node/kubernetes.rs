@@ -210,6 +210,7 @@ impl Reporter {
                 let body = serde_json::json!({
                     "apiVersion": "pleiades.io/v1alpha1",
                     "kind": "Constellation",
+                    "metadata": {"name": self.constellation},
                     "status": {"members": [report]},
                 });
                 match api.patch_status(&self.constellation, &params, &Patch::Apply(&body)).await {

@@ -260,7 +260,6 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         None => None,
     };
     config.validate()?;
-    crate::realtime::report();
     let started = Instant::now();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| NodeError::DataDir { path: config.data_dir.clone(), source })?;
@@ -402,6 +401,8 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
 
     health.set_ready();
     info!(node_id, listen = %quic_addr, http = %http_addr, data_dir = %config.data_dir.display(), "node ready");
+    // By now every runtime thread has started and tried to apply it.
+    crate::realtime::report();
     let reporter_task = pod.map(|pod| {
         let reporter = kubernetes::Reporter {
             constellation: config.kubernetes.as_ref().map(|k| k.constellation.clone()).unwrap_or_default(),
