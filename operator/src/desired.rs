@@ -267,7 +267,7 @@ fn node_role(cst: &Constellation, names: &Names) -> Role {
         metadata: meta(cst, names.node_account()),
         // A pod reads its own Constellation and writes only its status (its member entry).
         rules: Some(vec![
-            constellations(&["constellations"], &["get", "watch"]),
+            constellations(&["constellations"], &["get"]),
             constellations(&["constellations/status"], &["get", "patch"]),
         ]),
     }
