@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod gossip;
 pub mod local;
 pub mod node;
 pub mod observe;

@@ -1,0 +1,4 @@
+//! Constellation gossip (SWIM with Lifeguard, Vivaldi coordinates): sans-IO cores driven by the
+//! node's tokio shell.
+
+pub mod vivaldi;
