@@ -1,4 +1,5 @@
 //! Constellation gossip (SWIM with Lifeguard, Vivaldi coordinates): sans-IO cores driven by the
 //! node's tokio shell.
 
+pub mod swim;
 pub mod vivaldi;

@@ -1,0 +1,706 @@
+//! SWIM membership with Lifeguard, as a sans-IO state machine: the caller feeds it the time and
+//! inbound envelopes, and drains outbound envelopes and membership events. No sockets, no clock,
+//! no global randomness (a seeded generator), so a whole constellation can be simulated
+//! deterministically. HashiCorp memberlist's behaviour is the specification.
+//!
+//! - SWIM: randomized round-robin probes, indirect probes through `indirect_checks` members,
+//!   suspicion before death, incarnation numbers and refutation, infection-style dissemination
+//!   piggybacked on every message with a retransmit limit of `retransmit_mult * log10(n + 1)`,
+//!   state sync on join and periodically, graceful leave.
+//! - Lifeguard (when `lifeguard` is on): local health awareness scaling the node's own probe
+//!   interval and timeout, nacks from indirect probers, dynamic suspicion timeouts that shrink
+//!   with independent confirmations, and the buddy system (a suspect is told when probed).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+pub type NodeId = u64;
+/// How long a member declared dead still receives gossip (memberlist's GossipToTheDeadTime).
+const GOSSIP_TO_THE_DEAD: Millis = 30_000;
+/// Milliseconds on the caller's monotonic clock.
+pub type Millis = u64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwimConfig {
+    pub probe_interval: Millis,
+    pub probe_timeout: Millis,
+    pub indirect_checks: usize,
+    pub suspicion_mult: u32,
+    pub suspicion_max_timeout_mult: u32,
+    pub gossip_interval: Millis,
+    pub gossip_nodes: usize,
+    pub retransmit_mult: u32,
+    pub push_pull_interval: Millis,
+    /// Lifeguard's local health multiplier ceiling.
+    pub awareness_max: u32,
+    /// Lifeguard on (memberlist's behaviour) or plain SWIM (for comparison).
+    pub lifeguard: bool,
+    /// Most updates piggybacked on one message.
+    pub max_piggyback: usize,
+}
+
+impl SwimConfig {
+    /// HashiCorp's LAN profile.
+    pub fn lan() -> SwimConfig {
+        SwimConfig {
+            probe_interval: 1_000,
+            probe_timeout: 500,
+            indirect_checks: 3,
+            suspicion_mult: 4,
+            suspicion_max_timeout_mult: 6,
+            gossip_interval: 200,
+            gossip_nodes: 3,
+            retransmit_mult: 4,
+            push_pull_interval: 30_000,
+            awareness_max: 8,
+            lifeguard: true,
+            max_piggyback: 16,
+        }
+    }
+
+    /// HashiCorp's WAN profile: slower probes, longer suspicion.
+    pub fn wan() -> SwimConfig {
+        SwimConfig {
+            probe_interval: 5_000,
+            probe_timeout: 3_000,
+            suspicion_mult: 6,
+            gossip_interval: 500,
+            gossip_nodes: 4,
+            push_pull_interval: 60_000,
+            ..SwimConfig::lan()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    Alive,
+    Suspect,
+    Dead,
+    Left,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub id: NodeId,
+    pub addr: String,
+    pub incarnation: u64,
+    pub state: State,
+    /// When the member entered its state.
+    pub since: Millis,
+}
+
+/// What dissemination spreads: a claim about one member at one incarnation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    Alive {
+        id: NodeId,
+        incarnation: u64,
+        addr: String,
+    },
+    Suspect {
+        id: NodeId,
+        incarnation: u64,
+        from: NodeId,
+    },
+    /// `from == id` is a graceful leave.
+    Dead {
+        id: NodeId,
+        incarnation: u64,
+        from: NodeId,
+    },
+}
+
+impl Update {
+    fn subject(&self) -> NodeId {
+        match self {
+            Update::Alive { id, .. } | Update::Suspect { id, .. } | Update::Dead { id, .. } => *id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Ping {
+        seq: u32,
+        target: NodeId,
+    },
+    /// Probe `target` on my behalf and tell me.
+    PingReq {
+        seq: u32,
+        target: NodeId,
+        target_addr: String,
+    },
+    Ack {
+        seq: u32,
+    },
+    /// Lifeguard: the indirect prober heard nothing from the target either.
+    Nack {
+        seq: u32,
+    },
+    /// Only piggybacked updates.
+    Gossip,
+    /// Full state exchange (join and periodic anti-entropy); `reply` asks for the peer's state.
+    Sync {
+        members: Vec<Update>,
+        reply: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub from: NodeId,
+    pub from_addr: String,
+    pub message: Message,
+    pub updates: Vec<Update>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Joined(NodeId),
+    Suspected(NodeId),
+    Failed(NodeId),
+    Left(NodeId),
+    Recovered(NodeId),
+    /// This node was suspected and refuted it with a higher incarnation.
+    Refuted {
+        incarnation: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Send { to: String, envelope: Envelope },
+    Event(Event),
+}
+
+struct Probe {
+    seq: u32,
+    target: NodeId,
+    indirect_at: Millis,
+    acked: bool,
+    indirect_sent: bool,
+    nacks_expected: u32,
+    nacks: u32,
+}
+
+struct Relay {
+    origin_addr: String,
+    origin_seq: u32,
+    nack_at: Millis,
+}
+
+struct Suspicion {
+    started: Millis,
+    confirmations: HashSet<NodeId>,
+    min: Millis,
+    max: Millis,
+    /// Confirmations after which the timeout reaches its minimum.
+    k: u32,
+}
+
+impl Suspicion {
+    /// Lifeguard: the timeout falls from `max` towards `min` as independent confirmations
+    /// arrive (logarithmically, as memberlist).
+    fn timeout(&self) -> Millis {
+        let confirmed = self.confirmations.len().saturating_sub(1) as f64;
+        if self.k < 1 {
+            return self.min;
+        }
+        let fraction = (confirmed + 1.0).ln() / (f64::from(self.k) + 1.0).ln();
+        let timeout = self.max as f64 - fraction * (self.max - self.min) as f64;
+        (timeout.floor() as Millis).max(self.min)
+    }
+}
+
+struct Broadcast {
+    update: Update,
+    transmits: u32,
+}
+
+pub struct Swim {
+    config: SwimConfig,
+    me: NodeId,
+    addr: String,
+    incarnation: u64,
+    members: BTreeMap<NodeId, Member>,
+    probe_order: Vec<NodeId>,
+    probe_index: usize,
+    next_probe_at: Millis,
+    next_gossip_at: Millis,
+    next_sync_at: Millis,
+    seq: u32,
+    probe: Option<Probe>,
+    relays: HashMap<u32, Relay>,
+    suspicions: HashMap<NodeId, Suspicion>,
+    broadcasts: Vec<Broadcast>,
+    /// Lifeguard's local health score: 0 is healthy; probes stretch by (score + 1).
+    health: u32,
+    left: bool,
+    rng: SmallRng,
+    outputs: Vec<Output>,
+}
+
+impl Swim {
+    pub fn new(config: SwimConfig, me: NodeId, addr: String, now: Millis, seed: u64) -> Swim {
+        let mut swim = Swim {
+            me,
+            addr: addr.clone(),
+            incarnation: 0,
+            members: BTreeMap::new(),
+            probe_order: Vec::new(),
+            probe_index: 0,
+            next_probe_at: now + config.probe_interval,
+            next_gossip_at: now + config.gossip_interval,
+            next_sync_at: now + config.push_pull_interval,
+            seq: 0,
+            probe: None,
+            relays: HashMap::new(),
+            suspicions: HashMap::new(),
+            broadcasts: Vec::new(),
+            health: 0,
+            left: false,
+            rng: SmallRng::seed_from_u64(seed),
+            outputs: Vec::new(),
+            config,
+        };
+        swim.members.insert(me, Member { id: me, addr, incarnation: 0, state: State::Alive, since: now });
+        swim
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Lifeguard's local health score (0 healthy, up to `awareness_max - 1`).
+    pub fn health(&self) -> u32 {
+        self.health
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    pub fn member(&self, id: NodeId) -> Option<&Member> {
+        self.members.get(&id)
+    }
+
+    /// Members not known dead or gone, this node included.
+    pub fn live_count(&self) -> usize {
+        self.members.values().filter(|m| matches!(m.state, State::Alive | State::Suspect)).count()
+    }
+
+    /// Everything produced since the last call.
+    pub fn drain(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    /// Asks `seed` for its state and gives it ours.
+    pub fn join(&mut self, seed: &str) {
+        let members = self.state_updates();
+        self.send(seed.to_string(), Message::Sync { members, reply: true });
+    }
+
+    /// Announces a graceful leave; keep ticking until the broadcast has spread.
+    pub fn leave(&mut self, now: Millis) {
+        self.left = true;
+        self.incarnation += 1;
+        let update = Update::Dead { id: self.me, incarnation: self.incarnation, from: self.me };
+        if let Some(me) = self.members.get_mut(&self.me) {
+            me.state = State::Left;
+            me.incarnation = self.incarnation;
+            me.since = now;
+        }
+        self.enqueue(update);
+    }
+
+    fn probe_scale(&self) -> Millis {
+        if self.config.lifeguard {
+            Millis::from(self.health + 1)
+        } else {
+            1
+        }
+    }
+
+    fn adjust_health(&mut self, delta: i64) {
+        if !self.config.lifeguard {
+            return;
+        }
+        let max = i64::from(self.config.awareness_max.saturating_sub(1));
+        self.health = (i64::from(self.health) + delta).clamp(0, max) as u32;
+    }
+
+    /// Advances timers: probes, indirect probes, nacks, suspicion expiry, gossip and sync.
+    pub fn tick(&mut self, now: Millis) {
+        self.expire_relays(now);
+        self.expire_suspicions(now);
+        if let Some(probe) = &self.probe {
+            if !probe.acked && !probe.indirect_sent && now >= probe.indirect_at {
+                self.send_indirect_probes();
+            }
+        }
+        if now >= self.next_probe_at {
+            self.finish_probe(now);
+            if !self.left {
+                self.start_probe(now);
+            }
+            self.next_probe_at = now + self.config.probe_interval * self.probe_scale();
+        }
+        if now >= self.next_gossip_at {
+            self.gossip(now);
+            self.next_gossip_at = now + self.config.gossip_interval;
+        }
+        if now >= self.next_sync_at {
+            if let Some(peer) = self.random_members(1, |m| matches!(m.state, State::Alive | State::Suspect)).pop() {
+                let members = self.state_updates();
+                self.send(peer.addr, Message::Sync { members, reply: true });
+            }
+            self.next_sync_at = now + self.config.push_pull_interval;
+        }
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    fn start_probe(&mut self, now: Millis) {
+        let Some(target) = self.next_probe_target() else { return };
+        let seq = self.next_seq();
+        let timeout = self.config.probe_timeout * self.probe_scale();
+        let mut buddy = Vec::new();
+        if self.config.lifeguard && target.state == State::Suspect {
+            // The buddy system: tell the suspect at once, so it can refute.
+            buddy.push(Update::Suspect { id: target.id, incarnation: target.incarnation, from: self.me });
+        }
+        self.probe = Some(Probe {
+            seq,
+            target: target.id,
+            indirect_at: now + timeout,
+            acked: false,
+            indirect_sent: false,
+            nacks_expected: 0,
+            nacks: 0,
+        });
+        self.send_with(target.addr, Message::Ping { seq, target: target.id }, buddy);
+    }
+
+    /// Round-robin over a shuffled list, reshuffled each pass (SWIM's bounded detection time).
+    fn next_probe_target(&mut self) -> Option<Member> {
+        for _ in 0..2 {
+            while self.probe_index < self.probe_order.len() {
+                let id = self.probe_order[self.probe_index];
+                self.probe_index += 1;
+                if let Some(member) = self.members.get(&id) {
+                    if id != self.me && matches!(member.state, State::Alive | State::Suspect) {
+                        return Some(member.clone());
+                    }
+                }
+            }
+            self.probe_order = self.members.keys().copied().filter(|id| *id != self.me).collect();
+            self.probe_order.shuffle(&mut self.rng);
+            self.probe_index = 0;
+        }
+        None
+    }
+
+    fn send_indirect_probes(&mut self) {
+        let Some(probe) = self.probe.as_mut() else { return };
+        probe.indirect_sent = true;
+        let (seq, target) = (probe.seq, probe.target);
+        let Some(target_addr) = self.members.get(&target).map(|m| m.addr.clone()) else { return };
+        let helpers = self.random_members(self.config.indirect_checks, |m| m.id != target && m.state == State::Alive);
+        if self.config.lifeguard {
+            if let Some(probe) = self.probe.as_mut() {
+                probe.nacks_expected = helpers.len() as u32;
+            }
+        }
+        for helper in helpers {
+            let message = Message::PingReq { seq, target, target_addr: target_addr.clone() };
+            self.send(helper.addr, message);
+        }
+    }
+
+    /// Closes the probe round: no ack means suspicion. Lifeguard: missed nacks, or no helpers
+    /// to ask, count against our own health; an ack counts for it.
+    fn finish_probe(&mut self, now: Millis) {
+        let Some(probe) = self.probe.take() else { return };
+        if probe.acked {
+            return;
+        }
+        let missed = if probe.nacks_expected > 0 { probe.nacks_expected.saturating_sub(probe.nacks) } else { 1 };
+        self.adjust_health(i64::from(missed));
+        let Some(target) = self.members.get(&probe.target).cloned() else { return };
+        if target.state == State::Alive {
+            let update = Update::Suspect { id: target.id, incarnation: target.incarnation, from: self.me };
+            self.apply(update, now);
+        }
+    }
+
+    fn expire_relays(&mut self, now: Millis) {
+        let expired: Vec<u32> = self.relays.iter().filter(|(_, r)| now >= r.nack_at).map(|(seq, _)| *seq).collect();
+        for seq in expired {
+            if let Some(relay) = self.relays.remove(&seq) {
+                if self.config.lifeguard {
+                    self.send(relay.origin_addr, Message::Nack { seq: relay.origin_seq });
+                }
+            }
+        }
+    }
+
+    fn expire_suspicions(&mut self, now: Millis) {
+        let expired: Vec<NodeId> =
+            self.suspicions.iter().filter(|(_, s)| now >= s.started + s.timeout()).map(|(id, _)| *id).collect();
+        for id in expired {
+            self.suspicions.remove(&id);
+            let Some(member) = self.members.get(&id) else { continue };
+            if member.state == State::Suspect {
+                let update = Update::Dead { id, incarnation: member.incarnation, from: self.me };
+                self.apply(update, now);
+            }
+        }
+    }
+
+    fn gossip(&mut self, now: Millis) {
+        if self.broadcasts.is_empty() {
+            return;
+        }
+        // Recently dead members still hear gossip, so a wrongly declared node learns and refutes.
+        let peers = self.random_members(self.config.gossip_nodes, |m| match m.state {
+            State::Alive | State::Suspect => true,
+            State::Dead => now.saturating_sub(m.since) < GOSSIP_TO_THE_DEAD,
+            State::Left => false,
+        });
+        for peer in peers {
+            self.send(peer.addr, Message::Gossip);
+        }
+    }
+
+    fn random_members(&mut self, count: usize, keep: impl Fn(&Member) -> bool) -> Vec<Member> {
+        let mut candidates: Vec<Member> =
+            self.members.values().filter(|m| m.id != self.me && keep(m)).cloned().collect();
+        candidates.shuffle(&mut self.rng);
+        candidates.truncate(count);
+        candidates
+    }
+
+    fn retransmit_limit(&self) -> u32 {
+        let n = self.members.len() as f64;
+        self.config.retransmit_mult * ((n + 1.0).log10().ceil() as u32).max(1)
+    }
+
+    fn enqueue(&mut self, update: Update) {
+        // A newer claim about a member makes older queued ones pointless.
+        let subject = update.subject();
+        self.broadcasts.retain(|b| b.update.subject() != subject);
+        self.broadcasts.push(Broadcast { update, transmits: 0 });
+    }
+
+    fn piggyback(&mut self) -> Vec<Update> {
+        let limit = self.retransmit_limit();
+        self.broadcasts.sort_by_key(|b| b.transmits);
+        let mut updates = Vec::new();
+        for broadcast in self.broadcasts.iter_mut().take(self.config.max_piggyback) {
+            broadcast.transmits += 1;
+            updates.push(broadcast.update.clone());
+        }
+        self.broadcasts.retain(|b| b.transmits < limit);
+        updates
+    }
+
+    fn send(&mut self, to: String, message: Message) {
+        self.send_with(to, message, Vec::new());
+    }
+
+    /// Sends `message` with `updates` first, then as much pending dissemination as fits.
+    fn send_with(&mut self, to: String, message: Message, mut updates: Vec<Update>) {
+        updates.extend(self.piggyback());
+        let envelope = Envelope { from: self.me, from_addr: self.addr.clone(), message, updates };
+        self.outputs.push(Output::Send { to, envelope });
+    }
+
+    fn state_updates(&self) -> Vec<Update> {
+        self.members
+            .values()
+            .map(|m| match m.state {
+                State::Alive => Update::Alive { id: m.id, incarnation: m.incarnation, addr: m.addr.clone() },
+                State::Suspect => Update::Suspect { id: m.id, incarnation: m.incarnation, from: self.me },
+                State::Dead => Update::Dead { id: m.id, incarnation: m.incarnation, from: self.me },
+                State::Left => Update::Dead { id: m.id, incarnation: m.incarnation, from: m.id },
+            })
+            .collect()
+    }
+
+    /// Handles one inbound envelope.
+    pub fn handle(&mut self, now: Millis, envelope: Envelope) {
+        // The sender is alive as far as it claims; its own updates say at which incarnation.
+        for update in envelope.updates {
+            self.apply(update, now);
+        }
+        match envelope.message {
+            Message::Ping { seq, target } => {
+                if target == self.me && !self.left {
+                    self.send(envelope.from_addr, Message::Ack { seq });
+                }
+            }
+            Message::PingReq { seq, target, target_addr } => {
+                let relay_seq = self.next_seq();
+                let timeout = self.config.probe_timeout * self.probe_scale();
+                self.relays.insert(
+                    relay_seq,
+                    Relay { origin_addr: envelope.from_addr, origin_seq: seq, nack_at: now + timeout },
+                );
+                self.send(target_addr, Message::Ping { seq: relay_seq, target });
+            }
+            Message::Ack { seq } => {
+                if let Some(relay) = self.relays.remove(&seq) {
+                    self.send(relay.origin_addr, Message::Ack { seq: relay.origin_seq });
+                } else if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq && !p.acked) {
+                    probe.acked = true;
+                    self.adjust_health(-1);
+                }
+            }
+            Message::Nack { seq } => {
+                if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq) {
+                    probe.nacks += 1;
+                }
+            }
+            Message::Gossip => {}
+            Message::Sync { members, reply } => {
+                for update in members {
+                    self.apply(update, now);
+                }
+                if reply {
+                    let members = self.state_updates();
+                    self.send(envelope.from_addr, Message::Sync { members, reply: false });
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        self.outputs.push(Output::Event(event));
+    }
+
+    /// Claims about ourselves at our incarnation or above are refuted with a higher one.
+    fn refute(&mut self, claimed: u64, now: Millis) {
+        if self.left {
+            return;
+        }
+        self.incarnation = self.incarnation.max(claimed) + 1;
+        if let Some(me) = self.members.get_mut(&self.me) {
+            me.incarnation = self.incarnation;
+            me.state = State::Alive;
+            me.since = now;
+        }
+        // Lifeguard: being suspected hints that we are the slow one.
+        self.adjust_health(1);
+        self.enqueue(Update::Alive { id: self.me, incarnation: self.incarnation, addr: self.addr.clone() });
+        self.event(Event::Refuted { incarnation: self.incarnation });
+    }
+
+    /// Applies a disseminated claim with memberlist's precedence rules.
+    pub fn apply(&mut self, update: Update, now: Millis) {
+        match update {
+            Update::Alive { id, incarnation, addr } => {
+                if id == self.me {
+                    return;
+                }
+                match self.members.get_mut(&id) {
+                    None => {
+                        self.members.insert(
+                            id,
+                            Member { id, addr: addr.clone(), incarnation, state: State::Alive, since: now },
+                        );
+                        self.event(Event::Joined(id));
+                    }
+                    Some(member) => {
+                        let newer = incarnation > member.incarnation;
+                        if !newer {
+                            return;
+                        }
+                        let was = member.state;
+                        member.incarnation = incarnation;
+                        member.addr = addr.clone();
+                        member.state = State::Alive;
+                        member.since = now;
+                        self.suspicions.remove(&id);
+                        match was {
+                            State::Alive => {}
+                            State::Suspect => self.event(Event::Recovered(id)),
+                            State::Dead | State::Left => self.event(Event::Joined(id)),
+                        }
+                    }
+                }
+                self.enqueue(Update::Alive { id, incarnation, addr });
+            }
+            Update::Suspect { id, incarnation, from } => {
+                if id == self.me {
+                    if incarnation >= self.incarnation {
+                        self.refute(incarnation, now);
+                    }
+                    return;
+                }
+                let alive = self.members.values().filter(|m| m.state == State::Alive).count() as u32;
+                let Some(member) = self.members.get_mut(&id) else { return };
+                if incarnation < member.incarnation || matches!(member.state, State::Dead | State::Left) {
+                    return;
+                }
+                if member.state == State::Suspect {
+                    // Another independent confirmation shortens the timeout (Lifeguard).
+                    let confirmed = self.suspicions.get_mut(&id).is_some_and(|s| s.confirmations.insert(from));
+                    if confirmed {
+                        self.enqueue(Update::Suspect { id, incarnation, from });
+                    }
+                    return;
+                }
+                member.state = State::Suspect;
+                member.incarnation = incarnation;
+                member.since = now;
+                let n = f64::from(alive.max(1));
+                let min = (f64::from(self.config.suspicion_mult)
+                    * n.log10().max(1.0)
+                    * self.config.probe_interval as f64) as Millis;
+                let (max, k) = if self.config.lifeguard {
+                    let k = self.config.suspicion_mult.saturating_sub(2);
+                    (min * Millis::from(self.config.suspicion_max_timeout_mult), if alive < k + 2 { 0 } else { k })
+                } else {
+                    (min, 0)
+                };
+                self.suspicions
+                    .insert(id, Suspicion { started: now, confirmations: HashSet::from([from]), min, max, k });
+                self.event(Event::Suspected(id));
+                self.enqueue(Update::Suspect { id, incarnation, from });
+            }
+            Update::Dead { id, incarnation, from } => {
+                if id == self.me {
+                    if from != self.me && incarnation >= self.incarnation {
+                        self.refute(incarnation, now);
+                    }
+                    return;
+                }
+                let Some(member) = self.members.get_mut(&id) else { return };
+                if incarnation < member.incarnation || matches!(member.state, State::Dead | State::Left) {
+                    return;
+                }
+                let left = from == id;
+                member.state = if left { State::Left } else { State::Dead };
+                member.incarnation = incarnation;
+                member.since = now;
+                self.suspicions.remove(&id);
+                self.event(if left { Event::Left(id) } else { Event::Failed(id) });
+                self.enqueue(Update::Dead { id, incarnation, from });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

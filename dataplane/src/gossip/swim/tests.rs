@@ -1,0 +1,346 @@
+use std::collections::{BTreeMap, HashSet};
+
+use rand::Rng;
+
+use super::*;
+
+fn addr(id: NodeId) -> String {
+    format!("n{id}")
+}
+
+fn node(id: NodeId) -> Swim {
+    Swim::new(SwimConfig::lan(), id, addr(id), 0, id)
+}
+
+fn sends(outputs: &[Output]) -> Vec<(String, Envelope)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { to, envelope } => Some((to.clone(), envelope.clone())),
+            Output::Event(_) => None,
+        })
+        .collect()
+}
+
+fn events(outputs: &[Output]) -> Vec<Event> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e.clone()),
+            Output::Send { .. } => None,
+        })
+        .collect()
+}
+
+fn alive(id: NodeId) -> Update {
+    Update::Alive { id, incarnation: 0, addr: addr(id) }
+}
+
+/// A node that knows `others` as alive members.
+fn with_members(id: NodeId, others: &[NodeId]) -> Swim {
+    let mut swim = node(id);
+    for other in others {
+        swim.apply(alive(*other), 0);
+    }
+    swim.drain();
+    swim
+}
+
+#[test]
+fn a_probe_is_answered_and_the_ack_closes_it() {
+    let mut a = with_members(1, &[2]);
+    let mut b = with_members(2, &[1]);
+    a.tick(1_000);
+    let (to, ping) = sends(&a.drain()).into_iter().find(|(_, e)| matches!(e.message, Message::Ping { .. })).unwrap();
+    assert_eq!(to, "n2");
+    b.handle(1_001, ping);
+    let (to, ack) = sends(&b.drain()).into_iter().find(|(_, e)| matches!(e.message, Message::Ack { .. })).unwrap();
+    assert_eq!(to, "n1");
+    a.handle(1_002, ack);
+    a.tick(2_000);
+    assert_eq!(a.member(2).unwrap().state, State::Alive);
+    assert!(events(&a.drain()).is_empty());
+}
+
+#[test]
+fn an_unanswered_probe_goes_indirect_then_suspects() {
+    let mut a = with_members(1, &[2, 3, 4, 5]);
+    a.tick(1_000);
+    let ping = sends(&a.drain()).into_iter().find(|(_, e)| matches!(e.message, Message::Ping { .. })).unwrap();
+    let Message::Ping { target, .. } = ping.1.message else { unreachable!() };
+    a.tick(1_499);
+    assert!(sends(&a.drain()).iter().all(|(_, e)| !matches!(e.message, Message::PingReq { .. })));
+    a.tick(1_500);
+    let requests: Vec<_> =
+        sends(&a.drain()).into_iter().filter(|(_, e)| matches!(e.message, Message::PingReq { .. })).collect();
+    assert_eq!(requests.len(), 3, "indirect_checks helpers");
+    assert!(requests.iter().all(|(to, _)| *to != addr(target)));
+    a.tick(2_000);
+    assert_eq!(a.member(target).unwrap().state, State::Suspect);
+    assert!(events(&a.drain()).contains(&Event::Suspected(target)));
+}
+
+#[test]
+fn an_indirect_prober_relays_the_ack_or_sends_a_nack() {
+    let mut helper = with_members(3, &[1, 2]);
+    let request = Envelope {
+        from: 1,
+        from_addr: addr(1),
+        message: Message::PingReq { seq: 77, target: 2, target_addr: addr(2) },
+        updates: vec![],
+    };
+    helper.handle(0, request.clone());
+    let (to, ping) = sends(&helper.drain()).pop().unwrap();
+    assert_eq!(to, "n2");
+    let Message::Ping { seq, .. } = ping.message else { panic!("{ping:?}") };
+    helper.handle(10, Envelope { from: 2, from_addr: addr(2), message: Message::Ack { seq }, updates: vec![] });
+    let (to, ack) = sends(&helper.drain()).pop().unwrap();
+    assert_eq!((to.as_str(), ack.message), ("n1", Message::Ack { seq: 77 }));
+
+    // No answer this time: a nack after the probe timeout.
+    helper.handle(1_000, request);
+    helper.drain();
+    helper.tick(1_500);
+    let nack = sends(&helper.drain()).into_iter().find(|(_, e)| e.message == Message::Nack { seq: 77 });
+    assert!(nack.is_some_and(|(to, _)| to == "n1"));
+}
+
+#[test]
+fn a_suspicion_about_oneself_is_refuted_with_a_higher_incarnation() {
+    let mut a = with_members(1, &[2]);
+    a.apply(Update::Suspect { id: 1, incarnation: 0, from: 2 }, 5);
+    assert_eq!(a.incarnation(), 1);
+    assert_eq!(a.health(), 1, "being suspected hints at our own slowness");
+    assert!(events(&a.drain()).contains(&Event::Refuted { incarnation: 1 }));
+    a.tick(200);
+    let gossip = sends(&a.drain());
+    assert!(gossip.iter().any(|(_, e)| e.updates.contains(&Update::Alive { id: 1, incarnation: 1, addr: addr(1) })));
+    // Stale claims about an older incarnation are ignored.
+    a.apply(Update::Dead { id: 1, incarnation: 0, from: 2 }, 6);
+    assert_eq!(a.incarnation(), 1);
+}
+
+#[test]
+fn claims_follow_incarnation_precedence() {
+    let mut a = with_members(1, &[2]);
+    a.apply(Update::Suspect { id: 2, incarnation: 3, from: 5 }, 10);
+    assert_eq!(a.member(2).unwrap().state, State::Suspect);
+    a.apply(Update::Alive { id: 2, incarnation: 3, addr: addr(2) }, 11);
+    assert_eq!(a.member(2).unwrap().state, State::Suspect, "alive must beat the suspicion's incarnation");
+    a.apply(Update::Alive { id: 2, incarnation: 4, addr: addr(2) }, 12);
+    assert_eq!(a.member(2).unwrap().state, State::Alive);
+    assert!(events(&a.drain()).contains(&Event::Recovered(2)));
+    a.apply(Update::Suspect { id: 2, incarnation: 3, from: 5 }, 13);
+    assert_eq!(a.member(2).unwrap().state, State::Alive, "an old suspicion is ignored");
+    a.apply(Update::Dead { id: 2, incarnation: 4, from: 5 }, 14);
+    assert_eq!(a.member(2).unwrap().state, State::Dead);
+    a.apply(Update::Alive { id: 2, incarnation: 5, addr: addr(2) }, 15);
+    assert_eq!(a.member(2).unwrap().state, State::Alive, "it may come back with a higher incarnation");
+    assert!(events(&a.drain()).contains(&Event::Joined(2)));
+}
+
+#[test]
+fn suspicion_timeouts_shrink_with_independent_confirmations() {
+    let others: Vec<NodeId> = (2..=10).collect();
+    let mut a = with_members(1, &others);
+    a.apply(Update::Suspect { id: 2, incarnation: 0, from: 3 }, 0);
+    // n = 10 alive: min = 4 * log10(10) * 1 s = 4 s, max = 6 * min, k = 4 - 2 = 2.
+    assert_eq!(a.suspicions[&2].timeout(), 24_000);
+    a.apply(Update::Suspect { id: 2, incarnation: 0, from: 4 }, 1);
+    assert_eq!(a.suspicions[&2].timeout(), 11_381);
+    a.apply(Update::Suspect { id: 2, incarnation: 0, from: 4 }, 2);
+    assert_eq!(a.suspicions[&2].timeout(), 11_381, "the same confirmer counts once");
+    a.apply(Update::Suspect { id: 2, incarnation: 0, from: 5 }, 3);
+    assert_eq!(a.suspicions[&2].timeout(), 4_000);
+    a.tick(3_999);
+    assert_eq!(a.member(2).unwrap().state, State::Suspect);
+    a.tick(4_000);
+    assert_eq!(a.member(2).unwrap().state, State::Dead);
+    assert!(events(&a.drain()).contains(&Event::Failed(2)));
+
+    let mut plain = Swim::new(SwimConfig { lifeguard: false, ..SwimConfig::lan() }, 1, addr(1), 0, 1);
+    for other in &others {
+        plain.apply(alive(*other), 0);
+    }
+    plain.apply(Update::Suspect { id: 2, incarnation: 0, from: 3 }, 0);
+    assert_eq!(plain.suspicions[&2].timeout(), 4_000, "plain SWIM: a fixed timeout");
+}
+
+#[test]
+fn a_probed_suspect_hears_the_suspicion_at_once() {
+    let mut a = with_members(1, &[2]);
+    a.apply(Update::Suspect { id: 2, incarnation: 0, from: 9 }, 0);
+    a.drain();
+    a.tick(1_000);
+    let (_, ping) = sends(&a.drain()).into_iter().find(|(_, e)| matches!(e.message, Message::Ping { .. })).unwrap();
+    assert_eq!(ping.updates[0], Update::Suspect { id: 2, incarnation: 0, from: 1 }, "the buddy system");
+}
+
+#[test]
+fn local_health_stretches_probes_and_recovers_with_acks() {
+    let mut a = with_members(1, &[2]);
+    a.tick(1_000);
+    a.drain();
+    // Nobody answered and there was no helper to ask: that counts against our own health,
+    // and the next probe (of the now suspect node 2) waits twice as long.
+    a.tick(2_000);
+    assert_eq!(a.health(), 1);
+    assert_eq!(a.next_probe_at, 2_000 + 2 * SwimConfig::lan().probe_interval);
+    let (_, ping) = sends(&a.drain()).into_iter().find(|(_, e)| matches!(e.message, Message::Ping { .. })).unwrap();
+    let Message::Ping { seq, .. } = ping.message else { unreachable!() };
+    a.handle(2_010, Envelope { from: 2, from_addr: addr(2), message: Message::Ack { seq }, updates: vec![] });
+    assert_eq!(a.health(), 0, "an ack counts for it");
+
+    let mut plain = Swim::new(SwimConfig { lifeguard: false, ..SwimConfig::lan() }, 1, addr(1), 0, 1);
+    plain.apply(alive(2), 0);
+    plain.tick(1_000);
+    plain.tick(2_000);
+    assert_eq!((plain.health(), plain.next_probe_at), (0, 3_000), "plain SWIM keeps its pace");
+}
+
+#[test]
+fn dissemination_stops_after_the_retransmit_limit() {
+    let others: Vec<NodeId> = (2..=10).collect();
+    let mut a = with_members(1, &others);
+    assert_eq!(a.retransmit_limit(), 4 * 2, "4 * ceil(log10(11))");
+    a.apply(Update::Suspect { id: 2, incarnation: 0, from: 3 }, 0);
+    let mut carried = 0;
+    for round in 1..=20 {
+        a.tick(round * 200);
+        carried += sends(&a.drain())
+            .iter()
+            .filter(|(_, e)| e.updates.iter().any(|u| matches!(u, Update::Suspect { id: 2, .. })))
+            .count();
+    }
+    assert_eq!(carried, 8);
+}
+
+#[test]
+fn a_graceful_leave_is_not_a_failure() {
+    let mut a = with_members(1, &[2]);
+    let mut b = with_members(2, &[1]);
+    b.leave(0);
+    b.tick(200);
+    for (_, envelope) in sends(&b.drain()) {
+        a.handle(201, envelope);
+    }
+    assert_eq!(a.member(2).unwrap().state, State::Left);
+    assert!(events(&a.drain()).contains(&Event::Left(2)));
+}
+
+/// A deterministic constellation: messages take `latency` ms (or are lost), crashed nodes
+/// neither send nor receive, and every node ticks every 10 ms.
+pub(crate) struct Sim {
+    pub nodes: BTreeMap<NodeId, Swim>,
+    pub now: Millis,
+    pub latency: Millis,
+    pub loss: f64,
+    pub crashed: HashSet<NodeId>,
+    in_flight: Vec<(Millis, NodeId, Envelope)>,
+    rng: SmallRng,
+    pub events: Vec<(Millis, NodeId, Event)>,
+}
+
+impl Sim {
+    pub fn new(count: u64, config: SwimConfig, seed: u64) -> Sim {
+        let nodes = (1..=count).map(|id| (id, Swim::new(config.clone(), id, addr(id), 0, seed ^ id))).collect();
+        Sim {
+            nodes,
+            now: 0,
+            latency: 5,
+            loss: 0.0,
+            crashed: HashSet::new(),
+            in_flight: Vec::new(),
+            rng: SmallRng::seed_from_u64(seed),
+            events: Vec::new(),
+        }
+    }
+
+    fn collect(&mut self, id: NodeId) {
+        let Some(swim) = self.nodes.get_mut(&id) else { return };
+        for output in swim.drain() {
+            match output {
+                Output::Event(event) => self.events.push((self.now, id, event)),
+                Output::Send { to, envelope } => {
+                    let lost = self.rng.random_bool(self.loss);
+                    let to = to.trim_start_matches('n').parse::<NodeId>().unwrap_or(0);
+                    if !lost {
+                        self.in_flight.push((self.now + self.latency, to, envelope));
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn run_until(&mut self, until: Millis) {
+        while self.now < until {
+            self.now += 10;
+            let now = self.now;
+            let (due, later): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut self.in_flight).into_iter().partition(|m| m.0 <= now);
+            self.in_flight = later;
+            for (_, to, envelope) in due {
+                if self.crashed.contains(&to) {
+                    continue;
+                }
+                if let Some(swim) = self.nodes.get_mut(&to) {
+                    swim.handle(now, envelope);
+                    self.collect(to);
+                }
+            }
+            let ids: Vec<NodeId> = self.nodes.keys().copied().filter(|id| !self.crashed.contains(id)).collect();
+            for id in ids {
+                if let Some(swim) = self.nodes.get_mut(&id) {
+                    swim.tick(now);
+                }
+                self.collect(id);
+            }
+        }
+    }
+
+    /// Every running node's view of `subject`.
+    pub fn views(&self, subject: NodeId) -> Vec<Option<State>> {
+        self.nodes
+            .iter()
+            .filter(|(id, _)| !self.crashed.contains(id) && **id != subject)
+            .map(|(_, swim)| swim.member(subject).map(|m| m.state))
+            .collect()
+    }
+}
+
+#[test]
+fn fifty_nodes_joining_through_one_seed_all_know_each_other() {
+    let mut sim = Sim::new(50, SwimConfig::lan(), 7);
+    for id in 2..=50 {
+        sim.nodes.get_mut(&id).unwrap().join("n1");
+        sim.collect(id);
+    }
+    // Gossip spreads the joins; the first push-pull round (30 s) repairs what it missed.
+    sim.run_until(40_000);
+    for (id, swim) in &sim.nodes {
+        assert_eq!(swim.live_count(), 50, "node {id} knows {} live members", swim.live_count());
+    }
+    let false_suspicions = sim.events.iter().filter(|(_, _, e)| matches!(e, Event::Suspected(_))).count();
+    assert_eq!(false_suspicions, 0);
+}
+
+#[test]
+fn a_crashed_node_is_declared_dead_by_everyone() {
+    let mut sim = Sim::new(20, SwimConfig::lan(), 11);
+    for id in 2..=20 {
+        sim.nodes.get_mut(&id).unwrap().join("n1");
+        sim.collect(id);
+    }
+    sim.run_until(20_000);
+    sim.crashed.insert(7);
+    let crashed_at = sim.now;
+    // Detection: a probe reaches it within a few intervals (round-robin), then the suspicion
+    // times out (at most 6 * 4 * log10(20) s with no confirmation) and the death spreads.
+    sim.run_until(crashed_at + 60_000);
+    assert!(sim.views(7).iter().all(|v| *v == Some(State::Dead)), "{:?}", sim.views(7));
+    let first_failure =
+        sim.events.iter().find(|(_, _, e)| *e == Event::Failed(7)).map(|(at, _, _)| at - crashed_at).unwrap();
+    assert!(first_failure <= 40_000, "declared dead after {first_failure} ms");
+    let others_failed = sim.events.iter().filter(|(_, _, e)| matches!(e, Event::Failed(id) if *id != 7)).count();
+    assert_eq!(others_failed, 0, "nobody else was declared dead");
+}
