@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rand::rngs::SmallRng;
-use rand::seq::SliceRandom;
+use rand::seq::{IteratorRandom, SliceRandom};
 use rand::SeedableRng;
 
 pub type NodeId = u64;
@@ -483,12 +483,13 @@ impl Swim {
         }
     }
 
+    /// Up to `count` distinct members other than this node, chosen at random among those `keep`
+    /// accepts (one pass, without copying the member table).
     fn random_members(&mut self, count: usize, keep: impl Fn(&Member) -> bool) -> Vec<Member> {
-        let mut candidates: Vec<Member> =
-            self.members.values().filter(|m| m.id != self.me && keep(m)).cloned().collect();
-        candidates.shuffle(&mut self.rng);
-        candidates.truncate(count);
-        candidates
+        let me = self.me;
+        let chosen: Vec<&Member> =
+            self.members.values().filter(|m| m.id != me && keep(m)).choose_multiple(&mut self.rng, count);
+        chosen.into_iter().cloned().collect()
     }
 
     fn retransmit_limit(&self) -> u32 {

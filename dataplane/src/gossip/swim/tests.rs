@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rand::Rng;
 
@@ -236,7 +236,12 @@ pub(crate) struct Sim {
     pub latency: Millis,
     pub loss: f64,
     pub crashed: HashSet<NodeId>,
-    in_flight: Vec<(Millis, NodeId, Envelope)>,
+    /// Overloaded nodes: everything sent to them is handled this much later.
+    pub slow: HashMap<NodeId, Millis>,
+    /// Tick granularity.
+    pub step: Millis,
+    in_flight: BTreeMap<(Millis, u64), (NodeId, Envelope)>,
+    sent: u64,
     rng: SmallRng,
     pub events: Vec<(Millis, NodeId, Event)>,
 }
@@ -250,7 +255,10 @@ impl Sim {
             latency: 5,
             loss: 0.0,
             crashed: HashSet::new(),
-            in_flight: Vec::new(),
+            slow: HashMap::new(),
+            step: 10,
+            in_flight: BTreeMap::new(),
+            sent: 0,
             rng: SmallRng::seed_from_u64(seed),
             events: Vec::new(),
         }
@@ -265,7 +273,9 @@ impl Sim {
                     let lost = self.rng.random_bool(self.loss);
                     let to = to.trim_start_matches('n').parse::<NodeId>().unwrap_or(0);
                     if !lost {
-                        self.in_flight.push((self.now + self.latency, to, envelope));
+                        let delay = self.latency + self.slow.get(&to).copied().unwrap_or(0);
+                        self.sent += 1;
+                        self.in_flight.insert((self.now + delay, self.sent), (to, envelope));
                     }
                 }
             }
@@ -274,12 +284,13 @@ impl Sim {
 
     pub fn run_until(&mut self, until: Millis) {
         while self.now < until {
-            self.now += 10;
+            self.now += self.step;
             let now = self.now;
-            let (due, later): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut self.in_flight).into_iter().partition(|m| m.0 <= now);
-            self.in_flight = later;
-            for (_, to, envelope) in due {
+            while let Some(entry) = self.in_flight.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let (to, envelope) = entry.remove();
                 if self.crashed.contains(&to) {
                     continue;
                 }
@@ -343,4 +354,81 @@ fn a_crashed_node_is_declared_dead_by_everyone() {
     assert!(first_failure <= 40_000, "declared dead after {first_failure} ms");
     let others_failed = sim.events.iter().filter(|(_, _, e)| matches!(e, Event::Failed(id) if *id != 7)).count();
     assert_eq!(others_failed, 0, "nobody else was declared dead");
+}
+
+impl Sim {
+    /// A constellation in which every node already knows every other as alive.
+    pub fn meshed(count: u64, config: SwimConfig, seed: u64) -> Sim {
+        let mut sim = Sim::new(count, config, seed);
+        for swim in sim.nodes.values_mut() {
+            for id in 1..=count {
+                swim.apply(alive(id), 0);
+            }
+            // A settled constellation has nothing left to spread.
+            swim.broadcasts.clear();
+            swim.drain();
+        }
+        sim
+    }
+
+    /// Failures declared about healthy nodes (neither crashed nor slow): (observer, victim) events.
+    pub fn false_failures(&self) -> usize {
+        self.events
+            .iter()
+            .filter(
+                |(_, _, e)| matches!(e, Event::Failed(id) if !self.crashed.contains(id) && !self.slow.contains_key(id)),
+            )
+            .count()
+    }
+
+    /// Runs until every running node sees `subject` in `state`; returns the time it took.
+    pub fn time_until_all_see(&mut self, subject: NodeId, state: State, limit: Millis) -> Option<Millis> {
+        let start = self.now;
+        while self.now < start + limit {
+            self.run_until(self.now + 100);
+            if self.views(subject).iter().all(|v| *v == Some(state)) {
+                return Some(self.now - start);
+            }
+        }
+        None
+    }
+}
+
+#[test]
+fn a_join_and_a_leave_reach_a_thousand_nodes() {
+    let mut sim = Sim::meshed(1_000, SwimConfig::lan(), 3);
+    sim.step = 20;
+    sim.run_until(2_000);
+    let newcomer = Swim::new(SwimConfig::lan(), 1_001, addr(1_001), sim.now, 1_001);
+    sim.nodes.insert(1_001, newcomer);
+    sim.nodes.get_mut(&1_001).unwrap().join("n1");
+    sim.collect(1_001);
+    let joined = sim.time_until_all_see(1_001, State::Alive, 30_000);
+    // Serf's simulator: about 2.2 s to 99.99 % at this gossip interval and fanout.
+    assert!(joined.is_some_and(|t| t <= 5_000), "join reached everyone after {joined:?} ms");
+
+    sim.nodes.get_mut(&500).unwrap().leave(sim.now);
+    let left = sim.time_until_all_see(500, State::Left, 30_000);
+    assert!(left.is_some_and(|t| t <= 5_000), "leave reached everyone after {left:?} ms");
+    assert_eq!(sim.false_failures(), 0);
+}
+
+/// 100 nodes, 10 % packet loss, and 10 overloaded nodes that handle everything 10 s late, so
+/// their probes of healthy nodes time out and they accuse them.
+fn lossy_run(lifeguard: bool) -> usize {
+    let mut sim = Sim::meshed(100, SwimConfig { lifeguard, ..SwimConfig::lan() }, 5);
+    sim.loss = 0.10;
+    for id in (10..=100).step_by(10) {
+        sim.slow.insert(id, 10_000);
+    }
+    sim.run_until(120_000);
+    sim.false_failures()
+}
+
+#[test]
+fn lifeguard_declares_far_fewer_healthy_nodes_dead_than_plain_swim() {
+    let swim = lossy_run(false);
+    let lifeguard = lossy_run(true);
+    assert!(swim >= 20, "the scenario must hurt plain SWIM: {swim} false failures");
+    assert!(lifeguard * 5 <= swim, "Lifeguard {lifeguard} false failures, plain SWIM {swim}");
 }
