@@ -33,6 +33,32 @@ pub enum Command {
     Status(StatusArgs),
     /// Measure throughput and latency with a closed-loop workload.
     Bench(BenchArgs),
+    /// Deterministic in-process simulations of the constellation's protocols.
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    #[command(subcommand)]
+    pub what: SimCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// SWIM/Lifeguard gossip and Vivaldi: convergence, detection, false positives, traffic.
+    Gossip {
+        /// Nodes in the simulated constellation.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=20_000))]
+        nodes: u64,
+        /// Fraction of messages lost (the false-positive comparison uses at least 0.1).
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also write the convergence plot here, as SVG.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
 }
 
 /// `pleiades node` actions other than running one.

@@ -54,6 +54,7 @@ fn main() -> ExitCode {
             Command::Up(args) => pleiades::local::up(&args, stop_signal()?).await,
             Command::Status(args) => status(&args).await,
             Command::Bench(args) => bench(&args).await,
+            Command::Sim(args) => simulate(args),
             Command::Info(args) => info(&args).await,
             Command::Health(args) => health(&args).await,
             Command::Ping(args) => ping(&args).await,
@@ -99,6 +100,19 @@ async fn run_node(config: pleiades::config::NodeConfig) -> anyhow::Result<()> {
     if let Err(e) = pleiades::node::run(config, shutdown).await {
         tracing::error!(error = %e, "node failed");
         return Err(e.into());
+    }
+    Ok(())
+}
+
+fn simulate(args: pleiades::cli::SimArgs) -> anyhow::Result<()> {
+    use pleiades::gossip::report::{run, ReportConfig};
+    let pleiades::cli::SimCommand::Gossip { nodes, loss, seed, svg } = args.what;
+    anyhow::ensure!((0.0..1.0).contains(&loss), "--loss must be at least 0 and below 1, not {loss}");
+    let report = run(&ReportConfig { nodes, loss, seed });
+    print!("{}", report.text());
+    if let Some(path) = svg {
+        std::fs::write(&path, report.svg()).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("  convergence plot           {}", path.display());
     }
     Ok(())
 }

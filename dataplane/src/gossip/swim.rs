@@ -279,6 +279,11 @@ impl Swim {
         self.incarnation
     }
 
+    /// Whether this node has announced a graceful leave.
+    pub fn has_left(&self) -> bool {
+        self.left
+    }
+
     /// Lifeguard's local health score (0 healthy, up to `awareness_max - 1`).
     pub fn health(&self) -> u32 {
         self.health
@@ -295,6 +300,11 @@ impl Swim {
     /// Members not known dead or gone, this node included.
     pub fn live_count(&self) -> usize {
         self.members.values().filter(|m| matches!(m.state, State::Alive | State::Suspect)).count()
+    }
+
+    /// Forgets pending dissemination, as in a constellation that has long settled (simulation).
+    pub fn settle(&mut self) {
+        self.broadcasts.clear();
     }
 
     /// Everything produced since the last call.
@@ -438,7 +448,8 @@ impl Swim {
         let missed = if probe.nacks_expected > 0 { probe.nacks_expected.saturating_sub(probe.nacks) } else { 1 };
         self.adjust_health(i64::from(missed));
         let Some(target) = self.members.get(&probe.target).cloned() else { return };
-        if target.state == State::Alive {
+        // On a member already suspected, our own failed probe is an independent confirmation.
+        if matches!(target.state, State::Alive | State::Suspect) {
             let update = Update::Suspect { id: target.id, incarnation: target.incarnation, from: self.me };
             self.apply(update, now);
         }

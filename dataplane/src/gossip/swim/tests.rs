@@ -1,12 +1,5 @@
-use std::collections::{BTreeMap, HashMap, HashSet};
-
-use rand::Rng;
-
 use super::*;
-
-fn addr(id: NodeId) -> String {
-    format!("n{id}")
-}
+use crate::gossip::sim::{addr, Sim};
 
 fn node(id: NodeId) -> Swim {
     Swim::new(SwimConfig::lan(), id, addr(id), 0, id)
@@ -228,103 +221,11 @@ fn a_graceful_leave_is_not_a_failure() {
     assert!(events(&a.drain()).contains(&Event::Left(2)));
 }
 
-/// A deterministic constellation: messages take `latency` ms (or are lost), crashed nodes
-/// neither send nor receive, and every node ticks every 10 ms.
-pub(crate) struct Sim {
-    pub nodes: BTreeMap<NodeId, Swim>,
-    pub now: Millis,
-    pub latency: Millis,
-    pub loss: f64,
-    pub crashed: HashSet<NodeId>,
-    /// Overloaded nodes: everything sent to them is handled this much later.
-    pub slow: HashMap<NodeId, Millis>,
-    /// Tick granularity.
-    pub step: Millis,
-    in_flight: BTreeMap<(Millis, u64), (NodeId, Envelope)>,
-    sent: u64,
-    rng: SmallRng,
-    pub events: Vec<(Millis, NodeId, Event)>,
-}
-
-impl Sim {
-    pub fn new(count: u64, config: SwimConfig, seed: u64) -> Sim {
-        let nodes = (1..=count).map(|id| (id, Swim::new(config.clone(), id, addr(id), 0, seed ^ id))).collect();
-        Sim {
-            nodes,
-            now: 0,
-            latency: 5,
-            loss: 0.0,
-            crashed: HashSet::new(),
-            slow: HashMap::new(),
-            step: 10,
-            in_flight: BTreeMap::new(),
-            sent: 0,
-            rng: SmallRng::seed_from_u64(seed),
-            events: Vec::new(),
-        }
-    }
-
-    fn collect(&mut self, id: NodeId) {
-        let Some(swim) = self.nodes.get_mut(&id) else { return };
-        for output in swim.drain() {
-            match output {
-                Output::Event(event) => self.events.push((self.now, id, event)),
-                Output::Send { to, envelope } => {
-                    let lost = self.rng.random_bool(self.loss);
-                    let to = to.trim_start_matches('n').parse::<NodeId>().unwrap_or(0);
-                    if !lost {
-                        let delay = self.latency + self.slow.get(&to).copied().unwrap_or(0);
-                        self.sent += 1;
-                        self.in_flight.insert((self.now + delay, self.sent), (to, envelope));
-                    }
-                }
-            }
-        }
-    }
-
-    pub fn run_until(&mut self, until: Millis) {
-        while self.now < until {
-            self.now += self.step;
-            let now = self.now;
-            while let Some(entry) = self.in_flight.first_entry() {
-                if entry.key().0 > now {
-                    break;
-                }
-                let (to, envelope) = entry.remove();
-                if self.crashed.contains(&to) {
-                    continue;
-                }
-                if let Some(swim) = self.nodes.get_mut(&to) {
-                    swim.handle(now, envelope);
-                    self.collect(to);
-                }
-            }
-            let ids: Vec<NodeId> = self.nodes.keys().copied().filter(|id| !self.crashed.contains(id)).collect();
-            for id in ids {
-                if let Some(swim) = self.nodes.get_mut(&id) {
-                    swim.tick(now);
-                }
-                self.collect(id);
-            }
-        }
-    }
-
-    /// Every running node's view of `subject`.
-    pub fn views(&self, subject: NodeId) -> Vec<Option<State>> {
-        self.nodes
-            .iter()
-            .filter(|(id, _)| !self.crashed.contains(id) && **id != subject)
-            .map(|(_, swim)| swim.member(subject).map(|m| m.state))
-            .collect()
-    }
-}
-
 #[test]
 fn fifty_nodes_joining_through_one_seed_all_know_each_other() {
     let mut sim = Sim::new(50, SwimConfig::lan(), 7);
     for id in 2..=50 {
         sim.nodes.get_mut(&id).unwrap().join("n1");
-        sim.collect(id);
     }
     // Gossip spreads the joins; the first push-pull round (30 s) repairs what it missed.
     sim.run_until(40_000);
@@ -340,7 +241,6 @@ fn a_crashed_node_is_declared_dead_by_everyone() {
     let mut sim = Sim::new(20, SwimConfig::lan(), 11);
     for id in 2..=20 {
         sim.nodes.get_mut(&id).unwrap().join("n1");
-        sim.collect(id);
     }
     sim.run_until(20_000);
     sim.crashed.insert(7);
@@ -356,53 +256,12 @@ fn a_crashed_node_is_declared_dead_by_everyone() {
     assert_eq!(others_failed, 0, "nobody else was declared dead");
 }
 
-impl Sim {
-    /// A constellation in which every node already knows every other as alive.
-    pub fn meshed(count: u64, config: SwimConfig, seed: u64) -> Sim {
-        let mut sim = Sim::new(count, config, seed);
-        for swim in sim.nodes.values_mut() {
-            for id in 1..=count {
-                swim.apply(alive(id), 0);
-            }
-            // A settled constellation has nothing left to spread.
-            swim.broadcasts.clear();
-            swim.drain();
-        }
-        sim
-    }
-
-    /// Failures declared about healthy nodes (neither crashed nor slow): (observer, victim) events.
-    pub fn false_failures(&self) -> usize {
-        self.events
-            .iter()
-            .filter(
-                |(_, _, e)| matches!(e, Event::Failed(id) if !self.crashed.contains(id) && !self.slow.contains_key(id)),
-            )
-            .count()
-    }
-
-    /// Runs until every running node sees `subject` in `state`; returns the time it took.
-    pub fn time_until_all_see(&mut self, subject: NodeId, state: State, limit: Millis) -> Option<Millis> {
-        let start = self.now;
-        while self.now < start + limit {
-            self.run_until(self.now + 100);
-            if self.views(subject).iter().all(|v| *v == Some(state)) {
-                return Some(self.now - start);
-            }
-        }
-        None
-    }
-}
-
 #[test]
 fn a_join_and_a_leave_reach_a_thousand_nodes() {
     let mut sim = Sim::meshed(1_000, SwimConfig::lan(), 3);
     sim.step = 20;
     sim.run_until(2_000);
-    let newcomer = Swim::new(SwimConfig::lan(), 1_001, addr(1_001), sim.now, 1_001);
-    sim.nodes.insert(1_001, newcomer);
-    sim.nodes.get_mut(&1_001).unwrap().join("n1");
-    sim.collect(1_001);
+    sim.join(1_001, SwimConfig::lan(), 1);
     let joined = sim.time_until_all_see(1_001, State::Alive, 30_000);
     // Serf's simulator: about 2.2 s to 99.99 % at this gossip interval and fanout.
     assert!(joined.is_some_and(|t| t <= 5_000), "join reached everyone after {joined:?} ms");

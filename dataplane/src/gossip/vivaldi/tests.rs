@@ -1,6 +1,3 @@
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-
 use super::*;
 
 fn ms(millis: f64) -> Duration {
@@ -94,43 +91,9 @@ fn nearest_ranks_by_estimated_round_trip() {
     assert_eq!(ids, [2, 4, 3], "ties by node id");
 }
 
-/// Nodes on a plane with access latencies: round trip = distance + both heights, a metric that
-/// respects the triangle inequality. Each round every node probes a random other node.
-/// Returns the relative errors of the estimates over every pair.
-pub(crate) fn simulate(nodes: usize, rounds: usize, seed: u64) -> Vec<f64> {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let places: Vec<(f64, f64, f64)> = (0..nodes)
-        .map(|_| (rng.random_range(0.0..0.100), rng.random_range(0.0..0.100), rng.random_range(0.0005..0.005)))
-        .collect();
-    let rtt = |i: usize, j: usize| {
-        let (xi, yi, hi) = places[i];
-        let (xj, yj, hj) = places[j];
-        ((xi - xj).powi(2) + (yi - yj).powi(2)).sqrt() + hi + hj
-    };
-    let mut clients: Vec<Vivaldi> = (0..nodes).map(|i| Vivaldi::new(VivaldiConfig::default(), i as u64)).collect();
-    for _ in 0..rounds {
-        for i in 0..nodes {
-            let j = (i + rng.random_range(1..nodes)) % nodes;
-            // A few percent of jitter, as real probes see.
-            let measured = rtt(i, j) * rng.random_range(0.97..1.03);
-            let other = clients[j].coordinate().clone();
-            clients[i].observe(j as u64, &other, Duration::from_secs_f64(measured)).unwrap();
-        }
-    }
-    let mut errors = Vec::new();
-    for i in 0..nodes {
-        for j in (i + 1)..nodes {
-            let estimate = clients[i].coordinate().distance_to(clients[j].coordinate()).as_secs_f64();
-            errors.push((estimate - rtt(i, j)).abs() / rtt(i, j));
-        }
-    }
-    errors.sort_by(f64::total_cmp);
-    errors
-}
-
 #[test]
 fn estimates_on_a_metric_latency_space_are_within_fifteen_percent_at_the_median() {
-    let errors = simulate(200, 150, 42);
+    let errors = simulate_plane(200, 150, 42);
     let median = errors[errors.len() / 2];
     let p90 = errors[errors.len() * 9 / 10];
     assert!(median < 0.15, "median relative error {median:.3}, p90 {p90:.3}");

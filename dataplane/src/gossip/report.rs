@@ -1,0 +1,215 @@
+//! `pleiades sim gossip`: the figures HashiCorp publishes for Serf and Lifeguard, measured on the
+//! simulator with the node's own state machines, and a convergence plot as SVG.
+
+use std::fmt::Write as _;
+
+use super::sim::Sim;
+use super::swim::{Event, Millis, State, SwimConfig};
+use super::vivaldi::simulate_plane;
+
+pub struct ReportConfig {
+    pub nodes: u64,
+    pub loss: f64,
+    pub seed: u64,
+}
+
+pub struct Report {
+    pub nodes: u64,
+    /// (ms after the join, fraction of nodes that know the newcomer).
+    pub join_curve: Vec<(Millis, f64)>,
+    pub join_complete: Option<Millis>,
+    pub leave_complete: Option<Millis>,
+    pub detection_first: Option<Millis>,
+    pub detection_complete: Option<Millis>,
+    pub false_failures_swim: usize,
+    pub false_failures_lifeguard: usize,
+    pub messages_per_node_per_second: f64,
+    pub updates_per_message: f64,
+    pub vivaldi_median: f64,
+    pub vivaldi_p90: f64,
+}
+
+const SAMPLE_EVERY: Millis = 100;
+const LIMIT: Millis = 60_000;
+
+fn settled(config: &ReportConfig) -> Sim {
+    let mut sim = Sim::meshed(config.nodes, SwimConfig::lan(), config.seed);
+    sim.step = 20;
+    sim.loss = config.loss;
+    sim.run_until(2_000);
+    sim
+}
+
+/// Healthy nodes declared dead in 120 s among 100 nodes with `loss` and 10 overloaded nodes.
+pub fn false_failures(lifeguard: bool, loss: f64, seed: u64) -> usize {
+    let mut sim = Sim::meshed(100, SwimConfig { lifeguard, ..SwimConfig::lan() }, seed);
+    sim.loss = loss;
+    for id in (10..=100).step_by(10) {
+        sim.slow.insert(id, 10_000);
+    }
+    sim.run_until(120_000);
+    sim.false_failures()
+}
+
+pub fn run(config: &ReportConfig) -> Report {
+    // A join: how fast the newcomer becomes known everywhere.
+    let mut sim = settled(config);
+    let (messages_before, updates_before) = sim.traffic();
+    let quiet_start = sim.now;
+    sim.run_until(quiet_start + 5_000);
+    let (messages_after, updates_after) = sim.traffic();
+    let messages = (messages_after - messages_before) as f64;
+    let messages_per_node_per_second = messages / config.nodes as f64 / 5.0;
+    let updates_per_message = (updates_after - updates_before) as f64 / messages.max(1.0);
+
+    let newcomer = config.nodes + 1;
+    let start = sim.now;
+    sim.join(newcomer, SwimConfig::lan(), 1);
+    let mut join_curve = vec![(0, 0.0)];
+    let mut join_complete = None;
+    while sim.now < start + LIMIT && join_complete.is_none() {
+        sim.run_until(sim.now + SAMPLE_EVERY);
+        let views = sim.views(newcomer);
+        let knowing = views.iter().filter(|v| **v == Some(State::Alive)).count();
+        let fraction = knowing as f64 / views.len().max(1) as f64;
+        join_curve.push((sim.now - start, fraction));
+        if fraction >= 0.9999 {
+            join_complete = Some(sim.now - start);
+        }
+    }
+    // A leave.
+    if let Some(node) = sim.nodes.get_mut(&2) {
+        node.leave(sim.now);
+    }
+    let leave_complete = sim.time_until_all_see(2, State::Left, LIMIT);
+
+    // A crash: first declaration and everyone knowing.
+    let victim = config.nodes / 2;
+    sim.crashed.insert(victim);
+    let crashed_at = sim.now;
+    let detection_complete = sim.time_until_all_see(victim, State::Dead, 2 * LIMIT);
+    let detection_first = sim
+        .events
+        .iter()
+        .find(|(at, _, e)| *at >= crashed_at && *e == Event::Failed(victim))
+        .map(|(at, _, _)| at - crashed_at);
+
+    let errors = simulate_plane(200, 150, config.seed);
+    Report {
+        nodes: config.nodes,
+        join_curve,
+        join_complete,
+        leave_complete,
+        detection_first,
+        detection_complete,
+        false_failures_swim: false_failures(false, config.loss.max(0.1), config.seed),
+        false_failures_lifeguard: false_failures(true, config.loss.max(0.1), config.seed),
+        messages_per_node_per_second,
+        updates_per_message,
+        vivaldi_median: errors[errors.len() / 2],
+        vivaldi_p90: errors[errors.len() * 9 / 10],
+    }
+}
+
+fn seconds(ms: Option<Millis>) -> String {
+    ms.map(|ms| format!("{:.1} s", ms as f64 / 1000.0)).unwrap_or_else(|| "not within the limit".into())
+}
+
+impl Report {
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "gossip simulation: {} nodes, LAN profile (probe 1 s, gossip 200 ms to 3)", self.nodes);
+        let _ = writeln!(
+            out,
+            "  join known by 99.99 %      {}   (Serf's simulator: ~2.2 s at 1,000 nodes)",
+            seconds(self.join_complete)
+        );
+        let _ = writeln!(out, "  leave known by all         {}", seconds(self.leave_complete));
+        let _ = writeln!(out, "  crash first declared       {}", seconds(self.detection_first));
+        let _ = writeln!(out, "  crash known by all         {}", seconds(self.detection_complete));
+        let _ = writeln!(
+            out,
+            "  healthy nodes declared dead (100 nodes, >=10 % loss, 10 slow, 120 s): SWIM {}, Lifeguard {}",
+            self.false_failures_swim, self.false_failures_lifeguard
+        );
+        let _ = writeln!(
+            out,
+            "  traffic at rest            {:.1} messages/node/s, {:.2} updates/message",
+            self.messages_per_node_per_second, self.updates_per_message
+        );
+        let _ = writeln!(
+            out,
+            "  Vivaldi relative error     median {:.1} %, p90 {:.1} % (200 nodes, metric geometry)",
+            self.vivaldi_median * 100.0,
+            self.vivaldi_p90 * 100.0
+        );
+        out
+    }
+
+    /// The join's spread over time as an SVG line chart.
+    pub fn svg(&self) -> String {
+        let (width, height, left, bottom, top, right) = (640.0, 360.0, 60.0, 40.0, 30.0, 20.0);
+        let last = self.join_curve.last().map(|(t, _)| *t).unwrap_or(1).max(1) as f64;
+        let x = |t: f64| left + t / last * (width - left - right);
+        let y = |f: f64| height - bottom - f * (height - bottom - top);
+        let points: Vec<String> =
+            self.join_curve.iter().map(|(t, f)| format!("{:.1},{:.1}", x(*t as f64), y(*f))).collect();
+        let mut svg = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+             <text x=\"{left}\" y=\"18\" font-size=\"14\">Join of one node reaching {} nodes (fraction that knows it)</text>\n\
+             <line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+             <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n",
+            self.nodes,
+            height - bottom,
+            width - right,
+            height - bottom,
+            height - bottom
+        );
+        for tick in 0..=4 {
+            let fraction = f64::from(tick) / 4.0;
+            let _ = writeln!(
+                svg,
+                "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">{:.0} %</text>",
+                left - 6.0,
+                y(fraction) + 4.0,
+                fraction * 100.0
+            );
+            let t = fraction * last;
+            let _ = writeln!(
+                svg,
+                "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\">{:.1} s</text>",
+                x(t),
+                height - bottom + 18.0,
+                t / 1000.0
+            );
+        }
+        let _ = writeln!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>",
+            points.join(" ")
+        );
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_report_has_every_figure_and_a_plot() {
+        let report = run(&ReportConfig { nodes: 60, loss: 0.0, seed: 1 });
+        assert!(report.join_complete.is_some_and(|t| t < 10_000));
+        assert!(report.leave_complete.is_some());
+        assert!(report.detection_first.is_some() && report.detection_complete.is_some());
+        assert!(report.false_failures_lifeguard < report.false_failures_swim);
+        assert!(report.vivaldi_median < 0.15);
+        let text = report.text();
+        assert!(text.contains("join known by 99.99 %") && text.contains("Lifeguard"));
+        let svg = report.svg();
+        assert!(svg.starts_with("<svg") && svg.contains("<polyline") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(report.join_curve.last().map(|(_, f)| *f >= 0.9999), Some(true));
+    }
+}
