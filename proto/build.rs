@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/pleiades/v1/system.proto",
         "proto/pleiades/v1/kv.proto",
         "proto/pleiades/v1/raft.proto",
+        "proto/pleiades/v1/gossip.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={file}");

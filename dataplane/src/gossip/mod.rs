@@ -1,6 +1,7 @@
 //! Constellation gossip (SWIM with Lifeguard, Vivaldi coordinates): sans-IO cores driven by the
 //! node's tokio shell.
 
+pub mod codec;
 pub mod report;
 pub mod sim;
 pub mod swim;

@@ -24,7 +24,9 @@ pub struct Report {
     pub false_failures_swim: usize,
     pub false_failures_lifeguard: usize,
     pub messages_per_node_per_second: f64,
-    pub updates_per_message: f64,
+    pub bytes_per_node_per_second: f64,
+    /// During the 10 s after the join: what spreading one event costs.
+    pub join_bytes_per_node_per_second: f64,
     pub vivaldi_median: f64,
     pub vivaldi_p90: f64,
 }
@@ -54,13 +56,11 @@ pub fn false_failures(lifeguard: bool, loss: f64, seed: u64) -> usize {
 pub fn run(config: &ReportConfig) -> Report {
     // A join: how fast the newcomer becomes known everywhere.
     let mut sim = settled(config);
-    let (messages_before, updates_before) = sim.traffic();
-    let quiet_start = sim.now;
-    sim.run_until(quiet_start + 5_000);
-    let (messages_after, updates_after) = sim.traffic();
-    let messages = (messages_after - messages_before) as f64;
-    let messages_per_node_per_second = messages / config.nodes as f64 / 5.0;
-    let updates_per_message = (updates_after - updates_before) as f64 / messages.max(1.0);
+    let before = sim.traffic();
+    sim.run_until(sim.now + 5_000);
+    let rest = sim.traffic() - before;
+    let per_node_second = |value: u64, seconds: f64| value as f64 / config.nodes as f64 / seconds;
+    let joining = sim.traffic();
 
     let newcomer = config.nodes + 1;
     let start = sim.now;
@@ -77,6 +77,8 @@ pub fn run(config: &ReportConfig) -> Report {
             join_complete = Some(sim.now - start);
         }
     }
+    sim.run_until(start + 10_000);
+    let join_traffic = sim.traffic() - joining;
     // A leave.
     if let Some(node) = sim.nodes.get_mut(&2) {
         node.leave(sim.now);
@@ -104,8 +106,9 @@ pub fn run(config: &ReportConfig) -> Report {
         detection_complete,
         false_failures_swim: false_failures(false, config.loss.max(0.1), config.seed),
         false_failures_lifeguard: false_failures(true, config.loss.max(0.1), config.seed),
-        messages_per_node_per_second,
-        updates_per_message,
+        messages_per_node_per_second: per_node_second(rest.messages, 5.0),
+        bytes_per_node_per_second: per_node_second(rest.bytes, 5.0),
+        join_bytes_per_node_per_second: per_node_second(join_traffic.bytes, 10.0),
         vivaldi_median: errors[errors.len() / 2],
         vivaldi_p90: errors[errors.len() * 9 / 10],
     }
@@ -134,8 +137,8 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  traffic at rest            {:.1} messages/node/s, {:.2} updates/message",
-            self.messages_per_node_per_second, self.updates_per_message
+            "  traffic per node           at rest {:.1} messages/s, {:.0} B/s; spreading a join {:.0} B/s (protobuf)",
+            self.messages_per_node_per_second, self.bytes_per_node_per_second, self.join_bytes_per_node_per_second
         );
         let _ = writeln!(
             out,

@@ -10,6 +10,24 @@ use rand::{Rng, SeedableRng};
 
 use super::swim::{Envelope, Event, Millis, NodeId, Output, State, Swim, SwimConfig, Update};
 
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Traffic {
+    pub messages: u64,
+    pub updates: u64,
+    pub bytes: u64,
+}
+
+impl std::ops::Sub for Traffic {
+    type Output = Traffic;
+    fn sub(self, earlier: Traffic) -> Traffic {
+        Traffic {
+            messages: self.messages - earlier.messages,
+            updates: self.updates - earlier.updates,
+            bytes: self.bytes - earlier.bytes,
+        }
+    }
+}
+
 /// The simulated address of node `id`.
 pub fn addr(id: NodeId) -> String {
     format!("n{id}")
@@ -31,6 +49,7 @@ pub struct Sim {
     sent: u64,
     delivered: u64,
     updates_delivered: u64,
+    bytes_delivered: u64,
     rng: SmallRng,
     pub events: Vec<(Millis, NodeId, Event)>,
 }
@@ -50,6 +69,7 @@ impl Sim {
             sent: 0,
             delivered: 0,
             updates_delivered: 0,
+            bytes_delivered: 0,
             rng: SmallRng::seed_from_u64(seed),
             events: Vec::new(),
         }
@@ -88,6 +108,7 @@ impl Sim {
                 if let Some(swim) = self.nodes.get_mut(&to) {
                     self.delivered += 1;
                     self.updates_delivered += envelope.updates.len() as u64;
+                    self.bytes_delivered += super::codec::encoded_len(&envelope) as u64;
                     swim.handle(now, envelope);
                     self.collect(to);
                 }
@@ -158,8 +179,8 @@ impl Sim {
         self.collect(id);
     }
 
-    /// Messages delivered so far, and updates they carried.
-    pub fn traffic(&self) -> (u64, u64) {
-        (self.delivered, self.updates_delivered)
+    /// Messages delivered so far, the updates they carried, and their size as protobuf.
+    pub fn traffic(&self) -> Traffic {
+        Traffic { messages: self.delivered, updates: self.updates_delivered, bytes: self.bytes_delivered }
     }
 }
