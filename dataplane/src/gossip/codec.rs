@@ -7,6 +7,7 @@ use pleiades_proto::v1;
 use prost::Message as _;
 
 use super::swim::{Envelope, Message, Update};
+use super::vivaldi::Coordinate;
 
 /// Most updates piggybacked on one envelope.
 pub const MAX_UPDATES: usize = 64;
@@ -14,6 +15,8 @@ pub const MAX_UPDATES: usize = 64;
 pub const MAX_SYNC_MEMBERS: usize = 20_000;
 /// Longest `host:port` accepted.
 pub const MAX_ADDR_LEN: usize = 255;
+/// Most coordinate dimensions accepted (Vivaldi itself checks the exact count and finiteness).
+pub const MAX_DIMENSIONS: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CodecError {
@@ -89,7 +92,15 @@ pub fn to_proto(envelope: &Envelope) -> v1::GossipEnvelope {
         Message::PingReq { seq, target, target_addr } => {
             M::PingReq(v1::GossipPingReq { seq: *seq, target: *target, target_addr: target_addr.clone() })
         }
-        Message::Ack { seq } => M::Ack(v1::GossipAck { seq: *seq }),
+        Message::Ack { seq, coordinate } => M::Ack(v1::GossipAck {
+            seq: *seq,
+            coordinate: coordinate.as_ref().map(|c| v1::GossipCoordinate {
+                vec: c.vec.clone(),
+                error: c.error,
+                adjustment: c.adjustment,
+                height: c.height,
+            }),
+        }),
         Message::Nack { seq } => M::Nack(v1::GossipNack { seq: *seq }),
         Message::Gossip => M::Gossip(v1::GossipOnly {}),
         Message::Sync { members, reply } => {
@@ -121,7 +132,16 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
         M::PingReq(p) => {
             Message::PingReq { seq: p.seq, target: check_id(p.target)?, target_addr: check_addr(p.target_addr)? }
         }
-        M::Ack(a) => Message::Ack { seq: a.seq },
+        M::Ack(a) => {
+            let coordinate = match a.coordinate {
+                Some(c) => {
+                    check_count("coordinate dimensions", c.vec.len(), MAX_DIMENSIONS)?;
+                    Some(Coordinate { vec: c.vec, error: c.error, adjustment: c.adjustment, height: c.height })
+                }
+                None => None,
+            };
+            Message::Ack { seq: a.seq, coordinate }
+        }
         M::Nack(n) => Message::Nack { seq: n.seq },
         M::Gossip(_) => Message::Gossip,
         M::Sync(s) => {
@@ -161,7 +181,11 @@ mod tests {
         for message in [
             Message::Ping { seq: 1, target: 3 },
             Message::PingReq { seq: 2, target: 3, target_addr: "[::1]:7400".into() },
-            Message::Ack { seq: u32::MAX },
+            Message::Ack { seq: u32::MAX, coordinate: None },
+            Message::Ack {
+                seq: 3,
+                coordinate: Some(Coordinate { vec: vec![0.001; 8], error: 0.4, adjustment: -0.0002, height: 0.00001 }),
+            },
             Message::Nack { seq: 4 },
             Message::Gossip,
             sync,
@@ -191,6 +215,16 @@ mod tests {
         let mut proto = to_proto(&envelope(Message::Gossip));
         proto.updates = vec![proto.updates[0].clone(); MAX_UPDATES + 1];
         assert!(matches!(decode(&proto.encode_to_vec()), Err(CodecError::TooMany { what: "updates", .. })));
+
+        let mut proto = to_proto(&envelope(Message::Ack { seq: 1, coordinate: None }));
+        proto.message = Some(v1::gossip_envelope::Message::Ack(v1::GossipAck {
+            seq: 1,
+            coordinate: Some(v1::GossipCoordinate { vec: vec![0.0; 1000], ..Default::default() }),
+        }));
+        assert!(matches!(
+            decode(&proto.encode_to_vec()),
+            Err(CodecError::TooMany { what: "coordinate dimensions", .. })
+        ));
 
         assert!(matches!(decode(&[0xff, 0xff, 0xff]), Err(CodecError::Decode(_))));
         for cut in 0..encode(&envelope(Message::Nack { seq: 9 })).len() {

@@ -17,6 +17,8 @@ use rand::rngs::SmallRng;
 use rand::seq::{IteratorRandom, SliceRandom};
 use rand::SeedableRng;
 
+use super::vivaldi::{Coordinate, Vivaldi, VivaldiConfig};
+
 pub type NodeId = u64;
 /// How long a member declared dead still receives gossip (memberlist's GossipToTheDeadTime).
 const GOSSIP_TO_THE_DEAD: Millis = 30_000;
@@ -134,8 +136,11 @@ pub enum Message {
         target: NodeId,
         target_addr: String,
     },
+    /// `coordinate` is the sender's Vivaldi coordinate when it answers a ping of its own (not
+    /// when relaying: a relayed round trip says nothing about the direct path).
     Ack {
         seq: u32,
+        coordinate: Option<Coordinate>,
     },
     /// Lifeguard: the indirect prober heard nothing from the target either.
     Nack {
@@ -180,6 +185,7 @@ pub enum Output {
 struct Probe {
     seq: u32,
     target: NodeId,
+    sent_at: Millis,
     indirect_at: Millis,
     acked: bool,
     indirect_sent: bool,
@@ -240,6 +246,10 @@ pub struct Swim {
     /// Lifeguard's local health score: 0 is healthy; probes stretch by (score + 1).
     health: u32,
     left: bool,
+    /// Network coordinate, refined by the round trip of every direct probe.
+    vivaldi: Vivaldi,
+    /// Peer coordinates refused (wrong shape, NaN, impossible round trip).
+    rejected_coordinates: u64,
     rng: SmallRng,
     outputs: Vec<Output>,
 }
@@ -263,6 +273,8 @@ impl Swim {
             broadcasts: Vec::new(),
             health: 0,
             left: false,
+            vivaldi: Vivaldi::new(VivaldiConfig::default(), seed),
+            rejected_coordinates: 0,
             rng: SmallRng::seed_from_u64(seed),
             outputs: Vec::new(),
             config,
@@ -277,6 +289,16 @@ impl Swim {
 
     pub fn incarnation(&self) -> u64 {
         self.incarnation
+    }
+
+    /// This node's network coordinate.
+    pub fn coordinate(&self) -> &Coordinate {
+        self.vivaldi.coordinate()
+    }
+
+    /// Peer coordinates refused so far.
+    pub fn rejected_coordinates(&self) -> u64 {
+        self.rejected_coordinates
     }
 
     /// Whether this node has announced a graceful leave.
@@ -393,6 +415,7 @@ impl Swim {
         self.probe = Some(Probe {
             seq,
             target: target.id,
+            sent_at: now,
             indirect_at: now + timeout,
             acked: false,
             indirect_sent: false,
@@ -559,7 +582,8 @@ impl Swim {
         match envelope.message {
             Message::Ping { seq, target } => {
                 if target == self.me && !self.left {
-                    self.send(envelope.from_addr, Message::Ack { seq });
+                    let coordinate = Some(self.vivaldi.coordinate().clone());
+                    self.send(envelope.from_addr, Message::Ack { seq, coordinate });
                 }
             }
             Message::PingReq { seq, target, target_addr } => {
@@ -571,12 +595,19 @@ impl Swim {
                 );
                 self.send(target_addr, Message::Ping { seq: relay_seq, target });
             }
-            Message::Ack { seq } => {
+            Message::Ack { seq, coordinate } => {
                 if let Some(relay) = self.relays.remove(&seq) {
-                    self.send(relay.origin_addr, Message::Ack { seq: relay.origin_seq });
+                    self.send(relay.origin_addr, Message::Ack { seq: relay.origin_seq, coordinate: None });
                 } else if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq && !p.acked) {
                     probe.acked = true;
+                    let (target, rtt) = (probe.target, now.saturating_sub(probe.sent_at));
                     self.adjust_health(-1);
+                    if let Some(coordinate) = coordinate {
+                        let rtt = std::time::Duration::from_millis(rtt);
+                        if self.vivaldi.observe(target, &coordinate, rtt).is_err() {
+                            self.rejected_coordinates += 1;
+                        }
+                    }
                 }
             }
             Message::Nack { seq } => {
@@ -707,6 +738,7 @@ impl Swim {
                 member.incarnation = incarnation;
                 member.since = now;
                 self.suspicions.remove(&id);
+                self.vivaldi.forget(id);
                 self.event(if left { Event::Left(id) } else { Event::Failed(id) });
                 self.enqueue(Update::Dead { id, incarnation, from });
             }

@@ -49,10 +49,31 @@ fn a_probe_is_answered_and_the_ack_closes_it() {
     b.handle(1_001, ping);
     let (to, ack) = sends(&b.drain()).into_iter().find(|(_, e)| matches!(e.message, Message::Ack { .. })).unwrap();
     assert_eq!(to, "n1");
-    a.handle(1_002, ack);
+    assert!(matches!(&ack.message, Message::Ack { coordinate: Some(c), .. } if c == b.coordinate()));
+    a.handle(1_040, ack);
     a.tick(2_000);
     assert_eq!(a.member(2).unwrap().state, State::Alive);
     assert!(events(&a.drain()).is_empty());
+    // The 40 ms round trip moved a's coordinate away from b's (both started at the origin).
+    assert!(a.coordinate().distance_to(b.coordinate()) > std::time::Duration::ZERO);
+    assert_eq!(a.rejected_coordinates(), 0);
+}
+
+#[test]
+fn a_peer_coordinate_that_makes_no_sense_is_counted_and_ignored() {
+    let mut a = with_members(1, &[2]);
+    a.tick(1_000);
+    let (_, ping) = sends(&a.drain()).into_iter().find(|(_, e)| matches!(e.message, Message::Ping { .. })).unwrap();
+    let Message::Ping { seq, .. } = ping.message else { unreachable!() };
+    let mut broken = a.coordinate().clone();
+    broken.vec[0] = f64::NAN;
+    let before = a.coordinate().clone();
+    let ack = Message::Ack { seq, coordinate: Some(broken) };
+    a.handle(1_010, Envelope { from: 2, from_addr: addr(2), message: ack, updates: vec![] });
+    assert_eq!(a.rejected_coordinates(), 1);
+    assert_eq!(a.coordinate(), &before);
+    a.tick(2_000);
+    assert_eq!(a.member(2).unwrap().state, State::Alive, "the ack itself still counts");
 }
 
 #[test]
@@ -86,9 +107,16 @@ fn an_indirect_prober_relays_the_ack_or_sends_a_nack() {
     let (to, ping) = sends(&helper.drain()).pop().unwrap();
     assert_eq!(to, "n2");
     let Message::Ping { seq, .. } = ping.message else { panic!("{ping:?}") };
-    helper.handle(10, Envelope { from: 2, from_addr: addr(2), message: Message::Ack { seq }, updates: vec![] });
+    helper.handle(
+        10,
+        Envelope { from: 2, from_addr: addr(2), message: Message::Ack { seq, coordinate: None }, updates: vec![] },
+    );
     let (to, ack) = sends(&helper.drain()).pop().unwrap();
-    assert_eq!((to.as_str(), ack.message), ("n1", Message::Ack { seq: 77 }));
+    assert_eq!(
+        (to.as_str(), ack.message),
+        ("n1", Message::Ack { seq: 77, coordinate: None }),
+        "no coordinate when relaying"
+    );
 
     // No answer this time: a nack after the probe timeout.
     helper.handle(1_000, request);
@@ -181,7 +209,10 @@ fn local_health_stretches_probes_and_recovers_with_acks() {
     assert_eq!(a.next_probe_at, 2_000 + 2 * SwimConfig::lan().probe_interval);
     let (_, ping) = sends(&a.drain()).into_iter().find(|(_, e)| matches!(e.message, Message::Ping { .. })).unwrap();
     let Message::Ping { seq, .. } = ping.message else { unreachable!() };
-    a.handle(2_010, Envelope { from: 2, from_addr: addr(2), message: Message::Ack { seq }, updates: vec![] });
+    a.handle(
+        2_010,
+        Envelope { from: 2, from_addr: addr(2), message: Message::Ack { seq, coordinate: None }, updates: vec![] },
+    );
     assert_eq!(a.health(), 0, "an ack counts for it");
 
     let mut plain = Swim::new(SwimConfig { lifeguard: false, ..SwimConfig::lan() }, 1, addr(1), 0, 1);
