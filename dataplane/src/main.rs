@@ -15,18 +15,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A node's configuration is read before the runtime starts: real-time scheduling applies
     // to the runtime's threads as they start.
-    let (command, node_config) = match cli.command {
-        Command::Node(args) if args.action.is_none() => match args.into_config() {
-            Ok(config) => (None, Some(config)),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
+    let job = match cli.command {
+        Command::Node(args) => match args.action {
+            Some(NodeAction::Decommission { node_id, client }) => Job::Decommission { node_id, client },
+            None => match args.into_config() {
+                Ok(config) => Job::Node(Box::new(config)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
         },
-        command => (Some(command), None),
+        command => Job::Client(command),
     };
-    if let Some(realtime) = node_config.as_ref().and_then(|c| c.realtime.as_ref()) {
-        pleiades::realtime::request(realtime.priority);
+    if let Job::Node(config) = &job {
+        if let Some(realtime) = &config.realtime {
+            pleiades::realtime::request(realtime.priority);
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -40,17 +45,13 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let Some(command) = command else {
-            return match node_config {
-                Some(config) => run_node(config).await,
-                None => Ok(()),
-            };
+        let command = match job {
+            Job::Node(config) => return run_node(*config).await,
+            Job::Decommission { node_id, client } => return decommission(node_id, &client).await,
+            Job::Client(command) => command,
         };
         match command {
-            Command::Node(args) => match args.action {
-                Some(NodeAction::Decommission { node_id, client }) => decommission(node_id, &client).await,
-                None => Ok(()),
-            },
+            Command::Node(_) => unreachable!("node commands became jobs above"),
             Command::Up(args) => pleiades::local::up(&args, stop_signal()?).await,
             Command::Status(args) => status(&args).await,
             Command::Bench(args) => bench(&args).await,
@@ -68,6 +69,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What this invocation does: run a node, decommission one, or any other command.
+enum Job {
+    Node(Box<pleiades::config::NodeConfig>),
+    Decommission { node_id: u64, client: ClientArgs },
+    Client(Command),
 }
 
 /// glibc gives each thread that allocates under contention its own 64 MiB arena and rarely
