@@ -177,7 +177,7 @@ impl Reporter {
                     was_requested
                 }
             };
-            if requested && decommission.is_none() && self.observe(true).ranges > 0 {
+            if requested && decommission.is_none() && !self.replicas.hosted().is_empty() {
                 info!("the operator asked this node to decommission: moving its replicas away");
                 let (replicas, node_id) = (self.replicas.clone(), self.node_id);
                 decommission = Some(tokio::spawn(async move { replicas.decommission(node_id).await.map(|_| ()) }));

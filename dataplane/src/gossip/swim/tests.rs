@@ -1,4 +1,5 @@
 use super::*;
+use crate::gossip::report::false_failures;
 use crate::gossip::sim::{addr, Sim};
 
 fn node(id: NodeId) -> Swim {
@@ -303,22 +304,12 @@ fn a_join_and_a_leave_reach_a_thousand_nodes() {
     assert_eq!(sim.false_failures(), 0);
 }
 
-/// 100 nodes, 10 % packet loss, and 10 overloaded nodes that handle everything 10 s late, so
-/// their probes of healthy nodes time out and they accuse them.
-fn lossy_run(lifeguard: bool) -> usize {
-    let mut sim = Sim::meshed(100, SwimConfig { lifeguard, ..SwimConfig::lan() }, 5);
-    sim.loss = 0.10;
-    for id in (10..=100).step_by(10) {
-        sim.slow.insert(id, 10_000);
-    }
-    sim.run_until(120_000);
-    sim.false_failures()
-}
-
 #[test]
 fn lifeguard_declares_far_fewer_healthy_nodes_dead_than_plain_swim() {
-    let swim = lossy_run(false);
-    let lifeguard = lossy_run(true);
+    // 100 nodes, 10 % loss, 10 of them handling everything 10 s late, so their probes of
+    // healthy nodes time out and they accuse them.
+    let swim = false_failures(false, 0.10, 5);
+    let lifeguard = false_failures(true, 0.10, 5);
     assert!(swim >= 20, "the scenario must hurt plain SWIM: {swim} false failures");
     assert!(lifeguard * 5 <= swim, "Lifeguard {lifeguard} false failures, plain SWIM {swim}");
 }
