@@ -6,17 +6,28 @@
 use pleiades_proto::v1;
 use prost::Message as _;
 
+use super::events::{Cre, CreKind, Tags};
 use super::swim::{Envelope, Message, Update};
 use super::vivaldi::Coordinate;
 
 /// Most updates piggybacked on one envelope.
 pub const MAX_UPDATES: usize = 64;
-/// Most members in one sync (a constellation larger than this syncs in several rounds).
-pub const MAX_SYNC_MEMBERS: usize = 20_000;
+/// Most entries in one sync: each member's state and its tags (a constellation larger than
+/// this syncs in several rounds).
+pub const MAX_SYNC_MEMBERS: usize = 50_000;
 /// Longest `host:port` accepted.
 pub const MAX_ADDR_LEN: usize = 255;
 /// Most coordinate dimensions accepted (Vivaldi itself checks the exact count and finiteness).
 pub const MAX_DIMENSIONS: usize = 16;
+/// Tags per member, and the longest key and value.
+pub const MAX_TAGS: usize = 32;
+pub const MAX_TAG_KEY: usize = 64;
+pub const MAX_TAG_VALUE: usize = 256;
+/// Longest query name, and the largest query or answer payload.
+pub const MAX_QUERY_NAME: usize = 64;
+pub const MAX_QUERY_PAYLOAD: usize = 16 * 1024;
+/// Longest query deadline.
+pub const MAX_QUERY_TIMEOUT_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CodecError {
@@ -32,6 +43,14 @@ pub enum CodecError {
     Addr(String),
     #[error("{what}: {count} entries, at most {max}")]
     TooMany { what: &'static str, count: usize, max: usize },
+    #[error("gossip event has no kind")]
+    NoEventKind,
+    #[error("tag {key:?}: keys are 1 to 64 bytes, values at most 256")]
+    Tag { key: String },
+    #[error("query name {0:?} is not 1 to 64 bytes")]
+    QueryName(String),
+    #[error("query timeout {0} ms is not 1 to 60000")]
+    QueryTimeout(u64),
 }
 
 fn check_addr(addr: String) -> Result<String, CodecError> {
@@ -60,6 +79,71 @@ fn check_count(what: &'static str, count: usize, max: usize) -> Result<(), Codec
     }
 }
 
+fn check_tags(tags: std::collections::HashMap<String, String>) -> Result<Tags, CodecError> {
+    check_count("tags", tags.len(), MAX_TAGS)?;
+    for (key, value) in &tags {
+        if key.is_empty() || key.len() > MAX_TAG_KEY || value.len() > MAX_TAG_VALUE {
+            return Err(CodecError::Tag { key: key.chars().take(MAX_TAG_KEY).collect() });
+        }
+    }
+    Ok(tags.into_iter().collect())
+}
+
+fn tags_to_proto(tags: &Tags) -> v1::GossipTags {
+    v1::GossipTags { tags: tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect() }
+}
+
+fn cre_to_proto(cre: &Cre) -> v1::GossipCre {
+    use v1::gossip_cre::Kind;
+    let kind = match &cre.kind {
+        CreKind::Join { tags } => Kind::Join(tags_to_proto(tags)),
+        CreKind::Leave => Kind::Leave(v1::GossipLeave {}),
+        CreKind::Update { tags } => Kind::Update(tags_to_proto(tags)),
+        CreKind::Query { name, payload, reply_to, timeout } => Kind::Query(v1::GossipQuery {
+            name: name.clone(),
+            payload: payload.clone(),
+            reply_to: reply_to.clone(),
+            timeout_ms: *timeout,
+        }),
+    };
+    v1::GossipCre { origin: cre.origin, ltime: cre.ltime, ack: cre.ack, kind: Some(kind) }
+}
+
+fn cre_from_proto(cre: v1::GossipCre) -> Result<Cre, CodecError> {
+    use v1::gossip_cre::Kind;
+    let kind = match cre.kind.ok_or(CodecError::NoEventKind)? {
+        Kind::Join(t) => CreKind::Join { tags: check_tags(t.tags)? },
+        Kind::Leave(_) => CreKind::Leave,
+        Kind::Update(t) => CreKind::Update { tags: check_tags(t.tags)? },
+        Kind::Query(q) => {
+            if q.name.is_empty() || q.name.len() > MAX_QUERY_NAME {
+                return Err(CodecError::QueryName(q.name.chars().take(MAX_QUERY_NAME).collect()));
+            }
+            if q.timeout_ms == 0 || q.timeout_ms > MAX_QUERY_TIMEOUT_MS {
+                return Err(CodecError::QueryTimeout(q.timeout_ms));
+            }
+            check_count("query payload bytes", q.payload.len(), MAX_QUERY_PAYLOAD)?;
+            CreKind::Query {
+                name: q.name,
+                payload: q.payload,
+                reply_to: check_addr(q.reply_to)?,
+                timeout: q.timeout_ms,
+            }
+        }
+    };
+    Ok(Cre { origin: check_id(cre.origin)?, ltime: cre.ltime, ack: cre.ack, kind })
+}
+
+fn coordinate_to_proto(c: &Coordinate) -> v1::GossipCoordinate {
+    v1::GossipCoordinate { vec: c.vec.clone(), error: c.error, adjustment: c.adjustment, height: c.height }
+}
+
+fn coordinate_from_proto(c: Option<v1::GossipCoordinate>) -> Result<Option<Coordinate>, CodecError> {
+    let Some(c) = c else { return Ok(None) };
+    check_count("coordinate dimensions", c.vec.len(), MAX_DIMENSIONS)?;
+    Ok(Some(Coordinate { vec: c.vec, error: c.error, adjustment: c.adjustment, height: c.height }))
+}
+
 fn update_to_proto(update: &Update) -> v1::GossipUpdate {
     use v1::gossip_update::Kind;
     let kind = match update.clone() {
@@ -68,8 +152,14 @@ fn update_to_proto(update: &Update) -> v1::GossipUpdate {
             Kind::Suspect(v1::GossipSuspect { node_id: id, incarnation, from })
         }
         Update::Dead { id, incarnation, from } => Kind::Dead(v1::GossipDead { node_id: id, incarnation, from }),
+        Update::Cre(cre) => Kind::Cre(cre_to_proto(&cre)),
     };
     v1::GossipUpdate { kind: Some(kind) }
+}
+
+/// What piggybacking `update` adds to an envelope's encoded size.
+pub fn piggybacked_len(update: &Update) -> usize {
+    prost::encoding::message::encoded_len(9, &update_to_proto(update))
 }
 
 fn update_from_proto(update: v1::GossipUpdate) -> Result<Update, CodecError> {
@@ -82,6 +172,7 @@ fn update_from_proto(update: v1::GossipUpdate) -> Result<Update, CodecError> {
             Update::Suspect { id: check_id(s.node_id)?, incarnation: s.incarnation, from: check_id(s.from)? }
         }
         Kind::Dead(d) => Update::Dead { id: check_id(d.node_id)?, incarnation: d.incarnation, from: check_id(d.from)? },
+        Kind::Cre(cre) => Update::Cre(cre_from_proto(cre)?),
     })
 }
 
@@ -92,20 +183,20 @@ pub fn to_proto(envelope: &Envelope) -> v1::GossipEnvelope {
         Message::PingReq { seq, target, target_addr } => {
             M::PingReq(v1::GossipPingReq { seq: *seq, target: *target, target_addr: target_addr.clone() })
         }
-        Message::Ack { seq, coordinate } => M::Ack(v1::GossipAck {
-            seq: *seq,
-            coordinate: coordinate.as_ref().map(|c| v1::GossipCoordinate {
-                vec: c.vec.clone(),
-                error: c.error,
-                adjustment: c.adjustment,
-                height: c.height,
-            }),
-        }),
+        Message::Ack { seq, coordinate } => {
+            M::Ack(v1::GossipAck { seq: *seq, coordinate: coordinate.as_ref().map(coordinate_to_proto) })
+        }
         Message::Nack { seq } => M::Nack(v1::GossipNack { seq: *seq }),
         Message::Gossip => M::Gossip(v1::GossipOnly {}),
         Message::Sync { members, reply } => {
             M::Sync(v1::GossipSync { members: members.iter().map(update_to_proto).collect(), reply: *reply })
         }
+        Message::CreAck { ltime } => M::CreAck(v1::GossipCreAck { ltime: *ltime }),
+        Message::Answer { ltime, payload, coordinate } => M::Answer(v1::GossipAnswer {
+            ltime: *ltime,
+            payload: payload.clone(),
+            coordinate: coordinate.as_ref().map(coordinate_to_proto),
+        }),
     };
     v1::GossipEnvelope {
         from: envelope.from,
@@ -132,22 +223,18 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
         M::PingReq(p) => {
             Message::PingReq { seq: p.seq, target: check_id(p.target)?, target_addr: check_addr(p.target_addr)? }
         }
-        M::Ack(a) => {
-            let coordinate = match a.coordinate {
-                Some(c) => {
-                    check_count("coordinate dimensions", c.vec.len(), MAX_DIMENSIONS)?;
-                    Some(Coordinate { vec: c.vec, error: c.error, adjustment: c.adjustment, height: c.height })
-                }
-                None => None,
-            };
-            Message::Ack { seq: a.seq, coordinate }
-        }
+        M::Ack(a) => Message::Ack { seq: a.seq, coordinate: coordinate_from_proto(a.coordinate)? },
         M::Nack(n) => Message::Nack { seq: n.seq },
         M::Gossip(_) => Message::Gossip,
         M::Sync(s) => {
             check_count("sync members", s.members.len(), MAX_SYNC_MEMBERS)?;
             let members = s.members.into_iter().map(update_from_proto).collect::<Result<_, _>>()?;
             Message::Sync { members, reply: s.reply }
+        }
+        M::CreAck(a) => Message::CreAck { ltime: a.ltime },
+        M::Answer(a) => {
+            check_count("answer payload bytes", a.payload.len(), MAX_QUERY_PAYLOAD)?;
+            Message::Answer { ltime: a.ltime, payload: a.payload, coordinate: coordinate_from_proto(a.coordinate)? }
         }
     };
     Ok(Envelope {
@@ -171,6 +258,24 @@ mod tests {
                 Update::Alive { id: 3, incarnation: 2, addr: "10.0.0.3:7400".into() },
                 Update::Suspect { id: 4, incarnation: 1, from: 7 },
                 Update::Dead { id: 5, incarnation: 9, from: 5 },
+                Update::Cre(Cre {
+                    origin: 3,
+                    ltime: 12,
+                    ack: true,
+                    kind: CreKind::Update { tags: Tags::from([("zone".into(), "eu-1a".into())]) },
+                }),
+                Update::Cre(Cre { origin: 5, ltime: 13, ack: false, kind: CreKind::Leave }),
+                Update::Cre(Cre {
+                    origin: 7,
+                    ltime: 14,
+                    ack: true,
+                    kind: CreKind::Query {
+                        name: "capacity".into(),
+                        payload: vec![1, 2],
+                        reply_to: "10.0.0.7:7400".into(),
+                        timeout: 2_000,
+                    },
+                }),
             ],
         }
     }
@@ -189,6 +294,8 @@ mod tests {
             Message::Nack { seq: 4 },
             Message::Gossip,
             sync,
+            Message::CreAck { ltime: 12 },
+            Message::Answer { ltime: 14, payload: b"free=3".to_vec(), coordinate: None },
         ] {
             let original = envelope(message);
             assert_eq!(decode(&encode(&original)).unwrap(), original);
@@ -225,6 +332,31 @@ mod tests {
             decode(&proto.encode_to_vec()),
             Err(CodecError::TooMany { what: "coordinate dimensions", .. })
         ));
+
+        let event = |kind| {
+            let mut proto = to_proto(&envelope(Message::Gossip));
+            proto.updates = vec![v1::GossipUpdate {
+                kind: Some(v1::gossip_update::Kind::Cre(v1::GossipCre { origin: 3, ltime: 1, ack: false, kind })),
+            }];
+            decode(&proto.encode_to_vec())
+        };
+        use v1::gossip_cre::Kind;
+        assert_eq!(event(None), Err(CodecError::NoEventKind));
+        let tags = |key: &str, value: &str| v1::GossipTags { tags: [(key.to_string(), value.to_string())].into() };
+        assert!(matches!(event(Some(Kind::Update(tags("", "x")))), Err(CodecError::Tag { .. })));
+        assert!(matches!(event(Some(Kind::Join(tags("zone", &"x".repeat(300))))), Err(CodecError::Tag { .. })));
+        let query = |name: &str, timeout_ms| {
+            Some(Kind::Query(v1::GossipQuery {
+                name: name.into(),
+                payload: vec![],
+                reply_to: "h:1".into(),
+                timeout_ms,
+            }))
+        };
+        assert!(matches!(event(query("", 100)), Err(CodecError::QueryName(_))));
+        assert_eq!(event(query("capacity", 0)), Err(CodecError::QueryTimeout(0)));
+        assert_eq!(event(query("capacity", 3_600_000)), Err(CodecError::QueryTimeout(3_600_000)));
+        assert!(event(query("capacity", 100)).is_ok());
 
         assert!(matches!(decode(&[0xff, 0xff, 0xff]), Err(CodecError::Decode(_))));
         for cut in 0..encode(&envelope(Message::Nack { seq: 9 })).len() {

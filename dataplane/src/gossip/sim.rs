@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::events::{Cre, CreKind};
 use super::swim::{Envelope, Event, Millis, NodeId, Output, State, Swim, SwimConfig, Update};
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -52,6 +53,8 @@ pub struct Sim {
     bytes_delivered: u64,
     rng: SmallRng,
     pub events: Vec<(Millis, NodeId, Event)>,
+    /// Events already offered to `answer_queries`.
+    queries_seen: usize,
 }
 
 impl Sim {
@@ -72,6 +75,7 @@ impl Sim {
             bytes_delivered: 0,
             rng: SmallRng::seed_from_u64(seed),
             events: Vec::new(),
+            queries_seen: 0,
         }
     }
 
@@ -174,9 +178,31 @@ impl Sim {
     /// Adds node `id`, started now, and has it join through `seed`.
     pub fn join(&mut self, id: NodeId, config: SwimConfig, seed: NodeId) {
         let mut swim = Swim::new(config, id, addr(id), self.now, id);
-        swim.join(&addr(seed));
+        swim.join(&addr(seed), self.now);
         self.nodes.insert(id, swim);
         self.collect(id);
+    }
+
+    /// Has every running node answer the queries it received since the last call, with what
+    /// `answer` says (nothing: the node does not handle that query).
+    pub fn answer_queries(&mut self, answer: impl Fn(NodeId, &Cre) -> Option<Vec<u8>>) {
+        let fresh: Vec<(NodeId, Cre)> = self.events[self.queries_seen..]
+            .iter()
+            .filter_map(|(_, id, e)| match e {
+                Event::Cre(cre) if matches!(cre.kind, CreKind::Query { .. }) => Some((*id, cre.clone())),
+                _ => None,
+            })
+            .collect();
+        self.queries_seen = self.events.len();
+        for (id, query) in fresh {
+            if self.crashed.contains(&id) {
+                continue;
+            }
+            if let (Some(payload), Some(swim)) = (answer(id, &query), self.nodes.get_mut(&id)) {
+                swim.answer(&query, payload);
+                self.collect(id);
+            }
+        }
     }
 
     /// Messages delivered so far, the updates they carried, and their size as protobuf.

@@ -17,6 +17,8 @@ use rand::rngs::SmallRng;
 use rand::seq::{IteratorRandom, SliceRandom};
 use rand::SeedableRng;
 
+use super::codec;
+use super::events::{Cre, CreKind, LamportClock, Pending, QueryAnswer, Seen, Settled, Tags};
 use super::vivaldi::{Coordinate, Vivaldi, VivaldiConfig};
 
 pub type NodeId = u64;
@@ -42,6 +44,10 @@ pub struct SwimConfig {
     pub lifeguard: bool,
     /// Most updates piggybacked on one message.
     pub max_piggyback: usize,
+    /// Piggybacking stops at this encoded size, so probes and gossip fit one QUIC datagram.
+    pub max_message_bytes: usize,
+    /// How long an acknowledged event waits for every member before settling by deadline.
+    pub event_ack_timeout: Millis,
 }
 
 impl SwimConfig {
@@ -60,6 +66,8 @@ impl SwimConfig {
             awareness_max: 8,
             lifeguard: true,
             max_piggyback: 16,
+            max_message_bytes: 1_100,
+            event_ack_timeout: 10_000,
         }
     }
 
@@ -72,6 +80,7 @@ impl SwimConfig {
             gossip_interval: 500,
             gossip_nodes: 4,
             push_pull_interval: 60_000,
+            event_ack_timeout: 30_000,
             ..SwimConfig::lan()
         }
     }
@@ -114,12 +123,16 @@ pub enum Update {
         incarnation: u64,
         from: NodeId,
     },
+    /// A constellation runtime event.
+    Cre(Cre),
 }
 
 impl Update {
-    fn subject(&self) -> NodeId {
+    /// The member a membership claim is about (events are about no one in particular).
+    fn subject(&self) -> Option<NodeId> {
         match self {
-            Update::Alive { id, .. } | Update::Suspect { id, .. } | Update::Dead { id, .. } => *id,
+            Update::Alive { id, .. } | Update::Suspect { id, .. } | Update::Dead { id, .. } => Some(*id),
+            Update::Cre(_) => None,
         }
     }
 }
@@ -153,6 +166,16 @@ pub enum Message {
         members: Vec<Update>,
         reply: bool,
     },
+    /// Sent to an event's origin by each member that received it.
+    CreAck {
+        ltime: u64,
+    },
+    /// An answer to the query raised at `ltime`, sent to the asker.
+    Answer {
+        ltime: u64,
+        payload: Vec<u8>,
+        coordinate: Option<Coordinate>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -173,6 +196,19 @@ pub enum Event {
     /// This node was suspected and refuted it with a higher incarnation.
     Refuted {
         incarnation: u64,
+    },
+    /// A runtime event raised elsewhere reached this node (once per event). A query is answered
+    /// with [`Swim::answer`].
+    Cre(Cre),
+    /// An event raised here settled.
+    Settled {
+        ltime: u64,
+        settled: Settled,
+    },
+    /// A query raised here closed: by its deadline, or once every living member answered.
+    QueryDone {
+        ltime: u64,
+        answers: Vec<QueryAnswer>,
     },
 }
 
@@ -250,8 +286,16 @@ pub struct Swim {
     vivaldi: Vivaldi,
     /// Peer coordinates refused (wrong shape, NaN, impossible round trip).
     rejected_coordinates: u64,
+    /// Each peer's coordinate from its latest ack.
+    coordinates: HashMap<NodeId, Coordinate>,
     rng: SmallRng,
     outputs: Vec<Output>,
+    lamport: LamportClock,
+    seen: Seen,
+    /// Each member's latest tags and the Lamport time they were set at (this node's included).
+    tags: HashMap<NodeId, (u64, Tags)>,
+    /// Events raised here awaiting acknowledgements or answers, by Lamport time.
+    pending: BTreeMap<u64, Pending>,
 }
 
 impl Swim {
@@ -275,8 +319,13 @@ impl Swim {
             left: false,
             vivaldi: Vivaldi::new(VivaldiConfig::default(), seed),
             rejected_coordinates: 0,
+            coordinates: HashMap::new(),
             rng: SmallRng::seed_from_u64(seed),
             outputs: Vec::new(),
+            lamport: LamportClock::default(),
+            seen: Seen::default(),
+            tags: HashMap::new(),
+            pending: BTreeMap::new(),
             config,
         };
         swim.members.insert(me, Member { id: me, addr, incarnation: 0, state: State::Alive, since: now });
@@ -334,14 +383,20 @@ impl Swim {
         std::mem::take(&mut self.outputs)
     }
 
-    /// Asks `seed` for its state and gives it ours.
-    pub fn join(&mut self, seed: &str) {
+    /// Asks `seed` for its state and gives it ours, announcing a `join` event with our tags the
+    /// first time.
+    pub fn join(&mut self, seed: &str, now: Millis) {
+        if !self.tags.contains_key(&self.me) {
+            let tags = Tags::new();
+            self.raise(CreKind::Join { tags }, false, now);
+        }
         let members = self.state_updates();
         self.send(seed.to_string(), Message::Sync { members, reply: true });
     }
 
     /// Announces a graceful leave; keep ticking until the broadcast has spread.
     pub fn leave(&mut self, now: Millis) {
+        self.raise(CreKind::Leave, false, now);
         self.left = true;
         self.incarnation += 1;
         let update = Update::Dead { id: self.me, incarnation: self.incarnation, from: self.me };
@@ -351,6 +406,149 @@ impl Swim {
             me.since = now;
         }
         self.enqueue(update);
+    }
+
+    /// Sets this node's tags and spreads them as an `update` event (or as the `join` event when
+    /// the node has announced none yet); returns the event's Lamport time.
+    pub fn set_tags(&mut self, tags: Tags, ack: bool, now: Millis) -> u64 {
+        if self.tags.contains_key(&self.me) {
+            self.raise(CreKind::Update { tags }, ack, now)
+        } else {
+            self.raise(CreKind::Join { tags }, ack, now)
+        }
+    }
+
+    /// Asks the constellation: every member handling `name` answers within `timeout`. The
+    /// answers arrive as one [`Event::QueryDone`]; returns the query's Lamport time.
+    pub fn query(&mut self, name: String, payload: Vec<u8>, timeout: Millis, now: Millis) -> u64 {
+        let reply_to = self.addr.clone();
+        self.raise(CreKind::Query { name, payload, reply_to, timeout }, true, now)
+    }
+
+    /// Answers a query received as [`Event::Cre`].
+    pub fn answer(&mut self, query: &Cre, payload: Vec<u8>) {
+        if let CreKind::Query { reply_to, .. } = &query.kind {
+            let coordinate = Some(self.vivaldi.coordinate().clone());
+            self.send(reply_to.clone(), Message::Answer { ltime: query.ltime, payload, coordinate });
+        }
+    }
+
+    /// A member's tags (this node's included).
+    pub fn tags_of(&self, id: NodeId) -> Option<&Tags> {
+        self.tags.get(&id).map(|(_, tags)| tags)
+    }
+
+    pub fn lamport_time(&self) -> u64 {
+        self.lamport.time()
+    }
+
+    /// The last coordinate a living member reported.
+    pub fn coordinate_of(&self, id: NodeId) -> Option<&Coordinate> {
+        self.coordinates.get(&id)
+    }
+
+    /// Living members by estimated round trip from here, nearest first, at most `count`.
+    pub fn nearest(&self, count: usize) -> Vec<(NodeId, std::time::Duration)> {
+        let living = self.coordinates.iter().filter(|(id, _)| self.is_alive(**id)).map(|(id, c)| (*id, c));
+        super::vivaldi::nearest(self.vivaldi.coordinate(), living, count)
+    }
+
+    /// Raises an event here: applies it locally, queues it for dissemination, and waits for
+    /// acknowledgements when asked to.
+    fn raise(&mut self, kind: CreKind, ack: bool, now: Millis) -> u64 {
+        let ltime = self.lamport.tick();
+        let cre = Cre { origin: self.me, ltime, ack, kind };
+        self.seen.first_sight(self.me, ltime);
+        self.record_tags(&cre);
+        let query_timeout = match &cre.kind {
+            CreKind::Query { timeout, .. } => Some(*timeout),
+            _ => None,
+        };
+        if ack || query_timeout.is_some() {
+            let expected = self
+                .members
+                .values()
+                .filter(|m| m.id != self.me && matches!(m.state, State::Alive | State::Suspect))
+                .map(|m| m.id)
+                .collect();
+            let deadline = now + query_timeout.unwrap_or(self.config.event_ack_timeout);
+            let pending = Pending {
+                expected,
+                acked: Default::default(),
+                answers: Vec::new(),
+                deadline,
+                query: query_timeout.is_some(),
+            };
+            self.pending.insert(ltime, pending);
+        }
+        self.enqueue(Update::Cre(cre));
+        ltime
+    }
+
+    /// Keeps the newest tags per member by Lamport time.
+    fn record_tags(&mut self, cre: &Cre) {
+        if let CreKind::Join { tags } | CreKind::Update { tags } = &cre.kind {
+            let newer = self.tags.get(&cre.origin).is_none_or(|(at, _)| cre.ltime > *at);
+            if newer {
+                self.tags.insert(cre.origin, (cre.ltime, tags.clone()));
+            }
+        }
+    }
+
+    fn is_alive(&self, id: NodeId) -> bool {
+        self.members.get(&id).is_some_and(|m| matches!(m.state, State::Alive | State::Suspect))
+    }
+
+    /// An event reached this node: handled once, acknowledged if asked, relayed.
+    fn apply_cre(&mut self, cre: Cre, from_sync: bool) {
+        self.lamport.witness(cre.ltime);
+        if cre.origin == self.me || !self.seen.first_sight(cre.origin, cre.ltime) {
+            return;
+        }
+        self.record_tags(&cre);
+        if from_sync {
+            // State, not news: a sync hands over each member's latest tags.
+            return;
+        }
+        if cre.ack {
+            let reply_to = match &cre.kind {
+                CreKind::Query { reply_to, .. } => Some(reply_to.clone()),
+                _ => self.members.get(&cre.origin).map(|m| m.addr.clone()),
+            };
+            if let Some(reply_to) = reply_to {
+                self.send(reply_to, Message::CreAck { ltime: cre.ltime });
+            }
+        }
+        self.event(Event::Cre(cre.clone()));
+        self.enqueue(Update::Cre(cre));
+    }
+
+    /// Settles events raised here whose acknowledgements are all in or whose deadline passed.
+    fn settle_pending(&mut self, now: Millis) {
+        let mut done = Vec::new();
+        for (ltime, pending) in &self.pending {
+            let complete = if pending.query {
+                pending.expected.iter().all(|id| pending.answers.iter().any(|a| a.from == *id) || !self.is_alive(*id))
+            } else {
+                pending.complete(|id| self.is_alive(id))
+            };
+            if complete || now >= pending.deadline {
+                done.push((*ltime, complete));
+            }
+        }
+        for (ltime, complete) in done {
+            let Some(pending) = self.pending.remove(&ltime) else { continue };
+            if pending.query {
+                self.event(Event::QueryDone { ltime, answers: pending.answers });
+                continue;
+            }
+            let settled = if complete {
+                Settled::Acknowledged { acked: pending.acked.len() }
+            } else {
+                Settled::Deadline { acked: pending.acked.len(), expected: pending.expected.len() }
+            };
+            self.event(Event::Settled { ltime, settled });
+        }
     }
 
     fn probe_scale(&self) -> Millis {
@@ -372,6 +570,7 @@ impl Swim {
     /// Advances timers: probes, indirect probes, nacks, suspicion expiry, gossip and sync.
     pub fn tick(&mut self, now: Millis) {
         self.expire_relays(now);
+        self.settle_pending(now);
         self.expire_suspicions(now);
         if let Some(probe) = &self.probe {
             if !probe.acked && !probe.indirect_sent && now >= probe.indirect_at {
@@ -533,20 +732,44 @@ impl Swim {
 
     fn enqueue(&mut self, update: Update) {
         // A newer claim about a member makes older queued ones pointless.
-        let subject = update.subject();
-        self.broadcasts.retain(|b| b.update.subject() != subject);
+        if let Some(subject) = update.subject() {
+            self.broadcasts.retain(|b| b.update.subject() != Some(subject));
+        }
         self.broadcasts.push(Broadcast { update, transmits: 0 });
     }
 
-    fn piggyback(&mut self) -> Vec<Update> {
+    /// The freshest pending updates that fit in `budget` encoded bytes. Broadcasts retire after
+    /// the retransmit limit; an unacknowledged event raised here has then settled by rounds.
+    fn piggyback(&mut self, mut budget: usize) -> Vec<Update> {
         let limit = self.retransmit_limit();
         self.broadcasts.sort_by_key(|b| b.transmits);
         let mut updates = Vec::new();
-        for broadcast in self.broadcasts.iter_mut().take(self.config.max_piggyback) {
+        for broadcast in &mut self.broadcasts {
+            if updates.len() == self.config.max_piggyback {
+                break;
+            }
+            let size = codec::piggybacked_len(&broadcast.update);
+            if size > budget {
+                continue;
+            }
+            budget -= size;
             broadcast.transmits += 1;
             updates.push(broadcast.update.clone());
         }
-        self.broadcasts.retain(|b| b.transmits < limit);
+        let me = self.me;
+        let mut settled = Vec::new();
+        self.broadcasts.retain(|b| {
+            let keep = b.transmits < limit;
+            if let (false, Update::Cre(cre)) = (keep, &b.update) {
+                if cre.origin == me && !cre.ack && !matches!(cre.kind, CreKind::Query { .. }) {
+                    settled.push(cre.ltime);
+                }
+            }
+            keep
+        });
+        for ltime in settled {
+            self.event(Event::Settled { ltime, settled: Settled::Rounds });
+        }
         updates
     }
 
@@ -554,23 +777,27 @@ impl Swim {
         self.send_with(to, message, Vec::new());
     }
 
-    /// Sends `message` with `updates` first, then as much pending dissemination as fits.
-    fn send_with(&mut self, to: String, message: Message, mut updates: Vec<Update>) {
-        updates.extend(self.piggyback());
-        let envelope = Envelope { from: self.me, from_addr: self.addr.clone(), message, updates };
+    /// Sends `message` with `updates` first, then as much pending dissemination as fits in one
+    /// datagram.
+    fn send_with(&mut self, to: String, message: Message, updates: Vec<Update>) {
+        let mut envelope = Envelope { from: self.me, from_addr: self.addr.clone(), message, updates };
+        let budget = self.config.max_message_bytes.saturating_sub(codec::encoded_len(&envelope));
+        envelope.updates.extend(self.piggyback(budget));
         self.outputs.push(Output::Send { to, envelope });
     }
 
+    /// Every member's state, then every member's latest tags.
     fn state_updates(&self) -> Vec<Update> {
-        self.members
-            .values()
-            .map(|m| match m.state {
-                State::Alive => Update::Alive { id: m.id, incarnation: m.incarnation, addr: m.addr.clone() },
-                State::Suspect => Update::Suspect { id: m.id, incarnation: m.incarnation, from: self.me },
-                State::Dead => Update::Dead { id: m.id, incarnation: m.incarnation, from: self.me },
-                State::Left => Update::Dead { id: m.id, incarnation: m.incarnation, from: m.id },
-            })
-            .collect()
+        let members = self.members.values().map(|m| match m.state {
+            State::Alive => Update::Alive { id: m.id, incarnation: m.incarnation, addr: m.addr.clone() },
+            State::Suspect => Update::Suspect { id: m.id, incarnation: m.incarnation, from: self.me },
+            State::Dead => Update::Dead { id: m.id, incarnation: m.incarnation, from: self.me },
+            State::Left => Update::Dead { id: m.id, incarnation: m.incarnation, from: m.id },
+        });
+        let tags = self.tags.iter().map(|(id, (ltime, tags))| {
+            Update::Cre(Cre { origin: *id, ltime: *ltime, ack: false, kind: CreKind::Update { tags: tags.clone() } })
+        });
+        members.chain(tags).collect()
     }
 
     /// Handles one inbound envelope.
@@ -604,8 +831,11 @@ impl Swim {
                     self.adjust_health(-1);
                     if let Some(coordinate) = coordinate {
                         let rtt = std::time::Duration::from_millis(rtt);
-                        if self.vivaldi.observe(target, &coordinate, rtt).is_err() {
-                            self.rejected_coordinates += 1;
+                        match self.vivaldi.observe(target, &coordinate, rtt) {
+                            Ok(_) => {
+                                self.coordinates.insert(target, coordinate);
+                            }
+                            Err(_) => self.rejected_coordinates += 1,
                         }
                     }
                 }
@@ -618,12 +848,29 @@ impl Swim {
             Message::Gossip => {}
             Message::Sync { members, reply } => {
                 for update in members {
-                    self.apply(update, now);
+                    match update {
+                        Update::Cre(cre) => self.apply_cre(cre, true),
+                        update => self.apply(update, now),
+                    }
                 }
                 if reply {
                     let members = self.state_updates();
                     self.send(envelope.from_addr, Message::Sync { members, reply: false });
                 }
+            }
+            Message::CreAck { ltime } => {
+                if let Some(pending) = self.pending.get_mut(&ltime) {
+                    pending.acked.insert(envelope.from);
+                }
+                self.settle_pending(now);
+            }
+            Message::Answer { ltime, payload, coordinate } => {
+                if let Some(pending) = self.pending.get_mut(&ltime).filter(|p| p.query) {
+                    if !pending.answers.iter().any(|a| a.from == envelope.from) {
+                        pending.answers.push(QueryAnswer { from: envelope.from, payload, coordinate });
+                    }
+                }
+                self.settle_pending(now);
             }
         }
     }
@@ -652,6 +899,7 @@ impl Swim {
     /// Applies a disseminated claim with memberlist's precedence rules.
     pub fn apply(&mut self, update: Update, now: Millis) {
         match update {
+            Update::Cre(cre) => self.apply_cre(cre, false),
             Update::Alive { id, incarnation, addr } => {
                 if id == self.me {
                     return;
@@ -739,6 +987,7 @@ impl Swim {
                 member.since = now;
                 self.suspicions.remove(&id);
                 self.vivaldi.forget(id);
+                self.coordinates.remove(&id);
                 self.event(if left { Event::Left(id) } else { Event::Failed(id) });
                 self.enqueue(Update::Dead { id, incarnation, from });
             }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::gossip::events::{Cre, CreKind, Settled, Tags};
 use crate::gossip::report::false_failures;
 use crate::gossip::sim::{addr, Sim};
 
@@ -257,7 +258,7 @@ fn a_graceful_leave_is_not_a_failure() {
 fn fifty_nodes_joining_through_one_seed_all_know_each_other() {
     let mut sim = Sim::new(50, SwimConfig::lan(), 7);
     for id in 2..=50 {
-        sim.nodes.get_mut(&id).unwrap().join("n1");
+        sim.nodes.get_mut(&id).unwrap().join("n1", 0);
     }
     // Gossip spreads the joins; the first push-pull round (30 s) repairs what it missed.
     sim.run_until(40_000);
@@ -272,7 +273,7 @@ fn fifty_nodes_joining_through_one_seed_all_know_each_other() {
 fn a_crashed_node_is_declared_dead_by_everyone() {
     let mut sim = Sim::new(20, SwimConfig::lan(), 11);
     for id in 2..=20 {
-        sim.nodes.get_mut(&id).unwrap().join("n1");
+        sim.nodes.get_mut(&id).unwrap().join("n1", 0);
     }
     sim.run_until(20_000);
     sim.crashed.insert(7);
@@ -312,4 +313,160 @@ fn lifeguard_declares_far_fewer_healthy_nodes_dead_than_plain_swim() {
     let lifeguard = false_failures(true, 0.10, 5);
     assert!(swim >= 20, "the scenario must hurt plain SWIM: {swim} false failures");
     assert!(lifeguard * 5 <= swim, "Lifeguard {lifeguard} false failures, plain SWIM {swim}");
+}
+
+// Constellation runtime events.
+
+fn settled(sim: &Sim, origin: NodeId, ltime: u64) -> Option<Settled> {
+    sim.events.iter().find_map(|(_, id, e)| match e {
+        Event::Settled { ltime: t, settled } if *id == origin && *t == ltime => Some(settled.clone()),
+        _ => None,
+    })
+}
+
+fn zone(zone: &str) -> Tags {
+    Tags::from([("zone".to_string(), zone.to_string())])
+}
+
+#[test]
+fn a_tag_update_reaches_every_node_once_and_settles_when_all_acknowledge() {
+    let mut sim = Sim::meshed(50, SwimConfig::lan(), 21);
+    let ltime = sim.nodes.get_mut(&7).unwrap().set_tags(zone("eu-1a"), true, sim.now);
+    sim.run_until(5_000);
+    for (id, swim) in &sim.nodes {
+        assert_eq!(swim.tags_of(7), Some(&zone("eu-1a")), "node {id}");
+    }
+    let received: Vec<NodeId> = sim
+        .events
+        .iter()
+        .filter(|(_, _, e)| matches!(e, Event::Cre(cre) if cre.origin == 7 && cre.ltime == ltime))
+        .map(|(_, id, _)| *id)
+        .collect();
+    assert_eq!(received.len(), 49, "each other node handles the event exactly once: {received:?}");
+    assert_eq!(settled(&sim, 7, ltime), Some(Settled::Acknowledged { acked: 49 }));
+}
+
+#[test]
+fn tags_follow_lamport_time_not_arrival_order() {
+    let mut a = with_members(1, &[2]);
+    let update = |ltime, zone_name: &str| {
+        Update::Cre(Cre { origin: 2, ltime, ack: false, kind: CreKind::Update { tags: zone(zone_name) } })
+    };
+    a.apply(update(9, "new"), 0);
+    a.apply(update(4, "old"), 1);
+    assert_eq!(a.tags_of(2), Some(&zone("new")), "a late, older update does not win");
+    assert!(a.lamport_time() >= 9, "the clock witnessed the event");
+    let raised = a.set_tags(zone("mine"), false, 2);
+    assert!(raised > 9, "events raised afterwards are ordered after what was seen");
+    let relayed = events(&a.drain()).iter().filter(|e| matches!(e, Event::Cre(_))).count();
+    assert_eq!(relayed, 2, "both arrivals are events to the application, once each");
+    a.apply(update(9, "new"), 3);
+    assert!(events(&a.drain()).is_empty(), "a duplicate is dropped");
+}
+
+#[test]
+fn an_event_without_acknowledgements_settles_by_rounds() {
+    let mut sim = Sim::meshed(20, SwimConfig::lan(), 4);
+    let ltime = sim.nodes.get_mut(&3).unwrap().set_tags(zone("us-2b"), false, sim.now);
+    sim.run_until(10_000);
+    assert_eq!(settled(&sim, 3, ltime), Some(Settled::Rounds));
+    assert!(sim.nodes.values().all(|swim| swim.tags_of(3) == Some(&zone("us-2b"))));
+}
+
+#[test]
+fn an_acknowledged_event_does_not_wait_for_a_member_that_died() {
+    let mut sim = Sim::meshed(10, SwimConfig::lan(), 8);
+    sim.crashed.insert(10);
+    let ltime = sim.nodes.get_mut(&1).unwrap().set_tags(zone("a"), true, sim.now);
+    sim.run_until(3_000);
+    assert_eq!(settled(&sim, 1, ltime), None, "node 10 has not acknowledged and is not known dead yet");
+    sim.run_until(60_000);
+    // Declared dead before the 10 s deadline: it is no longer waited for.
+    assert!(sim.views(10).iter().all(|v| *v == Some(State::Dead)));
+    assert_eq!(settled(&sim, 1, ltime), Some(Settled::Acknowledged { acked: 8 }));
+}
+
+#[test]
+fn an_acknowledged_event_settles_by_deadline_when_a_member_stays_silent() {
+    let mut a = with_members(1, &[2, 3]);
+    let ltime = a.set_tags(zone("a"), true, 0);
+    a.handle(5, Envelope { from: 2, from_addr: addr(2), message: Message::CreAck { ltime }, updates: vec![] });
+    a.tick(9_999);
+    assert!(!events(&a.drain()).iter().any(|e| matches!(e, Event::Settled { .. })));
+    a.tick(10_000);
+    let settled = Event::Settled { ltime, settled: Settled::Deadline { acked: 1, expected: 2 } };
+    assert!(events(&a.drain()).contains(&settled));
+}
+
+#[test]
+fn a_query_collects_an_answer_from_every_living_node() {
+    let mut sim = Sim::meshed(30, SwimConfig::lan(), 9);
+    sim.crashed.insert(30);
+    sim.run_until(30_000);
+    assert!(sim.views(30).iter().all(|v| *v == Some(State::Dead)));
+    let ltime = sim.nodes.get_mut(&1).unwrap().query("capacity".into(), b"free".to_vec(), 2_000, sim.now);
+    for _ in 0..50 {
+        sim.run_until(sim.now + 50);
+        sim.answer_queries(|id, query| {
+            matches!(&query.kind, CreKind::Query { name, .. } if name == "capacity")
+                .then(|| id.to_string().into_bytes())
+        });
+    }
+    let answers = sim
+        .events
+        .iter()
+        .find_map(|(_, id, e)| match e {
+            Event::QueryDone { ltime: t, answers } if *id == 1 && *t == ltime => Some(answers.clone()),
+            _ => None,
+        })
+        .expect("the query closed");
+    let mut from: Vec<NodeId> = answers.iter().map(|a| a.from).collect();
+    from.sort();
+    assert_eq!(from, (2..=29).collect::<Vec<_>>());
+    assert!(answers.iter().all(|a| a.payload == a.from.to_string().into_bytes() && a.coordinate.is_some()));
+}
+
+#[test]
+fn join_and_leave_are_events_with_the_joiners_tags() {
+    let mut sim = Sim::meshed(10, SwimConfig::lan(), 2);
+    sim.join(11, SwimConfig::lan(), 1);
+    sim.run_until(sim.now + 3_000);
+    let joins = sim
+        .events
+        .iter()
+        .filter(|(_, _, e)| matches!(e, Event::Cre(Cre { origin: 11, kind: CreKind::Join { .. }, .. })))
+        .count();
+    assert_eq!(joins, 10);
+    sim.nodes.get_mut(&11).unwrap().leave(sim.now);
+    sim.run_until(sim.now + 3_000);
+    let leaves = sim
+        .events
+        .iter()
+        .filter(|(_, _, e)| matches!(e, Event::Cre(Cre { origin: 11, kind: CreKind::Leave, .. })))
+        .count();
+    assert_eq!(leaves, 10);
+}
+
+#[test]
+fn piggybacking_stops_at_the_datagram_budget() {
+    let mut a = with_members(1, &(2..=200).collect::<Vec<_>>());
+    for id in 2..=200 {
+        a.apply(Update::Suspect { id, incarnation: 0, from: 1 }, 0);
+        a.apply(
+            Update::Cre(Cre {
+                origin: id,
+                ltime: 1,
+                ack: false,
+                kind: CreKind::Update { tags: zone(&"z".repeat(200)) },
+            }),
+            0,
+        );
+    }
+    a.drain();
+    a.tick(1_000);
+    for (_, envelope) in sends(&a.drain()) {
+        let size = crate::gossip::codec::encoded_len(&envelope);
+        assert!(size <= SwimConfig::lan().max_message_bytes, "{size} bytes");
+        assert!(!envelope.updates.is_empty());
+    }
 }
