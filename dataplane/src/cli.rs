@@ -31,6 +31,10 @@ pub enum Command {
     Up(UpArgs),
     /// Show the constellation: members, ranges, leaders and applied indexes.
     Status(StatusArgs),
+    /// Show the gossip membership as one node sees it: state, incarnation, estimated RTT, tags.
+    Members(MembersArgs),
+    /// Ask the constellation (a query runtime event) and print every answer.
+    Query(QueryArgs),
     /// Measure throughput and latency with a closed-loop workload.
     Bench(BenchArgs),
     /// Deterministic in-process simulations of the constellation's protocols.
@@ -98,6 +102,35 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub client: ClientArgs,
     /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only the living members nearest the node by estimated round trip (Vivaldi), at most this many.
+    #[arg(long)]
+    pub nearest: Option<usize>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The query: `ping` (each node's id) or `capacity` (replicas held and tags).
+    pub name: String,
+    /// Bytes passed to every node's handler.
+    #[arg(long, default_value = "")]
+    pub payload: String,
+    /// How long answers are collected.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub deadline_ms: u64,
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }

@@ -280,6 +280,18 @@ impl SystemClient {
         use payload_type::system::*;
         self.0.call_proto(HEALTH_REQUEST, &v1::HealthRequest {}, HEALTH_RESPONSE, "HealthResponse").await
     }
+
+    /// The gossip membership as the node sees it.
+    pub async fn members(&mut self) -> Result<v1::MembersResponse, ClientError> {
+        use payload_type::system::*;
+        self.0.call_proto(MEMBERS_REQUEST, &v1::MembersRequest {}, MEMBERS_RESPONSE, "MembersResponse").await
+    }
+
+    /// Raises a query event through the node; answers arrive when it closes (allow `timeout`).
+    pub async fn query(&mut self, request: &v1::QueryRequest) -> Result<v1::QueryResponse, ClientError> {
+        use payload_type::system::*;
+        self.0.call_proto(QUERY_REQUEST, request, QUERY_RESPONSE, "QueryResponse").await
+    }
 }
 
 /// KV service calls on one stream.

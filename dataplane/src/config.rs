@@ -180,7 +180,8 @@ impl Default for RaftSettings {
     }
 }
 
-/// How this node finds and forms its constellation (static peer lists until gossip lands).
+/// How this node forms its constellation: the founders, or a node to join through. Membership
+/// after that is gossip's.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ConstellationConfig {
@@ -194,11 +195,22 @@ pub struct ConstellationConfig {
     pub initial_ranges: u32,
     /// Replicas per range (fewer when the constellation has fewer nodes).
     pub replication_factor: u32,
+    /// How long a node declared dead by gossip may stay dead before its replicas are rebuilt
+    /// elsewhere; 0 never rebuilds them automatically.
+    pub replace_dead_after_ms: u64,
 }
 
 impl Default for ConstellationConfig {
     fn default() -> Self {
-        ConstellationConfig { peers: Vec::new(), join: None, advertise: None, initial_ranges: 4, replication_factor: 3 }
+        ConstellationConfig {
+            peers: Vec::new(),
+            join: None,
+            advertise: None,
+            initial_ranges: 4,
+            replication_factor: 3,
+            // CockroachDB's time_until_store_dead.
+            replace_dead_after_ms: 300_000,
+        }
     }
 }
 
@@ -214,12 +226,78 @@ pub enum GossipProfile {
     Local,
 }
 
-/// Failure-detector timing. Membership is still static peer lists and join requests; the
-/// profile is validated now so Constellations written today keep working when gossip lands.
+/// SWIM/Lifeguard membership: the timing profile, any value of it overridden, the nodes to
+/// join through, and the tags this node announces.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct GossipConfig {
     pub profile: GossipProfile,
+    /// `host:port` of nodes to join the gossip through; DNS names are re-resolved on every
+    /// attempt until joined. Default: the founders and the `join` address.
+    pub seeds: Vec<String>,
+    /// Metadata spread to every member (zone, rack ...); `version` and `ranges` are added.
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub probe_interval_ms: Option<u64>,
+    pub probe_timeout_ms: Option<u64>,
+    pub indirect_checks: Option<usize>,
+    pub suspicion_mult: Option<u32>,
+    pub suspicion_max_timeout_mult: Option<u32>,
+    pub gossip_interval_ms: Option<u64>,
+    pub gossip_nodes: Option<usize>,
+    pub retransmit_mult: Option<u32>,
+    pub push_pull_interval_ms: Option<u64>,
+}
+
+impl GossipConfig {
+    /// The profile's timing with the overrides applied, checked.
+    pub fn swim_config(&self) -> Result<crate::gossip::swim::SwimConfig, ConfigError> {
+        use crate::gossip::swim::SwimConfig;
+        let mut swim = match self.profile {
+            GossipProfile::Lan => SwimConfig::lan(),
+            GossipProfile::Wan => SwimConfig::wan(),
+            GossipProfile::Local => SwimConfig::local(),
+        };
+        macro_rules! override_with {
+            ($($field:ident => $target:ident),* $(,)?) => {
+                $(if let Some(value) = self.$field { swim.$target = value; })*
+            };
+        }
+        override_with! {
+            probe_interval_ms => probe_interval,
+            probe_timeout_ms => probe_timeout,
+            indirect_checks => indirect_checks,
+            suspicion_mult => suspicion_mult,
+            suspicion_max_timeout_mult => suspicion_max_timeout_mult,
+            gossip_interval_ms => gossip_interval,
+            gossip_nodes => gossip_nodes,
+            retransmit_mult => retransmit_mult,
+            push_pull_interval_ms => push_pull_interval,
+        }
+        let invalid = |msg: &str| Err(ConfigError::Invalid(format!("gossip: {msg}")));
+        if swim.probe_interval == 0 || swim.probe_timeout == 0 || swim.gossip_interval == 0 {
+            return invalid("probe-interval-ms, probe-timeout-ms and gossip-interval-ms must be positive");
+        }
+        if swim.probe_timeout >= swim.probe_interval {
+            return invalid("probe-timeout-ms must be below probe-interval-ms");
+        }
+        if swim.suspicion_mult < 1 || swim.suspicion_max_timeout_mult < 1 || swim.retransmit_mult < 1 {
+            return invalid("suspicion-mult, suspicion-max-timeout-mult and retransmit-mult must be at least 1");
+        }
+        if swim.gossip_nodes == 0 || swim.push_pull_interval < swim.probe_interval {
+            return invalid("gossip-nodes must be positive and push-pull-interval-ms at least probe-interval-ms");
+        }
+        let codec = crate::gossip::codec::MAX_TAGS;
+        if self.tags.len() > codec
+            || self.tags.iter().any(|(k, v)| {
+                k.is_empty()
+                    || k.len() > crate::gossip::codec::MAX_TAG_KEY
+                    || v.len() > crate::gossip::codec::MAX_TAG_VALUE
+            })
+        {
+            return invalid("tags: at most 32, keys 1 to 64 bytes, values at most 256");
+        }
+        Ok(swim)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -323,6 +401,7 @@ impl NodeConfig {
         if raft.snapshot_after_entries == 0 || raft.max_entries_per_append == 0 {
             return invalid("raft.snapshot-after-entries and raft.max-entries-per-append must be positive".into());
         }
+        self.gossip.swim_config()?;
         let constellation = &self.constellation;
         if !(1..=1024).contains(&constellation.initial_ranges) {
             return invalid("constellation.initial-ranges must be 1 to 1024".into());

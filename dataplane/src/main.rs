@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use pleiades::cli::{BenchArgs, Cli, ClientArgs, Command, KvArgs, KvCommand, NodeAction, PingArgs, StatusArgs};
+use pleiades::cli::{
+    BenchArgs, Cli, ClientArgs, Command, KvArgs, KvCommand, MembersArgs, NodeAction, PingArgs, QueryArgs, StatusArgs,
+};
 use pleiades::client::cluster::{Cluster, ClusterConfig};
 use pleiades::client::Client;
 use pleiades_proto::v1::{self, ReadConsistency};
@@ -54,6 +56,8 @@ fn main() -> ExitCode {
             Command::Node(_) => unreachable!("node commands became jobs above"),
             Command::Up(args) => pleiades::local::up(&args, stop_signal()?).await,
             Command::Status(args) => status(&args).await,
+            Command::Members(args) => members(&args).await,
+            Command::Query(args) => query(&args).await,
             Command::Bench(args) => bench(&args).await,
             Command::Sim(args) => simulate(args),
             Command::Info(args) => info(&args).await,
@@ -306,11 +310,141 @@ async fn decommission(node_id: u64, args: &ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Microseconds as milliseconds for tables; `-` when unknown.
+fn rtt_ms(us: u64) -> String {
+    if us == 0 {
+        "-".into()
+    } else {
+        format!("{:.2}", us as f64 / 1000.0)
+    }
+}
+
+async fn members(args: &MembersArgs) -> anyhow::Result<()> {
+    let client = connect(&args.client).await?;
+    let view = client.system().await?.members().await?;
+    client.close().await;
+    let mut members = view.members.clone();
+    if let Some(nearest) = args.nearest {
+        members.retain(|m| m.node_id != view.node_id && m.state == "alive" && m.rtt_estimate_us > 0);
+        members.sort_by_key(|m| (m.rtt_estimate_us, m.node_id));
+        members.truncate(nearest);
+    }
+    if args.json {
+        let members: Vec<_> = members
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "node_id": m.node_id, "addr": m.addr, "state": m.state, "incarnation": m.incarnation,
+                    "rtt_estimate_us": m.rtt_estimate_us, "coordinate": m.coordinate,
+                    "coordinate_error": m.coordinate_error, "tags": m.tags,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "node_id": view.node_id, "incarnation": view.incarnation, "health_score": view.health_score,
+                "coordinate": view.coordinate, "coordinate_error": view.coordinate_error,
+                "lamport_time": view.lamport_time, "members": members,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "node {}: incarnation {}, health score {}, coordinate error {:.3}, lamport time {}",
+        view.node_id, view.incarnation, view.health_score, view.coordinate_error, view.lamport_time
+    );
+    println!("  {:<6} {:<22} {:<8} {:>5} {:>9}  TAGS", "NODE", "ADDRESS", "STATE", "INC", "RTT (ms)");
+    for m in &members {
+        let mut tags: Vec<String> = m.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        tags.sort();
+        println!(
+            "  {:<6} {:<22} {:<8} {:>5} {:>9}  {}",
+            m.node_id,
+            m.addr,
+            m.state,
+            m.incarnation,
+            rtt_ms(m.rtt_estimate_us),
+            tags.join(",")
+        );
+    }
+    Ok(())
+}
+
+async fn query(args: &QueryArgs) -> anyhow::Result<()> {
+    let mut client_args = args.client.clone();
+    // The answer comes after the query's deadline.
+    client_args.timeout_ms = client_args.timeout_ms.max(args.deadline_ms + 2_000);
+    let client = connect(&client_args).await?;
+    let request = v1::QueryRequest {
+        name: args.name.clone(),
+        payload: args.payload.clone().into_bytes(),
+        timeout_ms: args.deadline_ms,
+    };
+    let response = client.system().await?.query(&request).await?;
+    client.close().await;
+    if !response.error.is_empty() {
+        anyhow::bail!("query refused: {}", response.error);
+    }
+    let mut answers = response.answers;
+    answers.sort_by_key(|a| a.node_id);
+    if args.json {
+        let answers: Vec<_> = answers
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "node_id": a.node_id, "rtt_estimate_us": a.rtt_estimate_us,
+                    "payload": String::from_utf8_lossy(&a.payload),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "expected": response.expected, "answers": answers }));
+        return Ok(());
+    }
+    println!("{} answers from {} members", answers.len(), response.expected);
+    println!("  {:<6} {:>9}  ANSWER", "NODE", "RTT (ms)");
+    for a in &answers {
+        println!("  {:<6} {:>9}  {}", a.node_id, rtt_ms(a.rtt_estimate_us), String::from_utf8_lossy(&a.payload));
+    }
+    Ok(())
+}
+
+/// Adds `extra`'s fields to `entry` (both JSON objects).
+fn merge(entry: &mut serde_json::Value, extra: &serde_json::Value) {
+    if let (Some(entry), Some(extra)) = (entry.as_object_mut(), extra.as_object()) {
+        entry.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+}
+
 async fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let cluster = cluster(&args.client).await?;
+    // Gossip's view from the node asked: every member, dead ones included.
+    let gossip = match cluster.system(&args.client.addr.to_string()).await {
+        Ok(mut system) => system.members().await.ok(),
+        Err(_) => None,
+    };
+    let gossip_members: std::collections::BTreeMap<u64, v1::GossipMemberStatus> =
+        gossip.iter().flat_map(|g| g.members.iter().map(|m| (m.node_id, m.clone()))).collect();
+    let mut nodes = cluster.nodes();
+    for (id, m) in &gossip_members {
+        nodes.entry(*id).or_insert_with(|| m.addr.clone());
+    }
     let mut members = Vec::new();
     let mut replicas: Vec<(u64, v1::ReplicaStatus)> = Vec::new();
-    for (id, addr) in cluster.nodes() {
+    for (id, addr) in nodes {
+        let member = gossip_members.get(&id);
+        let gossip_fields = serde_json::json!({
+            "gossip_state": member.map(|m| m.state.as_str()).unwrap_or("unknown"),
+            "incarnation": member.map(|m| m.incarnation),
+            "rtt_estimate_us": member.map(|m| m.rtt_estimate_us),
+            "coordinate": member.map(|m| m.coordinate.clone()),
+        });
+        if member.is_some_and(|m| m.state == "dead" || m.state == "left") {
+            let mut entry = serde_json::json!({ "node_id": id, "addr": addr, "state": "down" });
+            merge(&mut entry, &gossip_fields);
+            members.push(entry);
+            continue;
+        }
         let answer = async {
             let mut system = cluster.system(&addr).await?;
             let info = system.node_info().await?;
@@ -321,15 +455,21 @@ async fn status(args: &StatusArgs) -> anyhow::Result<()> {
         match answer {
             Ok((info, ranges)) => {
                 let leaders = ranges.replicas.iter().filter(|r| r.role == "leader").count();
-                members.push(serde_json::json!({
+                let mut entry = serde_json::json!({
                     "node_id": id, "addr": addr, "state": "up", "version": info.version,
                     "uptime_seconds": info.uptime_seconds, "replicas": ranges.replicas.len(), "leaders": leaders,
-                }));
+                });
+                merge(&mut entry, &gossip_fields);
+                members.push(entry);
                 replicas.extend(ranges.replicas.into_iter().map(|r| (id, r)));
             }
-            Err(e) => members.push(serde_json::json!({
-                "node_id": id, "addr": addr, "state": "unreachable", "error": e.to_string(),
-            })),
+            Err(e) => {
+                let mut entry = serde_json::json!({
+                    "node_id": id, "addr": addr, "state": "unreachable", "error": e.to_string(),
+                });
+                merge(&mut entry, &gossip_fields);
+                members.push(entry);
+            }
         }
     }
     replicas.sort_by_key(|(node, r)| (r.descriptor.as_ref().map(|d| d.range_id).unwrap_or_default(), *node));
@@ -347,17 +487,35 @@ async fn status(args: &StatusArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({ "members": members, "replicas": ranges }));
+        let gossip = gossip.map(|g| {
+            serde_json::json!({
+                "node_id": g.node_id, "incarnation": g.incarnation, "health_score": g.health_score,
+                "coordinate": g.coordinate, "coordinate_error": g.coordinate_error,
+            })
+        });
+        println!("{}", serde_json::json!({ "gossip": gossip, "members": members, "replicas": ranges }));
         return Ok(());
     }
     println!("MEMBERS");
-    println!("  {:<6} {:<22} {:<12} {:>8} {:>8}", "NODE", "ADDRESS", "STATE", "REPLICAS", "LEADERS");
+    if let Some(g) = &gossip {
+        println!(
+            "  as node {} sees them: its health score {}, coordinate error {:.3}",
+            g.node_id, g.health_score, g.coordinate_error
+        );
+    }
+    println!(
+        "  {:<6} {:<22} {:<12} {:<8} {:>5} {:>9} {:>8} {:>8}",
+        "NODE", "ADDRESS", "STATE", "GOSSIP", "INC", "RTT (ms)", "REPLICAS", "LEADERS"
+    );
     for m in &members {
         println!(
-            "  {:<6} {:<22} {:<12} {:>8} {:>8}",
+            "  {:<6} {:<22} {:<12} {:<8} {:>5} {:>9} {:>8} {:>8}",
             m["node_id"].as_u64().unwrap_or_default(),
             m["addr"].as_str().unwrap_or_default(),
             m["state"].as_str().unwrap_or_default(),
+            m["gossip_state"].as_str().unwrap_or_default(),
+            m["incarnation"].as_u64().map(|n| n.to_string()).unwrap_or("-".into()),
+            rtt_ms(m["rtt_estimate_us"].as_u64().unwrap_or_default()),
             m["replicas"].as_u64().map(|n| n.to_string()).unwrap_or("-".into()),
             m["leaders"].as_u64().map(|n| n.to_string()).unwrap_or("-".into()),
         );

@@ -20,6 +20,16 @@ pub mod payload_type {
         pub const RANGE_STATUS_RESPONSE: u8 = 0x06;
         pub const DECOMMISSION_REQUEST: u8 = 0x07;
         pub const DECOMMISSION_RESPONSE: u8 = 0x08;
+        pub const MEMBERS_REQUEST: u8 = 0x09;
+        pub const MEMBERS_RESPONSE: u8 = 0x0A;
+        pub const QUERY_REQUEST: u8 = 0x0B;
+        pub const QUERY_RESPONSE: u8 = 0x0C;
+    }
+    /// Gossip service (0x01). Small messages travel as QUIC datagrams (the service byte, then a
+    /// `GossipEnvelope`); ones too large for a datagram use a stream of this service.
+    pub mod gossip {
+        pub const ENVELOPE: u8 = 0x01;
+        pub const RECEIVED: u8 = 0x02;
     }
     /// Raft service (0x02).
     pub mod raft {

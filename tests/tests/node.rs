@@ -18,7 +18,7 @@ async fn system_service_reports_identity_and_health() {
     assert_eq!(info.protocol_version, 1);
     assert_eq!(info.listen_address, node.quic.to_string());
     assert_eq!(info.http_address, node.http.to_string());
-    assert_eq!(info.services, vec![0x05, 0x03, 0x02]);
+    assert_eq!(info.services, vec![0x05, 0x03, 0x02, 0x01]);
     assert!(info.now.unwrap().wall_nanos > 0);
     let health = system.health().await.unwrap();
     assert_eq!(health.status(), HealthStatus::Serving);

@@ -71,6 +71,18 @@ impl SwimConfig {
         }
     }
 
+    /// Loopback constellations (tests, `pleiades up`): failures found within seconds.
+    pub fn local() -> SwimConfig {
+        SwimConfig {
+            probe_interval: 500,
+            probe_timeout: 200,
+            gossip_interval: 100,
+            push_pull_interval: 10_000,
+            event_ack_timeout: 5_000,
+            ..SwimConfig::lan()
+        }
+    }
+
     /// HashiCorp's WAN profile: slower probes, longer suspicion.
     pub fn wan() -> SwimConfig {
         SwimConfig {
@@ -192,7 +204,10 @@ pub enum Event {
     Suspected(NodeId),
     Failed(NodeId),
     Left(NodeId),
+    /// A suspect proved alive.
     Recovered(NodeId),
+    /// A member declared dead proved alive: the declaration was a false positive.
+    Revived(NodeId),
     /// This node was suspected and refuted it with a higher incarnation.
     Refuted {
         incarnation: u64,
@@ -263,8 +278,18 @@ struct Broadcast {
     transmits: u32,
 }
 
+/// Counters for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Stats {
+    pub probes: u64,
+    /// Probes that closed with no ack, direct or relayed.
+    pub probes_failed: u64,
+    pub indirect_probes: u64,
+}
+
 pub struct Swim {
     config: SwimConfig,
+    stats: Stats,
     me: NodeId,
     addr: String,
     incarnation: u64,
@@ -301,6 +326,7 @@ pub struct Swim {
 impl Swim {
     pub fn new(config: SwimConfig, me: NodeId, addr: String, now: Millis, seed: u64) -> Swim {
         let mut swim = Swim {
+            stats: Stats::default(),
             me,
             addr: addr.clone(),
             incarnation: 0,
@@ -334,6 +360,10 @@ impl Swim {
 
     pub fn id(&self) -> NodeId {
         self.me
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
     }
 
     pub fn incarnation(&self) -> u64 {
@@ -427,8 +457,13 @@ impl Swim {
 
     /// Answers a query received as [`Event::Cre`].
     pub fn answer(&mut self, query: &Cre, payload: Vec<u8>) {
-        if let CreKind::Query { reply_to, .. } = &query.kind {
-            let coordinate = Some(self.vivaldi.coordinate().clone());
+        let CreKind::Query { reply_to, .. } = &query.kind else { return };
+        let coordinate = Some(self.vivaldi.coordinate().clone());
+        if query.origin == self.me {
+            if let Some(pending) = self.pending.get_mut(&query.ltime) {
+                pending.answers.push(QueryAnswer { from: self.me, payload, coordinate });
+            }
+        } else {
             self.send(reply_to.clone(), Message::Answer { ltime: query.ltime, payload, coordinate });
         }
     }
@@ -465,10 +500,12 @@ impl Swim {
             _ => None,
         };
         if ack || query_timeout.is_some() {
+            // A query is asked of this node too (as Serf does); other events only of the rest.
+            let is_query = query_timeout.is_some();
             let expected = self
                 .members
                 .values()
-                .filter(|m| m.id != self.me && matches!(m.state, State::Alive | State::Suspect))
+                .filter(|m| (is_query || m.id != self.me) && matches!(m.state, State::Alive | State::Suspect))
                 .map(|m| m.id)
                 .collect();
             let deadline = now + query_timeout.unwrap_or(self.config.event_ack_timeout);
@@ -480,6 +517,9 @@ impl Swim {
                 query: query_timeout.is_some(),
             };
             self.pending.insert(ltime, pending);
+        }
+        if query_timeout.is_some() {
+            self.event(Event::Cre(cre.clone()));
         }
         self.enqueue(Update::Cre(cre));
         ltime
@@ -604,6 +644,7 @@ impl Swim {
 
     fn start_probe(&mut self, now: Millis) {
         let Some(target) = self.next_probe_target() else { return };
+        self.stats.probes += 1;
         let seq = self.next_seq();
         let timeout = self.config.probe_timeout * self.probe_scale();
         let mut buddy = Vec::new();
@@ -646,6 +687,7 @@ impl Swim {
     fn send_indirect_probes(&mut self) {
         let Some(probe) = self.probe.as_mut() else { return };
         probe.indirect_sent = true;
+        self.stats.indirect_probes += 1;
         let (seq, target) = (probe.seq, probe.target);
         let Some(target_addr) = self.members.get(&target).map(|m| m.addr.clone()) else { return };
         let helpers = self.random_members(self.config.indirect_checks, |m| m.id != target && m.state == State::Alive);
@@ -667,6 +709,7 @@ impl Swim {
         if probe.acked {
             return;
         }
+        self.stats.probes_failed += 1;
         let missed = if probe.nacks_expected > 0 { probe.nacks_expected.saturating_sub(probe.nacks) } else { 1 };
         self.adjust_health(i64::from(missed));
         let Some(target) = self.members.get(&probe.target).cloned() else { return };
@@ -926,7 +969,8 @@ impl Swim {
                         match was {
                             State::Alive => {}
                             State::Suspect => self.event(Event::Recovered(id)),
-                            State::Dead | State::Left => self.event(Event::Joined(id)),
+                            State::Dead => self.event(Event::Revived(id)),
+                            State::Left => self.event(Event::Joined(id)),
                         }
                     }
                 }

@@ -1,6 +1,7 @@
 //! The node process: opens storage, starts the clock, serves PWP over QUIC and the
 //! observability endpoints, and shuts down cleanly.
 
+pub mod gossip;
 pub mod kubernetes;
 mod kv;
 pub mod live;
@@ -17,8 +18,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pleiades_proto::payload_type;
 use pleiades_proto::v1::{
-    DecommissionRequest, DecommissionResponse, HealthRequest, NodeInfoRequest, RaftRequest, RangeStatusRequest,
-    RangeStatusResponse,
+    DecommissionRequest, DecommissionResponse, HealthRequest, MembersRequest, NodeInfoRequest, QueryRequest,
+    QueryResponse, RaftRequest, RangeStatusRequest, RangeStatusResponse,
 };
 use pleiades_proto::wire::{Service, ServiceDirectory, ServiceHealth, ServiceTypeStatus};
 use prometheus_client::registry::Registry;
@@ -134,19 +135,21 @@ struct NodeServices {
     system: SystemService,
     kv: KvService,
     replicas: Arc<Replicas>,
+    gossip: gossip::Gossip,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
 }
 
-const SERVED: [Service; 3] = [Service::System, Service::Kv, Service::Raft];
+const SERVED: [Service; 4] = [Service::System, Service::Kv, Service::Raft, Service::Gossip];
 
 impl ServiceDirectory for NodeServices {
     fn service_type_status(&self, service: Service) -> ServiceTypeStatus {
-        if service == Service::Raft {
-            // Peers replicate to a node as soon as it listens, ready for clients or not.
+        if matches!(service, Service::Raft | Service::Gossip) {
+            // Peers replicate to and gossip with a node as soon as it listens, ready for
+            // clients or not.
             ServiceTypeStatus::Ready
         } else if !SERVED.contains(&service) {
-            // Gossip and messaging come with later releases: retrying this node won't help.
+            // Messaging comes with a later release: retrying this node won't help.
             ServiceTypeStatus::UnavailableNonRetryable
         } else if self.health.is_ready() {
             ServiceTypeStatus::Ready
@@ -209,6 +212,31 @@ impl Dispatch for NodeServices {
                 self.observe_system("decommission", started);
                 Ok((payload_type::system::DECOMMISSION_RESPONSE, response.encode_to_vec().into()))
             }
+            (Service::System, payload_type::system::MEMBERS_REQUEST) => {
+                let started = Instant::now();
+                MembersRequest::decode(payload).map_err(|e| DispatchError::malformed("MembersRequest", e))?;
+                let response = self.gossip.members().await.unwrap_or_default();
+                self.observe_system("members", started);
+                Ok((payload_type::system::MEMBERS_RESPONSE, response.encode_to_vec().into()))
+            }
+            (Service::System, payload_type::system::QUERY_REQUEST) => {
+                let started = Instant::now();
+                let request = QueryRequest::decode(payload).map_err(|e| DispatchError::malformed("QueryRequest", e))?;
+                let response = match check_query(&request) {
+                    Ok(timeout) => {
+                        self.gossip.query(request.name, request.payload, timeout).await.unwrap_or_else(|| {
+                            QueryResponse { error: "gossip is not running".into(), ..Default::default() }
+                        })
+                    }
+                    Err(error) => QueryResponse { error, ..Default::default() },
+                };
+                self.observe_system("query", started);
+                Ok((payload_type::system::QUERY_RESPONSE, response.encode_to_vec().into()))
+            }
+            (Service::Gossip, payload_type::gossip::ENVELOPE) => {
+                self.gossip.receive_streamed(&payload);
+                Ok((payload_type::gossip::RECEIVED, Bytes::new()))
+            }
             (Service::Raft, payload_type::raft::REQUEST) => {
                 let request = RaftRequest::decode(payload).map_err(|e| DispatchError::malformed("RaftRequest", e))?;
                 let response = self.replicas.handle(request).await;
@@ -221,6 +249,25 @@ impl Dispatch for NodeServices {
             _ => Err(DispatchError::UnknownPayloadType { service, payload_type: kind }),
         }
     }
+
+    fn datagram(&self, datagram: Bytes) {
+        self.gossip.receive_datagram(datagram);
+    }
+}
+
+/// A client's query, checked as a peer's would be; returns its deadline.
+fn check_query(request: &QueryRequest) -> Result<Duration, String> {
+    use crate::gossip::codec::{MAX_QUERY_NAME, MAX_QUERY_PAYLOAD, MAX_QUERY_TIMEOUT_MS};
+    if request.name.is_empty() || request.name.len() > MAX_QUERY_NAME {
+        return Err(format!("query name must be 1 to {MAX_QUERY_NAME} bytes"));
+    }
+    if request.payload.len() > MAX_QUERY_PAYLOAD {
+        return Err(format!("query payload must be at most {MAX_QUERY_PAYLOAD} bytes"));
+    }
+    if !(1..=MAX_QUERY_TIMEOUT_MS).contains(&request.timeout_ms) {
+        return Err(format!("query timeout must be 1 to {MAX_QUERY_TIMEOUT_MS} ms"));
+    }
+    Ok(Duration::from_millis(request.timeout_ms))
 }
 
 impl NodeServices {
@@ -286,7 +333,8 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     // connections idle out after a few seconds of silence (keep-alives flow every third of
     // that), so a peer that died or restarted is redialled quickly.
     let peer_limits = QuicLimits { max_streams: limits.max_streams, idle_timeout: PEER_IDLE_TIMEOUT };
-    let has_peers = config.constellation.peers.len() > 1 || config.constellation.join.is_some();
+    let has_peers =
+        config.constellation.peers.len() > 1 || config.constellation.join.is_some() || !config.gossip.seeds.is_empty();
     let generated_ca = tls::GeneratedPaths::in_data_dir(&config.data_dir).ca_cert;
     let peer_ca = config.tls.ca_cert.clone().or_else(|| generated_ca.exists().then_some(generated_ca));
     match peer_ca {
@@ -315,11 +363,28 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         advertise.clone(),
         storage.clone(),
         hlc.clone(),
-        peers,
+        peers.clone(),
         replicas::raft_config(&config.raft)?,
         config.data_dir.join("snapshots"),
         metrics.clone(),
+        (config.constellation.replace_dead_after_ms > 0)
+            .then(|| Duration::from_millis(config.constellation.replace_dead_after_ms)),
     )?;
+    let gossip_metrics = gossip::GossipMetrics::new(&mut registry);
+    let seeds = if config.gossip.seeds.is_empty() {
+        // The founders and the node to join through.
+        founders.iter().map(|(_, addr)| addr.clone()).chain(config.constellation.join.clone()).collect()
+    } else {
+        config.gossip.seeds.clone()
+    };
+    let gossip_settings = gossip::GossipSettings {
+        node_id,
+        advertise: advertise.clone(),
+        swim: config.gossip.swim_config()?,
+        seeds,
+        tags: config.gossip.tags.clone(),
+    };
+    let (gossip, gossip_task) = gossip::start(gossip_settings, peers.clone(), replicas.clone(), gossip_metrics);
 
     let health = Arc::new(Health::default());
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -381,6 +446,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         },
         kv: KvService::new(replicas.clone(), hlc.clone(), kv_limits.clone(), metrics.clone()),
         replicas: replicas.clone(),
+        gossip: gossip.clone(),
         health: health.clone(),
         metrics: metrics.clone(),
     });
@@ -391,6 +457,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     // Replicas start once the endpoint serves, so founders starting together can reach each other.
     replicas.start(&founders, config.constellation.initial_ranges, config.constellation.replication_factor).await?;
     let upkeep_task = tokio::spawn(replicas.clone().upkeep());
+    let repair_task = tokio::spawn(replicas.clone().repair());
     let joined = Arc::new(AtomicBool::new(config.constellation.join.is_none()));
     let join_task = config
         .constellation
@@ -419,8 +486,10 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     });
 
     shutdown.await;
-    info!("shutting down: refusing new connections, draining streams");
+    info!("shutting down: leaving the gossip, refusing new connections, draining streams");
     health.set_not_ready("shutting down");
+    gossip.leave().await;
+    gossip_task.abort();
     endpoint.set_server_config(None);
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let deadline = Instant::now() + grace;
@@ -435,6 +504,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         );
     }
     upkeep_task.abort();
+    repair_task.abort();
     for task in [join_task, live_task, reporter_task].into_iter().flatten() {
         task.abort();
     }

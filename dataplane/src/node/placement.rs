@@ -86,7 +86,8 @@ pub fn plan_decommission(
     for range in ranges.iter().filter(|r| r.replicas.contains(&leaving)) {
         let target = load
             .iter()
-            .filter(|(node, _)| !range.replicas.contains(node))
+            // Only listed nodes take replicas: a holder that is not listed may be dead.
+            .filter(|(node, _)| nodes.contains(node) && !range.replicas.contains(node))
             .min_by_key(|(node, count)| (**count, **node))
             .map(|(node, _)| *node);
         let Some(target) = target else {
@@ -102,6 +103,31 @@ pub fn plan_decommission(
     Ok(moves)
 }
 
+/// Additions that bring every range up to `replication_factor` replicas (or as many as there
+/// are living nodes), each on the least loaded living node not holding that range yet. Ranges
+/// founded by fewer nodes than the factor fill up as nodes join; replicas on dead nodes are
+/// replaced by decommissioning those nodes, not here.
+pub fn plan_up_replicate(ranges: &[RangeDescriptor], living: &[NodeId], replication_factor: u32) -> Vec<Move> {
+    let want = (replication_factor as usize).min(living.len());
+    let mut load = load(ranges, living);
+    let mut moves = Vec::new();
+    for range in ranges {
+        let mut holders = range.replicas.clone();
+        while holders.len() < want {
+            let target = load
+                .iter()
+                .filter(|(node, _)| living.contains(node) && !holders.contains(node))
+                .min_by_key(|(node, count)| (**count, **node))
+                .map(|(node, _)| *node);
+            let Some(target) = target else { break };
+            *load.entry(target).or_default() += 1;
+            holders.push(target);
+            moves.push(Move { range_id: range.range_id, add: target, remove: 0 });
+        }
+    }
+    moves
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,7 +136,7 @@ mod tests {
     fn apply(ranges: &mut [RangeDescriptor], moves: &[Move]) {
         for m in moves {
             let range = ranges.iter_mut().find(|r| r.range_id == m.range_id).unwrap();
-            range.replicas.retain(|n| *n != m.remove);
+            range.replicas.retain(|n| m.remove == 0 || *n != m.remove);
             assert!(!range.replicas.contains(&m.add), "a range never holds two replicas on one node");
             range.replicas.push(m.add);
         }
@@ -138,5 +164,24 @@ mod tests {
         let three = initial_layout(&[1, 2, 3], 4, 3);
         assert!(matches!(plan_decommission(&three, &[1, 2, 3], 3), Err(PlanError::NoTarget { .. })));
         assert_eq!(plan_decommission(&three, &[1, 2, 3], 9), Err(PlanError::UnknownNode(9)));
+    }
+
+    #[test]
+    fn ranges_founded_by_one_node_fill_up_to_the_factor_as_nodes_join() {
+        let mut ranges = initial_layout(&[1], 4, 3);
+        assert!(plan_up_replicate(&ranges, &[1], 3).is_empty(), "one node: nothing to add");
+        let moves = plan_up_replicate(&ranges, &[1, 2], 3);
+        assert!(moves.iter().all(|m| m.add == 2 && m.remove == 0));
+        apply(&mut ranges, &moves);
+        let moves = plan_up_replicate(&ranges, &[1, 2, 3, 4, 5], 3);
+        apply(&mut ranges, &moves);
+        assert!(ranges.iter().all(|r| r.replicas.len() == 3), "{ranges:?}");
+        let load = load(&ranges, &[1, 2, 3, 4, 5]);
+        assert!(load[&3] > 0 && load[&4] > 0 && load[&5] > 0, "new replicas spread: {load:?}");
+        assert!(plan_up_replicate(&ranges, &[1, 2, 3, 4, 5], 3).is_empty(), "full ranges take nothing");
+        assert!(
+            plan_up_replicate(&ranges, &[1, 2, 3, 4], 3).iter().all(|m| m.add != 5),
+            "a dead node never receives a replica"
+        );
     }
 }

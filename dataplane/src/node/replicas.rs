@@ -13,7 +13,7 @@ use pleiades_proto::v1::{self, raft_request::Rpc, raft_response::Result as RaftR
 use prost::Message;
 use tracing::{info, warn};
 
-use super::placement::{plan_decommission, plan_join, Move};
+use super::placement::{plan_decommission, plan_join, plan_up_replicate, Move};
 use crate::clock::Hlc;
 use crate::config::RaftSettings;
 use crate::observe::{Metrics, RangeLabels};
@@ -175,6 +175,17 @@ pub struct Replicas {
     hosted: RwLock<BTreeMap<u64, Arc<Replica>>>,
     /// Every range descriptor this node knows, by range id (newest generation wins).
     table: Arc<RwLock<BTreeMap<u64, v1::RangeDescriptor>>>,
+    /// What gossip says of each member: where it is now, and since when it is dead.
+    gossip: RwLock<BTreeMap<NodeId, GossipMember>>,
+    /// How long a dead member's replicas wait before they are rebuilt elsewhere (None: never).
+    replace_dead_after: Option<Duration>,
+    /// Replicas each range should have (set at start).
+    replication_factor: std::sync::atomic::AtomicU32,
+}
+
+struct GossipMember {
+    addr: String,
+    dead_since: Option<std::time::Instant>,
 }
 
 impl Replicas {
@@ -188,6 +199,7 @@ impl Replicas {
         raft_config: openraft::Config,
         snapshot_root: PathBuf,
         metrics: Arc<Metrics>,
+        replace_dead_after: Option<Duration>,
     ) -> Result<Arc<Self>, ReplicaError> {
         let syncer = WalSyncer::start(storage.clone())
             .map_err(|e| ReplicaError::Raft(format!("cannot start the WAL sync thread: {e}")))?;
@@ -203,6 +215,9 @@ impl Replicas {
             metrics,
             hosted: RwLock::new(BTreeMap::new()),
             table: Arc::new(RwLock::new(BTreeMap::new())),
+            gossip: RwLock::new(BTreeMap::new()),
+            replace_dead_after,
+            replication_factor: std::sync::atomic::AtomicU32::new(3),
         }))
     }
 
@@ -224,6 +239,7 @@ impl Replicas {
         data_ranges: u32,
         rf: u32,
     ) -> Result<(), ReplicaError> {
+        self.replication_factor.store(rf, std::sync::atomic::Ordering::Relaxed);
         for descriptor in self.recorded()? {
             Self::learn(&self.table, descriptor.clone());
             self.open(descriptor).await?;
@@ -343,7 +359,8 @@ impl Replicas {
         read(&self.table).values().cloned().collect()
     }
 
-    /// Every member this node knows of, from the memberships of its replicas.
+    /// Every member this node knows of: the living gossip members, and the members of its
+    /// replicas' groups, at the address gossip last saw (a restarted pod may have moved).
     pub fn members(&self) -> Vec<v1::MemberNode> {
         let mut nodes = BTreeMap::new();
         nodes.insert(self.node_id, self.advertise.clone());
@@ -353,7 +370,86 @@ impl Replicas {
                 nodes.entry(*id).or_insert_with(|| node.addr.clone());
             }
         }
+        for (id, member) in read(&self.gossip).iter() {
+            if *id != self.node_id && (member.dead_since.is_none() || nodes.contains_key(id)) {
+                nodes.insert(*id, member.addr.clone());
+            }
+        }
         nodes.into_iter().map(|(node_id, addr)| v1::MemberNode { node_id, addr }).collect()
+    }
+
+    fn is_dead(&self, id: NodeId) -> bool {
+        read(&self.gossip).get(&id).is_some_and(|m| m.dead_since.is_some())
+    }
+
+    /// Whether this node repairs the constellation's replication: the lowest-numbered living
+    /// member, as gossip sees it, so exactly one node acts (and another takes over if it dies).
+    fn coordinates_repairs(&self) -> bool {
+        let gossip = read(&self.gossip);
+        let lowest_other = gossip.iter().filter(|(_, m)| m.dead_since.is_none()).map(|(id, _)| *id).min();
+        lowest_other.is_none_or(|other| self.node_id < other)
+    }
+
+    /// On the repair coordinator: adds replicas to ranges below the replication factor.
+    pub async fn up_replicate(self: &Arc<Self>) {
+        if !self.coordinates_repairs() || read(&self.gossip).is_empty() {
+            return;
+        }
+        let (ranges, members) = self.survey(None).await;
+        let living: Vec<NodeId> = members.keys().copied().filter(|id| !self.is_dead(*id)).collect();
+        let factor = self.replication_factor.load(std::sync::atomic::Ordering::Relaxed);
+        for step in plan_up_replicate(&ranges, &living, factor) {
+            match self.execute_move(&step, &members).await {
+                Ok(_) => {
+                    info!(range_id = step.range_id, node_id = step.add, "added a replica to an under-replicated range")
+                }
+                Err(e) => {
+                    warn!(range_id = step.range_id, error = %e, "cannot add a replica yet");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Gossip: `id` is alive at `addr`.
+    pub fn member_alive(&self, id: NodeId, addr: String) {
+        write(&self.gossip).insert(id, GossipMember { addr, dead_since: None });
+    }
+
+    /// Gossip: `id` left gracefully (its replicas were moved off first, if it was decommissioned).
+    pub fn member_left(self: &Arc<Self>, id: NodeId) {
+        self.member_failed(id);
+    }
+
+    /// Gossip declared `id` dead. Its replicas keep their quorum while the others live; if it
+    /// stays dead for `replace_dead_after`, the lowest-numbered living member rebuilds them
+    /// elsewhere. Until then it takes no new replicas.
+    pub fn member_failed(self: &Arc<Self>, id: NodeId) {
+        let since = std::time::Instant::now();
+        {
+            let mut gossip = write(&self.gossip);
+            let addr = gossip.get(&id).map(|m| m.addr.clone()).or_else(|| self.address_of(id)).unwrap_or_default();
+            gossip.insert(id, GossipMember { addr, dead_since: Some(since) });
+        }
+        let affected = read(&self.table).values().filter(|d| d.replicas.contains(&id)).count();
+        warn!(node_id = id, ranges_with_a_replica_there = affected, "replication: member reported dead");
+        let Some(after) = self.replace_dead_after else { return };
+        if affected == 0 {
+            return;
+        }
+        let replicas = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let still_dead = read(&replicas.gossip).get(&id).and_then(|m| m.dead_since) == Some(since);
+            if !still_dead || !replicas.coordinates_repairs() {
+                return;
+            }
+            info!(node_id = id, ?after, "replication: rebuilding the replicas of a member dead too long");
+            match replicas.decommission(id).await {
+                Ok(moves) => info!(node_id = id, moved = moves.len(), "replication: replicas rebuilt elsewhere"),
+                Err(e) => warn!(node_id = id, error = %e, "replication: cannot rebuild the replicas yet"),
+            }
+        });
     }
 
     /// Answers one raft-service request.
@@ -600,6 +696,9 @@ impl Replicas {
             if addr == self.advertise || !asked.insert(addr.clone()) {
                 continue;
             }
+            if members.iter().any(|(id, a)| *a == addr && self.is_dead(*id)) {
+                continue;
+            }
             match self.fetch_ranges(&addr).await {
                 Ok(answer) => {
                     for descriptor in answer.ranges {
@@ -688,7 +787,7 @@ impl Replicas {
     /// adds the new replica before removing the old one.
     pub async fn decommission(&self, leaving: NodeId) -> Result<Vec<Move>, String> {
         let (ranges, members) = self.survey(None).await;
-        let nodes: Vec<NodeId> = members.keys().copied().collect();
+        let nodes: Vec<NodeId> = members.keys().copied().filter(|id| *id == leaving || !self.is_dead(*id)).collect();
         let moves = plan_decommission(&ranges, &nodes, leaving).map_err(|e| e.to_string())?;
         for step in &moves {
             self.execute_move(step, &members).await?;
@@ -779,6 +878,15 @@ impl Replicas {
         loop {
             tick.tick().await;
             self.sync_meta().await;
+        }
+    }
+
+    /// Runs the replication repairs (up-replication) every few seconds until aborted.
+    pub async fn repair(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            self.up_replicate().await;
         }
     }
 

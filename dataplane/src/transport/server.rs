@@ -27,6 +27,9 @@ pub trait Dispatch: ServiceDirectory + Send + Sync + 'static {
         payload_type: u8,
         payload: Bytes,
     ) -> impl Future<Output = Result<(u8, Bytes), DispatchError>> + Send;
+
+    /// Takes one unreliable QUIC datagram (its first byte names the service).
+    fn datagram(&self, datagram: Bytes);
 }
 
 /// A message the service cannot take; the stream ends with a protocol error naming it.
@@ -85,6 +88,14 @@ async fn serve_connection<D: Dispatch>(
     metrics.quic_connections_accepted.inc();
     metrics.quic_connections_open.inc();
     debug!(%remote, "connection open");
+    let datagrams = tokio::spawn({
+        let (connection, dispatch) = (connection.clone(), dispatch.clone());
+        async move {
+            while let Ok(datagram) = connection.read_datagram().await {
+                dispatch.datagram(datagram);
+            }
+        }
+    });
     let reason = loop {
         match connection.accept_bi().await {
             Ok((send, recv)) => {
@@ -99,6 +110,7 @@ async fn serve_connection<D: Dispatch>(
             Err(e) => break e,
         }
     };
+    datagrams.abort();
     metrics.quic_connections_open.dec();
     debug!(%remote, reason = %reason, "connection closed");
 }

@@ -1,0 +1,544 @@
+//! The tokio shell around the sans-IO gossip core: feeds it the time and what arrives on PWP
+//! service 0x01, carries what it sends (a QUIC datagram when the envelope fits one, else a
+//! stream of the gossip service), joins through seeds, answers queries, and reports membership
+//! changes to the replication layer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pleiades_proto::payload_type;
+use pleiades_proto::v1;
+use pleiades_proto::wire::Service;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::replicas::Replicas;
+use crate::client::PwpStream;
+use crate::gossip::codec;
+use crate::gossip::events::{Cre, CreKind, QueryAnswer, Tags};
+use crate::gossip::swim::{Envelope, Event, Millis, NodeId, Output, State, Swim, SwimConfig};
+use crate::raft::network::Peers;
+
+/// Inbound envelopes queued for the core; beyond this, datagrams are dropped (as the network
+/// would) rather than letting a flood grow memory.
+const INBOUND_QUEUE: usize = 4_096;
+/// How often the core's timers are advanced.
+const TICK: Duration = Duration::from_millis(10);
+/// Deadline of a stream carrying one envelope.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    /// `in` or `out`.
+    pub direction: &'static str,
+    /// `datagram` or `stream`.
+    pub transport: &'static str,
+}
+
+pub struct GossipMetrics {
+    members: Family<StateLabels, Gauge>,
+    probes: Counter,
+    probes_failed: Counter,
+    indirect_probes: Counter,
+    suspicions: Counter,
+    refutations: Counter,
+    false_positives: Counter,
+    messages: Family<TransportLabels, Counter>,
+    bytes: Family<TransportLabels, Counter>,
+    malformed: Counter,
+    dropped: Counter,
+    health_score: Gauge,
+    coordinate_error: Gauge<f64, AtomicU64>,
+    events: Family<StateLabels, Counter>,
+}
+
+impl GossipMetrics {
+    pub fn new(registry: &mut Registry) -> Arc<Self> {
+        let metrics = GossipMetrics {
+            members: Family::default(),
+            probes: Counter::default(),
+            probes_failed: Counter::default(),
+            indirect_probes: Counter::default(),
+            suspicions: Counter::default(),
+            refutations: Counter::default(),
+            false_positives: Counter::default(),
+            messages: Family::default(),
+            bytes: Family::default(),
+            malformed: Counter::default(),
+            dropped: Counter::default(),
+            health_score: Gauge::default(),
+            coordinate_error: Gauge::default(),
+            events: Family::default(),
+        };
+        for state in ["alive", "suspect", "dead", "left"] {
+            metrics.members.get_or_create(&StateLabels { state }).set(0);
+        }
+        for kind in ["join", "leave", "update", "query"] {
+            let _ = metrics.events.get_or_create(&StateLabels { state: kind });
+        }
+        for direction in ["in", "out"] {
+            for transport in ["datagram", "stream"] {
+                let labels = TransportLabels { direction, transport };
+                let _ = metrics.messages.get_or_create(&labels);
+                let _ = metrics.bytes.get_or_create(&labels);
+            }
+        }
+        let r = registry.sub_registry_with_prefix("pleiades_gossip");
+        r.register("members", "Members by state, as this node sees them (itself included)", metrics.members.clone());
+        r.register("probes", "Direct probes sent", metrics.probes.clone());
+        r.register("probes_failed", "Probes that closed with no ack, direct or relayed", metrics.probes_failed.clone());
+        r.register("indirect_probes", "Probes that went indirect", metrics.indirect_probes.clone());
+        r.register("suspicions", "Members this node started suspecting", metrics.suspicions.clone());
+        r.register("refutations", "Suspicions of this node that it refuted", metrics.refutations.clone());
+        r.register("false_positives", "Members declared dead that then proved alive", metrics.false_positives.clone());
+        r.register("messages", "Gossip messages by direction and transport", metrics.messages.clone());
+        r.register("bytes", "Gossip bytes by direction and transport", metrics.bytes.clone());
+        r.register("malformed", "Gossip messages dropped as malformed", metrics.malformed.clone());
+        r.register("dropped", "Gossip messages dropped: inbound queue full", metrics.dropped.clone());
+        r.register("health_score", "Lifeguard local health score (0 healthy, up to 7)", metrics.health_score.clone());
+        r.register(
+            "coordinate_error",
+            "This node's Vivaldi coordinate error estimate",
+            metrics.coordinate_error.clone(),
+        );
+        r.register("events", "Constellation runtime events received, by kind", metrics.events.clone());
+        Arc::new(metrics)
+    }
+
+    fn count(&self, direction: &'static str, transport: &'static str, bytes: usize) {
+        let labels = TransportLabels { direction, transport };
+        self.messages.get_or_create(&labels).inc();
+        self.bytes.get_or_create(&labels).inc_by(bytes as u64);
+    }
+}
+
+/// What the rest of the node asks of gossip.
+enum Command {
+    Members(oneshot::Sender<v1::MembersResponse>),
+    Query { name: String, payload: Vec<u8>, timeout: Millis, reply: oneshot::Sender<v1::QueryResponse> },
+    Leave(oneshot::Sender<()>),
+}
+
+/// The node's handle on its gossip task.
+#[derive(Clone)]
+pub struct Gossip {
+    inbound: mpsc::Sender<Envelope>,
+    commands: mpsc::Sender<Command>,
+    metrics: Arc<GossipMetrics>,
+    last_malformed_log: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl Gossip {
+    /// Takes one QUIC datagram: the gossip service byte, then an envelope.
+    pub fn receive_datagram(&self, datagram: Bytes) {
+        match datagram.split_first() {
+            Some((&service, envelope)) if service == u8::from(Service::Gossip) => {
+                self.receive(envelope, "datagram");
+            }
+            _ => self.malformed("datagram for no known service".into()),
+        }
+    }
+
+    /// Takes one envelope from a gossip-service stream.
+    pub fn receive_streamed(&self, envelope: &[u8]) {
+        self.receive(envelope, "stream");
+    }
+
+    fn receive(&self, bytes: &[u8], transport: &'static str) {
+        self.metrics.count("in", transport, bytes.len());
+        match codec::decode(bytes) {
+            Ok(envelope) => {
+                if self.inbound.try_send(envelope).is_err() {
+                    self.metrics.dropped.inc();
+                }
+            }
+            Err(e) => self.malformed(e.to_string()),
+        }
+    }
+
+    /// Counts a malformed message and logs it, at most once a second (a flood must not flood
+    /// the log too).
+    fn malformed(&self, detail: String) {
+        self.metrics.malformed.inc();
+        let second = self.started.elapsed().as_secs() + 1;
+        if self.last_malformed_log.swap(second, Ordering::Relaxed) != second {
+            warn!(%detail, total = self.metrics.malformed.get(), "dropped a malformed gossip message");
+        }
+    }
+
+    pub async fn members(&self) -> Option<v1::MembersResponse> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Members(reply)).await.ok()?;
+        answer.await.ok()
+    }
+
+    pub async fn query(&self, name: String, payload: Vec<u8>, timeout: Duration) -> Option<v1::QueryResponse> {
+        let (reply, answer) = oneshot::channel();
+        let timeout = timeout.as_millis() as Millis;
+        self.commands.send(Command::Query { name, payload, timeout, reply }).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Announces a graceful leave and waits (a bounded while) for it to spread.
+    pub async fn leave(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Leave(reply)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), answer).await;
+        }
+    }
+}
+
+pub struct GossipSettings {
+    pub node_id: NodeId,
+    pub advertise: String,
+    pub swim: SwimConfig,
+    pub seeds: Vec<String>,
+    pub tags: Tags,
+}
+
+/// Starts the gossip task; it runs until the returned handle's task is aborted.
+pub fn start(
+    settings: GossipSettings,
+    peers: Arc<Peers>,
+    replicas: Arc<Replicas>,
+    metrics: Arc<GossipMetrics>,
+) -> (Gossip, tokio::task::JoinHandle<()>) {
+    let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+    let (commands_tx, commands) = mpsc::channel(64);
+    let started = Instant::now();
+    let gossip = Gossip {
+        inbound: inbound_tx,
+        commands: commands_tx,
+        metrics: metrics.clone(),
+        last_malformed_log: Arc::new(AtomicU64::new(0)),
+        started,
+    };
+    let shell = Shell {
+        swim: Swim::new(settings.swim.clone(), settings.node_id, settings.advertise.clone(), 0, settings.node_id),
+        settings,
+        peers,
+        replicas,
+        metrics,
+        started,
+        queries: HashMap::new(),
+        leaving: None,
+        counted: Default::default(),
+    };
+    (gossip, tokio::spawn(shell.run(inbound, commands)))
+}
+
+struct PendingQuery {
+    reply: oneshot::Sender<v1::QueryResponse>,
+    expected: u32,
+}
+
+struct Shell {
+    swim: Swim,
+    settings: GossipSettings,
+    peers: Arc<Peers>,
+    replicas: Arc<Replicas>,
+    metrics: Arc<GossipMetrics>,
+    started: Instant,
+    queries: HashMap<u64, PendingQuery>,
+    leaving: Option<(u64, oneshot::Sender<()>)>,
+    counted: crate::gossip::swim::Stats,
+}
+
+impl Shell {
+    fn now(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis
+    }
+
+    async fn run(mut self, mut inbound: mpsc::Receiver<Envelope>, mut commands: mpsc::Receiver<Command>) {
+        let tags = self.tags();
+        let now = self.now();
+        self.swim.set_tags(tags, false, now);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_join = Instant::now();
+        let mut next_tags = Instant::now() + Duration::from_secs(10);
+        let mut join_attempt = 0u32;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now = self.now();
+                    self.swim.tick(now);
+                    if Instant::now() >= next_join && self.swim.live_count() <= 1 && !self.settings.seeds.is_empty() {
+                        join_attempt += 1;
+                        self.join_seeds(join_attempt);
+                        next_join = Instant::now() + Duration::from_secs(u64::from(join_attempt.min(5)));
+                    }
+                    if Instant::now() >= next_tags {
+                        next_tags = Instant::now() + Duration::from_secs(10);
+                        let tags = self.tags();
+                        if self.swim.tags_of(self.settings.node_id) != Some(&tags) {
+                            self.swim.set_tags(tags, false, now);
+                        }
+                    }
+                }
+                Some(envelope) = inbound.recv() => {
+                    let now = self.now();
+                    self.swim.handle(now, envelope);
+                }
+                Some(command) = commands.recv() => self.command(command),
+            }
+            self.flush();
+        }
+    }
+
+    /// This node's tags: the configured ones plus its version and the replicas it holds.
+    fn tags(&self) -> Tags {
+        let mut tags = self.settings.tags.clone();
+        tags.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+        tags.insert("ranges".into(), self.replicas.hosted().len().to_string());
+        tags
+    }
+
+    /// Asks every seed (but ourselves) for its state; `dial` resolves names afresh each time.
+    fn join_seeds(&mut self, attempt: u32) {
+        let now = self.now();
+        let seeds: Vec<String> =
+            self.settings.seeds.iter().filter(|s| **s != self.settings.advertise).cloned().collect();
+        if attempt > 1 {
+            info!(attempt, seeds = ?seeds, "not joined yet; asking the seeds again");
+        }
+        for seed in seeds {
+            self.swim.join(&seed, now);
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        let now = self.now();
+        match command {
+            Command::Members(reply) => {
+                let _ = reply.send(self.members());
+            }
+            Command::Query { name, payload, timeout, reply } => {
+                let expected = self.swim.live_count() as u32;
+                let ltime = self.swim.query(name, payload, timeout, now);
+                self.queries.insert(ltime, PendingQuery { reply, expected });
+            }
+            Command::Leave(reply) => {
+                self.swim.leave(now);
+                self.leaving = Some((self.swim.lamport_time(), reply));
+            }
+        }
+    }
+
+    fn members(&self) -> v1::MembersResponse {
+        let nearest: HashMap<NodeId, Duration> = self.swim.nearest(usize::MAX).into_iter().collect();
+        let coordinate = self.swim.coordinate();
+        let members = self
+            .swim
+            .members()
+            .map(|m| {
+                let peer = self.swim.coordinate_of(m.id);
+                v1::GossipMemberStatus {
+                    node_id: m.id,
+                    addr: m.addr.clone(),
+                    state: state_name(m.state).into(),
+                    incarnation: m.incarnation,
+                    tags: self.swim.tags_of(m.id).map(|t| t.clone().into_iter().collect()).unwrap_or_default(),
+                    coordinate: peer.map(|c| c.vec.clone()).unwrap_or_default(),
+                    coordinate_error: peer.map(|c| c.error).unwrap_or_default(),
+                    rtt_estimate_us: nearest.get(&m.id).map(|d| d.as_micros() as u64).unwrap_or_default(),
+                }
+            })
+            .collect();
+        v1::MembersResponse {
+            node_id: self.settings.node_id,
+            incarnation: self.swim.incarnation(),
+            health_score: self.swim.health(),
+            coordinate: coordinate.vec.clone(),
+            coordinate_error: coordinate.error,
+            members,
+            lamport_time: self.swim.lamport_time(),
+        }
+    }
+
+    /// Carries out what the core produced.
+    fn flush(&mut self) {
+        for output in self.swim.drain() {
+            match output {
+                Output::Send { to, envelope } => self.send(to, &envelope),
+                Output::Event(event) => self.event(event),
+            }
+        }
+        self.export();
+    }
+
+    fn send(&self, to: String, envelope: &Envelope) {
+        let encoded = codec::encode(envelope);
+        let peers = self.peers.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = deliver(&peers, &metrics, &to, encoded).await {
+                debug!(%to, error = %e, "gossip message not delivered");
+            }
+        });
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Joined(id) => {
+                let addr = self.swim.member(id).map(|m| m.addr.clone()).unwrap_or_default();
+                info!(node_id = id, %addr, "member joined");
+                self.replicas.member_alive(id, addr);
+            }
+            Event::Recovered(id) => {
+                info!(node_id = id, "suspected member proved alive");
+            }
+            Event::Revived(id) => {
+                let addr = self.swim.member(id).map(|m| m.addr.clone()).unwrap_or_default();
+                warn!(node_id = id, "member declared dead proved alive (a false positive)");
+                self.metrics.false_positives.inc();
+                self.replicas.member_alive(id, addr);
+            }
+            Event::Suspected(id) => {
+                info!(node_id = id, "member suspected");
+                self.metrics.suspicions.inc();
+            }
+            Event::Failed(id) => {
+                warn!(node_id = id, "member declared dead");
+                self.replicas.member_failed(id);
+            }
+            Event::Left(id) => {
+                info!(node_id = id, "member left");
+                self.replicas.member_left(id);
+            }
+            Event::Refuted { incarnation } => {
+                warn!(incarnation, "this node was suspected; refuted with a higher incarnation");
+                self.metrics.refutations.inc();
+            }
+            Event::Cre(cre) => self.runtime_event(cre),
+            Event::Settled { ltime, settled } => {
+                debug!(ltime, ?settled, "runtime event settled");
+                if self.leaving.as_ref().is_some_and(|(at, _)| *at == ltime) {
+                    if let Some((_, reply)) = self.leaving.take() {
+                        let _ = reply.send(());
+                    }
+                }
+            }
+            Event::QueryDone { ltime, answers } => {
+                if let Some(query) = self.queries.remove(&ltime) {
+                    let _ = query.reply.send(self.query_response(answers, query.expected));
+                }
+            }
+        }
+    }
+
+    fn runtime_event(&mut self, cre: Cre) {
+        self.metrics.events.get_or_create(&StateLabels { state: cre.kind.name() }).inc();
+        let CreKind::Query { name, .. } = &cre.kind else {
+            debug!(origin = cre.origin, ltime = cre.ltime, kind = cre.kind.name(), "runtime event");
+            return;
+        };
+        // The built-in queries; any other name is acknowledged but not answered.
+        let answer = match name.as_str() {
+            "ping" => Some(self.settings.node_id.to_string()),
+            "capacity" => Some(
+                serde_json::json!({
+                    "node_id": self.settings.node_id,
+                    "replicas": self.replicas.hosted().len(),
+                    "tags": self.swim.tags_of(self.settings.node_id),
+                })
+                .to_string(),
+            ),
+            _ => None,
+        };
+        if let Some(answer) = answer {
+            self.swim.answer(&cre, answer.into_bytes());
+        }
+    }
+
+    fn query_response(&self, answers: Vec<QueryAnswer>, expected: u32) -> v1::QueryResponse {
+        let coordinate = self.swim.coordinate();
+        let answers = answers
+            .into_iter()
+            .map(|a| v1::QueryAnswer {
+                node_id: a.from,
+                rtt_estimate_us: a
+                    .coordinate
+                    .filter(|c| c.is_valid() && c.vec.len() == coordinate.vec.len())
+                    .map(|c| coordinate.distance_to(&c).as_micros() as u64)
+                    .unwrap_or_default(),
+                payload: a.payload,
+            })
+            .collect();
+        v1::QueryResponse { answers, expected, error: String::new() }
+    }
+
+    /// Brings the metrics up to date with the core.
+    fn export(&mut self) {
+        let stats = self.swim.stats();
+        self.metrics.probes.inc_by(stats.probes - self.counted.probes);
+        self.metrics.probes_failed.inc_by(stats.probes_failed - self.counted.probes_failed);
+        self.metrics.indirect_probes.inc_by(stats.indirect_probes - self.counted.indirect_probes);
+        self.counted = stats;
+        let mut by_state: HashMap<&'static str, i64> = HashMap::new();
+        for member in self.swim.members() {
+            *by_state.entry(state_name(member.state)).or_default() += 1;
+        }
+        for state in ["alive", "suspect", "dead", "left"] {
+            self.metrics.members.get_or_create(&StateLabels { state }).set(by_state.get(state).copied().unwrap_or(0));
+        }
+        self.metrics.health_score.set(i64::from(self.swim.health()));
+        self.metrics.coordinate_error.set(self.swim.coordinate().error);
+    }
+}
+
+pub fn state_name(state: State) -> &'static str {
+    match state {
+        State::Alive => "alive",
+        State::Suspect => "suspect",
+        State::Dead => "dead",
+        State::Left => "left",
+    }
+}
+
+/// Sends one encoded envelope to `to`: as a datagram when it fits, else on a stream.
+async fn deliver(peers: &Peers, metrics: &GossipMetrics, to: &str, envelope: Vec<u8>) -> Result<(), String> {
+    let connection = peers.connection(to).await?;
+    let fits = connection.max_datagram_size().is_some_and(|max| envelope.len() < max);
+    if fits {
+        let mut datagram = BytesMut::with_capacity(envelope.len() + 1);
+        datagram.put_u8(u8::from(Service::Gossip));
+        datagram.put_slice(&envelope);
+        let size = datagram.len();
+        match connection.send_datagram(datagram.freeze()) {
+            Ok(()) => {
+                metrics.count("out", "datagram", size);
+                return Ok(());
+            }
+            Err(quinn::SendDatagramError::ConnectionLost(e)) => {
+                peers.forget(to, &connection).await;
+                return Err(e.to_string());
+            }
+            // Too large after all (the path shrank): the stream below carries it.
+            Err(e) => debug!(%to, error = %e, "datagram refused; using a stream"),
+        }
+    }
+    let size = envelope.len();
+    let mut stream = PwpStream::open(&connection, Service::Gossip, STREAM_TIMEOUT).await.map_err(|e| e.to_string())?;
+    let (kind, _) =
+        stream.call(payload_type::gossip::ENVELOPE, Bytes::from(envelope)).await.map_err(|e| e.to_string())?;
+    if kind != payload_type::gossip::RECEIVED {
+        return Err(format!("answer of payload type {kind:#04x}"));
+    }
+    metrics.count("out", "stream", size);
+    Ok(())
+}
