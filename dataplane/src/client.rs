@@ -113,6 +113,11 @@ impl Client {
         Ok(SystemClient(self.open(Service::System).await?))
     }
 
+    /// The QUIC connection itself (for datagrams).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.connection
+    }
+
     pub async fn kv(&self) -> Result<KvClient, ClientError> {
         Ok(KvClient { stream: self.open(Service::Kv).await?, next_request_id: 1 })
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use pleiades_proto::v1;
-use pleiades_tests::{TestCluster, TestNode, FAST_RAFT};
+use pleiades_tests::{pleiades_binary, TestCluster, TestNode, FAST_RAFT};
 
 /// Each node's view: node id -> (state, incarnation).
 async fn view(node: &TestNode) -> anyhow::Result<BTreeMap<u64, (String, u64)>> {
@@ -84,6 +84,51 @@ async fn a_constellation_forms_from_one_seed_answers_queries_and_detects_pauses_
     for (key, value) in &acked {
         client.put(key, value).await.context("put")?;
     }
+
+    // The command line: members nearest node 1 by estimated RTT, and a query.
+    let cli = |args: &[&str]| -> anyhow::Result<String> {
+        let node = &cluster.nodes[0];
+        let output = std::process::Command::new(pleiades_binary())
+            .args(args)
+            .args(["--addr", &node.quic.to_string(), "--ca-cert"])
+            .arg(node.data_dir.join("tls/ca.crt"))
+            .output()?;
+        anyhow::ensure!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        Ok(String::from_utf8(output.stdout)?)
+    };
+    let nearest: serde_json::Value = serde_json::from_str(&cli(&["members", "--nearest", "3", "--json"])?)?;
+    let listed = nearest["members"].as_array().context("members")?;
+    assert_eq!(listed.len(), 3, "{nearest}");
+    let rtts: Vec<u64> = listed.iter().filter_map(|m| m["rtt_estimate_us"].as_u64()).collect();
+    assert!(rtts.windows(2).all(|w| w[0] <= w[1]) && rtts.len() == 3, "nearest first: {nearest}");
+    assert!(listed.iter().all(|m| m["state"] == "alive" && m["node_id"] != 1));
+    let table = cli(&["members"])?;
+    assert_eq!(table.lines().filter(|l| l.contains("alive")).count(), 5, "{table}");
+    let answers = cli(&["query", "capacity"])?;
+    assert!(answers.starts_with("5 answers from 5 members"), "{answers}");
+    let status = cli(&["status"])?;
+    assert!(
+        status.contains("GOSSIP") && status.lines().filter(|l| l.contains(" up ") && l.contains("alive")).count() == 5,
+        "{status}"
+    );
+
+    // Malformed datagrams are counted and dropped; the node gossips on.
+    let prober = cluster.nodes[0].client().await?;
+    for datagram in [&b"\xff\xff\xff"[..], &[0x01, 0xff, 0xff, 0xff][..], &[0x07, 0x08][..], &[][..]] {
+        prober.connection().send_datagram(bytes::Bytes::copy_from_slice(datagram))?;
+    }
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = cluster.nodes[0].http_get("/metrics")?;
+        if metrics.lines().any(|l| l == "pleiades_gossip_malformed_total 4") {
+            break;
+        }
+        let counted: Vec<&str> = metrics.lines().filter(|l| l.starts_with("pleiades_gossip_malformed")).collect();
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "malformed datagrams not counted: {counted:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    prober.close().await;
+    assert!(view(&cluster.nodes[0]).await?.values().all(|(state, _)| state == "alive"));
 
     // A query raised on node 2 is answered by every living node, node 2 included.
     let asker = cluster.nodes[1].client().await?;
