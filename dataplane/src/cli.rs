@@ -51,8 +51,9 @@ pub struct SimArgs {
 pub enum SimCommand {
     /// SWIM/Lifeguard gossip and Vivaldi: convergence, detection, false positives, traffic.
     Gossip {
-        /// Nodes in the simulated constellation.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=20_000))]
+        /// Nodes in the simulated constellation (each holds every member: memory grows as the
+        /// square; the dissemination model covers larger sizes).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_000))]
         nodes: u64,
         /// Fraction of messages lost (the false-positive comparison uses at least 0.1).
         #[arg(long, default_value_t = 0.0)]

@@ -73,7 +73,7 @@ pub fn prepare(args: &UpArgs, nodes: &[LocalNode]) -> anyhow::Result<PathBuf> {
         }
         let config = format!(
             "node-id = {id}\nlisten = \"{quic}\"\nhttp = \"{http}\"\ndata-dir = \"{dir}\"\nlog-level = \"{level}\"\n\n\
-             [constellation]\npeers = [{peers}]\ninitial-ranges = {ranges}\n",
+             [constellation]\npeers = [{peers}]\ninitial-ranges = {ranges}\n\n[gossip]\nprofile = \"local\"\n",
             id = node.id,
             quic = node.quic,
             http = node.http,

@@ -146,6 +146,13 @@ async fn prometheus_scrapes_every_node_of_a_constellation() {
     let puts = query(web, "sum(pleiades_kv_request_seconds_count{op=\"put\",outcome=\"ok\"})");
     let puts: f64 = puts[0]["value"][1].as_str().unwrap().parse().unwrap();
     assert!(puts >= 50.0, "{puts} puts recorded");
+    // Every node sees all three alive through gossip, and gossip traffic flows as datagrams.
+    let alive = query(web, "pleiades_gossip_members{state=\"alive\"}");
+    assert_eq!(alive.len(), 3, "{alive:?}");
+    assert!(alive.iter().all(|series| series["value"][1] == "3"), "{alive:?}");
+    let datagrams = query(web, "sum(pleiades_gossip_messages_total{direction=\"in\",transport=\"datagram\"})");
+    let datagrams: f64 = datagrams[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(datagrams > 0.0, "no gossip datagram received");
 
     let dashboard = dashboard_node_metrics();
     assert!(dashboard.len() >= 10, "{dashboard:?}");

@@ -2,6 +2,7 @@
 //! node's tokio shell.
 
 pub mod codec;
+pub mod epidemic;
 pub mod events;
 pub mod report;
 pub mod sim;

@@ -3,9 +3,9 @@
 
 use std::fmt::Write as _;
 
+use super::epidemic;
 use super::sim::Sim;
 use super::swim::{Event, Millis, State, SwimConfig};
-use super::vivaldi::simulate_plane;
 
 pub struct ReportConfig {
     pub nodes: u64,
@@ -27,9 +27,17 @@ pub struct Report {
     pub bytes_per_node_per_second: f64,
     /// During the 10 s after the join: what spreading one event costs.
     pub join_bytes_per_node_per_second: f64,
+    /// Coordinates learned from probe acks inside the gossip simulation, nodes on a plane.
     pub vivaldi_median: f64,
     pub vivaldi_p90: f64,
+    /// Serf's dissemination model: (nodes, time to 99.99 %), at sizes the full simulation
+    /// cannot hold in memory too.
+    pub model_convergence: Vec<(u64, Option<Millis>)>,
 }
+
+/// Nodes the Vivaldi part simulates, and for how long.
+const VIVALDI_NODES: u64 = 200;
+const VIVALDI_RUN: Millis = 120_000;
 
 const SAMPLE_EVERY: Millis = 100;
 const LIMIT: Millis = 60_000;
@@ -96,7 +104,16 @@ pub fn run(config: &ReportConfig) -> Report {
         .find(|(at, _, e)| *at >= crashed_at && *e == Event::Failed(victim))
         .map(|(at, _, _)| at - crashed_at);
 
-    let errors = simulate_plane(200, 150, config.seed);
+    let mut plane = Sim::meshed(VIVALDI_NODES, SwimConfig::lan(), config.seed);
+    plane.place_on_plane(config.seed);
+    plane.step = 20;
+    plane.run_until(VIVALDI_RUN);
+    let errors = plane.coordinate_errors();
+    let lan = SwimConfig::lan();
+    let model_convergence = [100, 1_000, 10_000, config.nodes]
+        .into_iter()
+        .map(|n| (n, epidemic::time_to_converge(&epidemic::spread(n as usize, &lan, config.loss, config.seed, LIMIT))))
+        .collect();
     Report {
         nodes: config.nodes,
         join_curve,
@@ -111,6 +128,7 @@ pub fn run(config: &ReportConfig) -> Report {
         join_bytes_per_node_per_second: per_node_second(join_traffic.bytes, 10.0),
         vivaldi_median: errors[errors.len() / 2],
         vivaldi_p90: errors[errors.len() * 9 / 10],
+        model_convergence,
     }
 }
 
@@ -142,10 +160,14 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  Vivaldi relative error     median {:.1} %, p90 {:.1} % (200 nodes, metric geometry)",
+            "  Vivaldi relative error     median {:.1} %, p90 {:.1} % ({VIVALDI_NODES} nodes on a plane, {} s of probes)",
             self.vivaldi_median * 100.0,
-            self.vivaldi_p90 * 100.0
+            self.vivaldi_p90 * 100.0,
+            VIVALDI_RUN / 1000
         );
+        let model: Vec<String> =
+            self.model_convergence.iter().map(|(n, t)| format!("{n} nodes {}", seconds(*t))).collect();
+        let _ = writeln!(out, "  Serf's dissemination model, 99.99 %: {}", model.join(", "));
         out
     }
 

@@ -1,7 +1,8 @@
 //! A deterministic, in-process constellation of SWIM/Lifeguard nodes for tests and for
-//! `pleiades sim gossip`: seeded randomness, a fixed latency, packet loss, crashed nodes and
-//! overloaded ("slow") nodes that handle everything late, and a virtual clock ticking every
-//! `step` ms. The same state machines run here as on a real node.
+//! `pleiades sim gossip`: seeded randomness, a fixed latency or a latency matrix from nodes
+//! placed on a plane, packet loss, crashed, paused and overloaded ("slow") nodes, partitions,
+//! and a virtual clock: messages arrive at their exact time, timers tick every `step` ms. The
+//! same state machines run here as on a real node.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -10,6 +11,7 @@ use rand::{Rng, SeedableRng};
 
 use super::events::{Cre, CreKind};
 use super::swim::{Envelope, Event, Millis, NodeId, Output, State, Swim, SwimConfig, Update};
+use super::vivaldi::Place;
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Traffic {
@@ -39,9 +41,16 @@ pub fn addr(id: NodeId) -> String {
 pub struct Sim {
     pub nodes: BTreeMap<NodeId, Swim>,
     pub now: Millis,
+    /// One-way latency when nodes have no places.
     pub latency: Millis,
+    /// Where nodes are: one-way latency is half the round trip between places.
+    pub places: HashMap<NodeId, Place>,
     pub loss: f64,
     pub crashed: HashSet<NodeId>,
+    /// Stopped processes (SIGSTOP): no timers; what is sent to them waits until they resume.
+    pub paused: HashSet<NodeId>,
+    /// Nodes cut off from the rest: messages across the cut are lost.
+    pub partition: HashSet<NodeId>,
     /// Overloaded nodes: everything sent to them is handled this much later.
     pub slow: HashMap<NodeId, Millis>,
     /// Tick granularity.
@@ -64,8 +73,11 @@ impl Sim {
             nodes,
             now: 0,
             latency: 5,
+            places: HashMap::new(),
             loss: 0.0,
             crashed: HashSet::new(),
+            paused: HashSet::new(),
+            partition: HashSet::new(),
             slow: HashMap::new(),
             step: 10,
             in_flight: BTreeMap::new(),
@@ -79,19 +91,40 @@ impl Sim {
         }
     }
 
-    fn collect(&mut self, id: NodeId) {
+    /// Places every node on a plane (seeded): latencies become a matrix that respects the
+    /// triangle inequality, as real networks roughly do.
+    pub fn place_on_plane(&mut self, seed: u64) {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        self.places = self.nodes.keys().map(|id| (*id, Place::random(&mut rng))).collect();
+    }
+
+    /// The true round trip between two nodes, in ms.
+    pub fn rtt(&self, a: NodeId, b: NodeId) -> f64 {
+        match (self.places.get(&a), self.places.get(&b)) {
+            (Some(a), Some(b)) => a.rtt(b) * 1000.0,
+            _ => 2.0 * self.latency as f64,
+        }
+    }
+
+    fn one_way(&self, from: NodeId, to: NodeId) -> Millis {
+        (self.rtt(from, to) / 2.0).round().max(1.0) as Millis
+    }
+
+    /// Queues what node `id` produced at time `at`.
+    fn collect(&mut self, id: NodeId, at: Millis) {
         let Some(swim) = self.nodes.get_mut(&id) else { return };
         for output in swim.drain() {
             match output {
-                Output::Event(event) => self.events.push((self.now, id, event)),
+                Output::Event(event) => self.events.push((at, id, event)),
                 Output::Send { to, envelope } => {
-                    let lost = self.rng.random_bool(self.loss);
                     let to = to.trim_start_matches('n').parse::<NodeId>().unwrap_or(0);
-                    if !lost {
-                        let delay = self.latency + self.slow.get(&to).copied().unwrap_or(0);
-                        self.sent += 1;
-                        self.in_flight.insert((self.now + delay, self.sent), (to, envelope));
+                    let cut = self.partition.contains(&id) != self.partition.contains(&to);
+                    if cut || self.rng.random_bool(self.loss) {
+                        continue;
                     }
+                    let delay = self.one_way(id, to) + self.slow.get(&to).copied().unwrap_or(0);
+                    self.sent += 1;
+                    self.in_flight.insert((at + delay, self.sent), (to, envelope));
                 }
             }
         }
@@ -99,32 +132,61 @@ impl Sim {
 
     pub fn run_until(&mut self, until: Millis) {
         while self.now < until {
-            self.now += self.step;
-            let now = self.now;
+            let next = self.now + self.step;
+            // Messages arrive at their own time, answers included, so round trips are exact.
             while let Some(entry) = self.in_flight.first_entry() {
-                if entry.key().0 > now {
+                let at = entry.key().0;
+                if at > next {
                     break;
                 }
                 let (to, envelope) = entry.remove();
                 if self.crashed.contains(&to) {
                     continue;
                 }
+                if self.paused.contains(&to) {
+                    // Held by the kernel until the process runs again.
+                    self.sent += 1;
+                    self.in_flight.insert((next + self.step, self.sent), (to, envelope));
+                    continue;
+                }
                 if let Some(swim) = self.nodes.get_mut(&to) {
                     self.delivered += 1;
                     self.updates_delivered += envelope.updates.len() as u64;
                     self.bytes_delivered += super::codec::encoded_len(&envelope) as u64;
-                    swim.handle(now, envelope);
-                    self.collect(to);
+                    swim.handle(at, envelope);
+                    self.collect(to, at);
                 }
             }
-            let ids: Vec<NodeId> = self.nodes.keys().copied().filter(|id| !self.crashed.contains(id)).collect();
+            self.now = next;
+            let ids: Vec<NodeId> = self
+                .nodes
+                .keys()
+                .copied()
+                .filter(|id| !self.crashed.contains(id) && !self.paused.contains(id))
+                .collect();
             for id in ids {
                 if let Some(swim) = self.nodes.get_mut(&id) {
-                    swim.tick(now);
+                    swim.tick(next);
                 }
-                self.collect(id);
+                self.collect(id, next);
             }
         }
+    }
+
+    /// Relative error of every running node's estimated round trip to every other (by their
+    /// Vivaldi coordinates) against the true one, sorted.
+    pub fn coordinate_errors(&self) -> Vec<f64> {
+        let running: Vec<(&NodeId, &Swim)> = self.nodes.iter().filter(|(id, _)| !self.crashed.contains(id)).collect();
+        let mut errors = Vec::new();
+        for (i, (a, swim_a)) in running.iter().enumerate() {
+            for (b, swim_b) in &running[i + 1..] {
+                let estimate = swim_a.coordinate().distance_to(swim_b.coordinate()).as_secs_f64() * 1000.0;
+                let truth = self.rtt(**a, **b);
+                errors.push((estimate - truth).abs() / truth);
+            }
+        }
+        errors.sort_by(f64::total_cmp);
+        errors
     }
 
     /// Every running node's view of `subject`.
@@ -180,7 +242,7 @@ impl Sim {
         let mut swim = Swim::new(config, id, addr(id), self.now, id);
         swim.join(&addr(seed), self.now);
         self.nodes.insert(id, swim);
-        self.collect(id);
+        self.collect(id, self.now);
     }
 
     /// Has every running node answer the queries it received since the last call, with what
@@ -200,7 +262,7 @@ impl Sim {
             }
             if let (Some(payload), Some(swim)) = (answer(id, &query), self.nodes.get_mut(&id)) {
                 swim.answer(&query, payload);
-                self.collect(id);
+                self.collect(id, self.now);
             }
         }
     }

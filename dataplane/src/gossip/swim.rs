@@ -48,6 +48,11 @@ pub struct SwimConfig {
     pub max_message_bytes: usize,
     /// How long an acknowledged event waits for every member before settling by deadline.
     pub event_ack_timeout: Millis,
+    /// Serf's reconnect: this often, a state sync with one member believed dead, so a healed
+    /// partition merges again (gossip alone never reaches a member declared dead).
+    pub reconnect_interval: Millis,
+    /// Dead members are tried for this long, then only remembered.
+    pub reconnect_timeout: Millis,
 }
 
 impl SwimConfig {
@@ -68,6 +73,8 @@ impl SwimConfig {
             max_piggyback: 16,
             max_message_bytes: 1_100,
             event_ack_timeout: 10_000,
+            reconnect_interval: 30_000,
+            reconnect_timeout: 24 * 3_600_000,
         }
     }
 
@@ -299,6 +306,7 @@ pub struct Swim {
     next_probe_at: Millis,
     next_gossip_at: Millis,
     next_sync_at: Millis,
+    next_reconnect_at: Millis,
     seq: u32,
     probe: Option<Probe>,
     relays: HashMap<u32, Relay>,
@@ -336,6 +344,7 @@ impl Swim {
             next_probe_at: now + config.probe_interval,
             next_gossip_at: now + config.gossip_interval,
             next_sync_at: now + config.push_pull_interval,
+            next_reconnect_at: now + config.reconnect_interval,
             seq: 0,
             probe: None,
             relays: HashMap::new(),
@@ -634,6 +643,15 @@ impl Swim {
                 self.send(peer.addr, Message::Sync { members, reply: true });
             }
             self.next_sync_at = now + self.config.push_pull_interval;
+        }
+        if now >= self.next_reconnect_at && !self.left {
+            let timeout = self.config.reconnect_timeout;
+            let dead = self.random_members(1, |m| m.state == State::Dead && now.saturating_sub(m.since) < timeout);
+            if let Some(peer) = dead.into_iter().next() {
+                let members = self.state_updates();
+                self.send(peer.addr, Message::Sync { members, reply: true });
+            }
+            self.next_reconnect_at = now + self.config.reconnect_interval;
         }
     }
 

@@ -263,38 +263,27 @@ pub fn nearest<'a>(
     by_distance
 }
 
-/// Nodes on a plane with access latencies: round trip = distance + both heights, a metric that
-/// respects the triangle inequality. Each round every node probes a random other node.
-/// Returns the relative errors of the estimates over every pair, sorted.
-pub fn simulate_plane(nodes: usize, rounds: usize, seed: u64) -> Vec<f64> {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let places: Vec<(f64, f64, f64)> = (0..nodes)
-        .map(|_| (rng.random_range(0.0..0.100), rng.random_range(0.0..0.100), rng.random_range(0.0005..0.005)))
-        .collect();
-    let rtt = |i: usize, j: usize| {
-        let (xi, yi, hi) = places[i];
-        let (xj, yj, hj) = places[j];
-        ((xi - xj).powi(2) + (yi - yj).powi(2)).sqrt() + hi + hj
-    };
-    let mut clients: Vec<Vivaldi> = (0..nodes).map(|i| Vivaldi::new(VivaldiConfig::default(), i as u64)).collect();
-    for _ in 0..rounds {
-        for i in 0..nodes {
-            let j = (i + rng.random_range(1..nodes)) % nodes;
-            // A few percent of jitter, as real probes see.
-            let measured = rtt(i, j) * rng.random_range(0.97..1.03);
-            let other = clients[j].coordinate().clone();
-            clients[i].observe(j as u64, &other, Duration::from_secs_f64(measured)).unwrap();
+/// A node on a 100 ms square with an access latency of 0.5 to 5 ms (seconds).
+#[derive(Debug, Clone, Copy)]
+pub struct Place {
+    pub x: f64,
+    pub y: f64,
+    pub height: f64,
+}
+
+impl Place {
+    pub fn random(rng: &mut impl Rng) -> Place {
+        Place {
+            x: rng.random_range(0.0..0.100),
+            y: rng.random_range(0.0..0.100),
+            height: rng.random_range(0.0005..0.005),
         }
     }
-    let mut errors = Vec::new();
-    for i in 0..nodes {
-        for j in (i + 1)..nodes {
-            let estimate = clients[i].coordinate().distance_to(clients[j].coordinate()).as_secs_f64();
-            errors.push((estimate - rtt(i, j)).abs() / rtt(i, j));
-        }
+
+    /// Round trip in seconds: distance plus both access latencies (a metric).
+    pub fn rtt(&self, other: &Place) -> f64 {
+        ((self.x - other.x).powi(2) + (self.y - other.y).powi(2)).sqrt() + self.height + other.height
     }
-    errors.sort_by(f64::total_cmp);
-    errors
 }
 
 #[cfg(test)]

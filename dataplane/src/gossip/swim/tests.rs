@@ -470,3 +470,48 @@ fn piggybacking_stops_at_the_datagram_budget() {
         assert!(!envelope.updates.is_empty());
     }
 }
+
+// The simulator's harsher conditions.
+
+#[test]
+fn a_healed_partition_merges_again_through_reconnects() {
+    let mut sim = Sim::meshed(20, SwimConfig::local(), 31);
+    sim.partition = (16..=20).collect();
+    sim.run_until(40_000);
+    assert!(sim.nodes[&1].member(18).is_some_and(|m| m.state == State::Dead), "the majority lost the minority");
+    assert!(sim.nodes[&18].member(1).is_some_and(|m| m.state == State::Dead), "and the other way round");
+    sim.partition.clear();
+    let healed = (1..=20).all(|id| sim.time_until_all_see(id, State::Alive, 120_000).is_some());
+    assert!(healed, "{:?}", (1..=20).map(|id| sim.views(id)).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_paused_node_is_suspected_and_refutes_when_it_resumes() {
+    let mut sim = Sim::meshed(10, SwimConfig::lan(), 12);
+    sim.run_until(2_000);
+    sim.paused.insert(4);
+    let suspected = (0..100).any(|_| {
+        sim.run_until(sim.now + 100);
+        sim.views(4).iter().filter(|v| **v != Some(State::Alive)).count() > 0
+    });
+    assert!(suspected, "nobody suspected the paused node");
+    sim.paused.clear();
+    let back = sim.time_until_all_see(4, State::Alive, 30_000);
+    assert!(back.is_some(), "{:?}", sim.views(4));
+    assert!(sim.nodes[&4].incarnation() >= 1, "it refuted with a higher incarnation");
+    assert!(sim.events.iter().any(|(_, id, e)| *id == 4 && matches!(e, Event::Refuted { .. })));
+}
+
+#[test]
+fn coordinates_learned_from_probe_acks_estimate_a_latency_matrix() {
+    let mut sim = Sim::meshed(100, SwimConfig::lan(), 17);
+    sim.place_on_plane(17);
+    sim.run_until(120_000);
+    let errors = sim.coordinate_errors();
+    let median = errors[errors.len() / 2];
+    assert!(median < 0.15, "median relative error {median}");
+    let nearest = sim.nodes[&1].nearest(5);
+    assert_eq!(nearest.len(), 5);
+    let truly_nearest = (2..=100).map(|id| sim.rtt(1, id)).fold(f64::MAX, f64::min);
+    assert!(sim.rtt(1, nearest[0].0) <= truly_nearest * 2.0, "the estimated nearest is near");
+}
