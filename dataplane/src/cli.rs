@@ -233,6 +233,10 @@ pub struct NodeArgs {
     /// Join a running constellation through this node (`host:port`).
     #[arg(long, env = "PLEIADES_JOIN")]
     pub join: Option<String>,
+    /// Gossip seeds, `host:port`, comma-separated; DNS names are re-resolved until joined
+    /// (default: the founders and the join address).
+    #[arg(long, env = "PLEIADES_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<String>,
     /// Address other nodes reach this one at (default: the listen address).
     #[arg(long, env = "PLEIADES_ADVERTISE")]
     pub advertise: Option<String>,
@@ -281,6 +285,9 @@ impl NodeArgs {
         }
         if self.join.is_some() {
             config.constellation.join = self.join;
+        }
+        if !self.seeds.is_empty() {
+            config.gossip.seeds = self.seeds;
         }
         if self.advertise.is_some() {
             config.constellation.advertise = self.advertise;

@@ -487,4 +487,34 @@ mod tests {
         let err = config.validate().unwrap_err();
         assert!(err.to_string().contains("kv.max-value-bytes"), "{err}");
     }
+
+    #[test]
+    fn gossip_profiles_overrides_and_bad_values() {
+        let config: NodeConfig = toml::from_str(
+            r#"
+            [gossip]
+            profile = "wan"
+            seeds = ["pleiades-0.pleiades-peers.db.svc:7400"]
+            probe-interval-ms = 8000
+            tags = { zone = "eu-west-1a" }
+            "#,
+        )
+        .unwrap();
+        let swim = config.gossip.swim_config().unwrap();
+        assert_eq!(swim.probe_interval, 8_000, "the override wins");
+        assert_eq!(swim.probe_timeout, crate::gossip::swim::SwimConfig::wan().probe_timeout, "the rest is WAN");
+        assert_eq!(config.gossip.tags["zone"], "eu-west-1a");
+        for (bad, says) in [
+            ("probe-timeout-ms = 1000\nprobe-interval-ms = 500", "probe-timeout-ms must be below"),
+            ("gossip-interval-ms = 0", "must be positive"),
+            ("suspicion-mult = 0", "at least 1"),
+            ("tags = { \"\" = \"x\" }", "tags"),
+        ] {
+            let config: NodeConfig = toml::from_str(&format!("[gossip]\n{bad}")).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let err = toml::from_str::<NodeConfig>("[gossip]\nprofile = \"lan2\"").unwrap_err();
+        assert!(err.to_string().contains("profile"), "{err}");
+    }
 }
