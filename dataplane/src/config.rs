@@ -286,15 +286,12 @@ impl GossipConfig {
         if swim.gossip_nodes == 0 || swim.push_pull_interval < swim.probe_interval {
             return invalid("gossip-nodes must be positive and push-pull-interval-ms at least probe-interval-ms");
         }
-        let codec = crate::gossip::codec::MAX_TAGS;
-        if self.tags.len() > codec
-            || self.tags.iter().any(|(k, v)| {
-                k.is_empty()
-                    || k.len() > crate::gossip::codec::MAX_TAG_KEY
-                    || v.len() > crate::gossip::codec::MAX_TAG_VALUE
-            })
-        {
-            return invalid("tags: at most 32, keys 1 to 64 bytes, values at most 256");
+        use crate::gossip::codec::{MAX_TAGS, MAX_TAGS_BYTES, MAX_TAG_KEY, MAX_TAG_VALUE};
+        // The node adds `version` and `ranges` (two tags, at most 64 bytes) to these.
+        let bytes: usize = self.tags.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let bad_tag = self.tags.iter().any(|(k, v)| k.is_empty() || k.len() > MAX_TAG_KEY || v.len() > MAX_TAG_VALUE);
+        if self.tags.len() > MAX_TAGS - 2 || bytes > MAX_TAGS_BYTES - 64 || bad_tag {
+            return invalid("tags: at most 30, keys 1 to 64 bytes, values at most 256, 320 bytes in all");
         }
         Ok(swim)
     }

@@ -23,9 +23,16 @@ pub const MAX_DIMENSIONS: usize = 16;
 pub const MAX_TAGS: usize = 32;
 pub const MAX_TAG_KEY: usize = 64;
 pub const MAX_TAG_VALUE: usize = 256;
-/// Longest query name, and the largest query or answer payload.
+/// All keys and values of one member's tags together, so a tag event fits a datagram.
+pub const MAX_TAGS_BYTES: usize = 384;
+/// Longest query name, and the largest query payload (a query rides a datagram) and answer
+/// (sent directly, on a stream when large).
 pub const MAX_QUERY_NAME: usize = 64;
-pub const MAX_QUERY_PAYLOAD: usize = 16 * 1024;
+pub const MAX_QUERY_PAYLOAD: usize = 256;
+pub const MAX_ANSWER_PAYLOAD: usize = 16 * 1024;
+/// Incarnations and Lamport times at or above this are refused: no honest node gets there, and
+/// the arithmetic on them must never overflow.
+pub const MAX_COUNTER: u64 = 1 << 62;
 /// Longest query deadline.
 pub const MAX_QUERY_TIMEOUT_MS: u64 = 60_000;
 
@@ -51,6 +58,16 @@ pub enum CodecError {
     QueryName(String),
     #[error("query timeout {0} ms is not 1 to 60000")]
     QueryTimeout(u64),
+    #[error("{what} {value} is implausibly large")]
+    Counter { what: &'static str, value: u64 },
+}
+
+fn check_counter(what: &'static str, value: u64) -> Result<u64, CodecError> {
+    if value >= MAX_COUNTER {
+        Err(CodecError::Counter { what, value })
+    } else {
+        Ok(value)
+    }
 }
 
 fn check_addr(addr: String) -> Result<String, CodecError> {
@@ -81,6 +98,7 @@ fn check_count(what: &'static str, count: usize, max: usize) -> Result<(), Codec
 
 fn check_tags(tags: std::collections::HashMap<String, String>) -> Result<Tags, CodecError> {
     check_count("tags", tags.len(), MAX_TAGS)?;
+    check_count("tag bytes", tags.iter().map(|(k, v)| k.len() + v.len()).sum(), MAX_TAGS_BYTES)?;
     for (key, value) in &tags {
         if key.is_empty() || key.len() > MAX_TAG_KEY || value.len() > MAX_TAG_VALUE {
             return Err(CodecError::Tag { key: key.chars().take(MAX_TAG_KEY).collect() });
@@ -131,7 +149,7 @@ fn cre_from_proto(cre: v1::GossipCre) -> Result<Cre, CodecError> {
             }
         }
     };
-    Ok(Cre { origin: check_id(cre.origin)?, ltime: cre.ltime, ack: cre.ack, kind })
+    Ok(Cre { origin: check_id(cre.origin)?, ltime: check_counter("lamport time", cre.ltime)?, ack: cre.ack, kind })
 }
 
 fn coordinate_to_proto(c: &Coordinate) -> v1::GossipCoordinate {
@@ -165,13 +183,21 @@ pub fn piggybacked_len(update: &Update) -> usize {
 fn update_from_proto(update: v1::GossipUpdate) -> Result<Update, CodecError> {
     use v1::gossip_update::Kind;
     Ok(match update.kind.ok_or(CodecError::NoKind)? {
-        Kind::Alive(a) => {
-            Update::Alive { id: check_id(a.node_id)?, incarnation: a.incarnation, addr: check_addr(a.addr)? }
-        }
-        Kind::Suspect(s) => {
-            Update::Suspect { id: check_id(s.node_id)?, incarnation: s.incarnation, from: check_id(s.from)? }
-        }
-        Kind::Dead(d) => Update::Dead { id: check_id(d.node_id)?, incarnation: d.incarnation, from: check_id(d.from)? },
+        Kind::Alive(a) => Update::Alive {
+            id: check_id(a.node_id)?,
+            incarnation: check_counter("incarnation", a.incarnation)?,
+            addr: check_addr(a.addr)?,
+        },
+        Kind::Suspect(s) => Update::Suspect {
+            id: check_id(s.node_id)?,
+            incarnation: check_counter("incarnation", s.incarnation)?,
+            from: check_id(s.from)?,
+        },
+        Kind::Dead(d) => Update::Dead {
+            id: check_id(d.node_id)?,
+            incarnation: check_counter("incarnation", d.incarnation)?,
+            from: check_id(d.from)?,
+        },
         Kind::Cre(cre) => Update::Cre(cre_from_proto(cre)?),
     })
 }
@@ -233,7 +259,7 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
         }
         M::CreAck(a) => Message::CreAck { ltime: a.ltime },
         M::Answer(a) => {
-            check_count("answer payload bytes", a.payload.len(), MAX_QUERY_PAYLOAD)?;
+            check_count("answer payload bytes", a.payload.len(), MAX_ANSWER_PAYLOAD)?;
             Message::Answer { ltime: a.ltime, payload: a.payload, coordinate: coordinate_from_proto(a.coordinate)? }
         }
     };
@@ -357,6 +383,20 @@ mod tests {
         assert_eq!(event(query("capacity", 0)), Err(CodecError::QueryTimeout(0)));
         assert_eq!(event(query("capacity", 3_600_000)), Err(CodecError::QueryTimeout(3_600_000)));
         assert!(event(query("capacity", 100)).is_ok());
+        let mut wide = std::collections::HashMap::new();
+        for i in 0..20 {
+            wide.insert(format!("key-{i}"), "v".repeat(30));
+        }
+        assert!(matches!(
+            event(Some(Kind::Update(v1::GossipTags { tags: wide }))),
+            Err(CodecError::TooMany { what: "tag bytes", .. })
+        ));
+        let mut proto = to_proto(&envelope(Message::Gossip));
+        proto.updates = vec![update_to_proto(&Update::Suspect { id: 3, incarnation: u64::MAX, from: 4 })];
+        assert!(matches!(decode(&proto.encode_to_vec()), Err(CodecError::Counter { what: "incarnation", .. })));
+        proto.updates =
+            vec![update_to_proto(&Update::Cre(Cre { origin: 3, ltime: u64::MAX, ack: false, kind: CreKind::Leave }))];
+        assert!(matches!(decode(&proto.encode_to_vec()), Err(CodecError::Counter { what: "lamport time", .. })));
 
         assert!(matches!(decode(&[0xff, 0xff, 0xff]), Err(CodecError::Decode(_))));
         for cut in 0..encode(&envelope(Message::Nack { seq: 9 })).len() {

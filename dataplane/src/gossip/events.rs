@@ -82,7 +82,8 @@ impl LamportClock {
     }
 
     pub fn tick(&mut self) -> u64 {
-        self.0 += 1;
+        // The codec refuses implausibly large times, so this never saturates in practice.
+        self.0 = self.0.saturating_add(1);
         self.0
     }
 

@@ -22,6 +22,8 @@ use super::events::{Cre, CreKind, LamportClock, Pending, QueryAnswer, Seen, Sett
 use super::vivaldi::{Coordinate, Vivaldi, VivaldiConfig};
 
 pub type NodeId = u64;
+/// Most updates waiting for dissemination (memberlist bounds its queue too).
+const MAX_BROADCASTS: usize = 4_096;
 /// How long a member declared dead still receives gossip (memberlist's GossipToTheDeadTime).
 const GOSSIP_TO_THE_DEAD: Millis = 30_000;
 /// Milliseconds on the caller's monotonic clock.
@@ -437,7 +439,7 @@ impl Swim {
     pub fn leave(&mut self, now: Millis) {
         self.raise(CreKind::Leave, false, now);
         self.left = true;
-        self.incarnation += 1;
+        self.incarnation = self.incarnation.saturating_add(1);
         let update = Update::Dead { id: self.me, incarnation: self.incarnation, from: self.me };
         if let Some(me) = self.members.get_mut(&self.me) {
             me.state = State::Left;
@@ -484,6 +486,13 @@ impl Swim {
 
     pub fn lamport_time(&self) -> u64 {
         self.lamport.time()
+    }
+
+    /// Starts the Lamport clock no lower than `floor`: a node restarting with its old id must
+    /// not reuse its previous life's event times, which peers would drop as duplicates (the
+    /// node passes the wall clock in milliseconds).
+    pub fn start_lamport_at(&mut self, floor: u64) {
+        self.lamport.witness(floor);
     }
 
     /// The last coordinate a living member reported.
@@ -536,6 +545,9 @@ impl Swim {
 
     /// Keeps the newest tags per member by Lamport time.
     fn record_tags(&mut self, cre: &Cre) {
+        if !self.members.contains_key(&cre.origin) {
+            return;
+        }
         if let CreKind::Join { tags } | CreKind::Update { tags } = &cre.kind {
             let newer = self.tags.get(&cre.origin).is_none_or(|(at, _)| cre.ltime > *at);
             if newer {
@@ -551,14 +563,20 @@ impl Swim {
     /// An event reached this node: handled once, acknowledged if asked, relayed.
     fn apply_cre(&mut self, cre: Cre, from_sync: bool) {
         self.lamport.witness(cre.ltime);
-        if cre.origin == self.me || !self.seen.first_sight(cre.origin, cre.ltime) {
+        if cre.origin == self.me {
+            return;
+        }
+        if from_sync {
+            // State, not news: a sync hands over each member's latest tags. It does not mark
+            // the event seen, so the event itself is still handled and relayed when it comes.
+            self.record_tags(&cre);
+            return;
+        }
+        // Events only from members (a stranger's event would only grow our tables).
+        if !self.members.contains_key(&cre.origin) || !self.seen.first_sight(cre.origin, cre.ltime) {
             return;
         }
         self.record_tags(&cre);
-        if from_sync {
-            // State, not news: a sync hands over each member's latest tags.
-            return;
-        }
         if cre.ack {
             let reply_to = match &cre.kind {
                 CreKind::Query { reply_to, .. } => Some(reply_to.clone()),
@@ -797,6 +815,11 @@ impl Swim {
             self.broadcasts.retain(|b| b.update.subject() != Some(subject));
         }
         self.broadcasts.push(Broadcast { update, transmits: 0 });
+        if self.broadcasts.len() > MAX_BROADCASTS {
+            // Under a flood, the most retransmitted claims have spread furthest: drop those.
+            self.broadcasts.sort_by_key(|b| b.transmits);
+            self.broadcasts.truncate(MAX_BROADCASTS);
+        }
     }
 
     /// The freshest pending updates that fit in `budget` encoded bytes. Broadcasts retire after
@@ -811,6 +834,11 @@ impl Swim {
             }
             let size = codec::piggybacked_len(&broadcast.update);
             if size > budget {
+                if size > self.config.max_message_bytes * 3 / 4 {
+                    // Would crowd out everything else; the codec's limits keep real events
+                    // far smaller, so this only retires what a peer should not have sent.
+                    broadcast.transmits = limit;
+                }
                 continue;
             }
             budget -= size;
@@ -890,7 +918,8 @@ impl Swim {
                     probe.acked = true;
                     let (target, rtt) = (probe.target, now.saturating_sub(probe.sent_at));
                     self.adjust_health(-1);
-                    if let Some(coordinate) = coordinate {
+                    // Only the target's own answer measures the path to it.
+                    if let Some(coordinate) = coordinate.filter(|_| envelope.from == target) {
                         let rtt = std::time::Duration::from_millis(rtt);
                         match self.vivaldi.observe(target, &coordinate, rtt) {
                             Ok(_) => {
@@ -920,13 +949,14 @@ impl Swim {
                 }
             }
             Message::CreAck { ltime } => {
-                if let Some(pending) = self.pending.get_mut(&ltime) {
+                if let Some(pending) = self.pending.get_mut(&ltime).filter(|p| p.expected.contains(&envelope.from)) {
                     pending.acked.insert(envelope.from);
                 }
                 self.settle_pending(now);
             }
             Message::Answer { ltime, payload, coordinate } => {
-                if let Some(pending) = self.pending.get_mut(&ltime).filter(|p| p.query) {
+                let asked = |p: &&mut Pending| p.query && p.expected.contains(&envelope.from);
+                if let Some(pending) = self.pending.get_mut(&ltime).filter(asked) {
                     if !pending.answers.iter().any(|a| a.from == envelope.from) {
                         pending.answers.push(QueryAnswer { from: envelope.from, payload, coordinate });
                     }
@@ -945,7 +975,8 @@ impl Swim {
         if self.left {
             return;
         }
-        self.incarnation = self.incarnation.max(claimed) + 1;
+        // The codec refuses implausibly large incarnations, so this cannot overflow.
+        self.incarnation = self.incarnation.max(claimed).saturating_add(1);
         if let Some(me) = self.members.get_mut(&self.me) {
             me.incarnation = self.incarnation;
             me.state = State::Alive;
@@ -963,6 +994,11 @@ impl Swim {
             Update::Cre(cre) => self.apply_cre(cre, false),
             Update::Alive { id, incarnation, addr } => {
                 if id == self.me {
+                    // A claim from a previous life of this node (it restarted, maybe elsewhere):
+                    // overtake it, or peers keep the old incarnation and address.
+                    if incarnation > self.incarnation || (incarnation == self.incarnation && addr != self.addr) {
+                        self.refute(incarnation, now);
+                    }
                     return;
                 }
                 match self.members.get_mut(&id) {
@@ -1034,7 +1070,8 @@ impl Swim {
             }
             Update::Dead { id, incarnation, from } => {
                 if id == self.me {
-                    if from != self.me && incarnation >= self.incarnation {
+                    // Includes our own leave from a previous life: we are running now.
+                    if incarnation >= self.incarnation {
                         self.refute(incarnation, now);
                     }
                     return;

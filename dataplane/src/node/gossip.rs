@@ -264,6 +264,9 @@ impl Shell {
     }
 
     async fn run(mut self, mut inbound: mpsc::Receiver<Envelope>, mut commands: mpsc::Receiver<Command>) {
+        let wall_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+        self.swim.start_lamport_at(wall_ms as u64);
         let tags = self.tags();
         let now = self.now();
         self.swim.set_tags(tags, false, now);
@@ -533,7 +536,17 @@ async fn deliver(peers: &Peers, metrics: &GossipMetrics, to: &str, envelope: Vec
         }
     }
     let size = envelope.len();
-    let mut stream = PwpStream::open(&connection, Service::Gossip, STREAM_TIMEOUT).await.map_err(|e| e.to_string())?;
+    let mut stream = match PwpStream::open(&connection, Service::Gossip, STREAM_TIMEOUT).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            // A lost connection is dropped so the next message redials; a slow peer's is kept
+            // (raft shares it).
+            if matches!(e, crate::client::ClientError::Connection(_)) {
+                peers.forget(to, &connection).await;
+            }
+            return Err(e.to_string());
+        }
+    };
     let (kind, _) =
         stream.call(payload_type::gossip::ENVELOPE, Bytes::from(envelope)).await.map_err(|e| e.to_string())?;
     if kind != payload_type::gossip::RECEIVED {

@@ -390,13 +390,38 @@ impl Replicas {
         lowest_other.is_none_or(|other| self.node_id < other)
     }
 
-    /// On the repair coordinator: adds replicas to ranges below the replication factor.
-    pub async fn up_replicate(self: &Arc<Self>) {
+    /// Whether gossip knows `id` as alive (this node always is). Replicas only go to such
+    /// nodes: a member not heard of yet, or dead, takes none.
+    fn is_living(&self, id: NodeId) -> bool {
+        id == self.node_id || read(&self.gossip).get(&id).is_some_and(|m| m.dead_since.is_none())
+    }
+
+    /// One pass of the repairs, on the coordinator only: rebuilds elsewhere the replicas of
+    /// members dead longer than `replace_dead_after`, then adds replicas to ranges below the
+    /// replication factor. What fails is retried on the next pass.
+    pub async fn repair_once(self: &Arc<Self>) {
         if !self.coordinates_repairs() || read(&self.gossip).is_empty() {
             return;
         }
+        if let Some(after) = self.replace_dead_after {
+            let overdue: Vec<NodeId> = read(&self.gossip)
+                .iter()
+                .filter(|(_, m)| m.dead_since.is_some_and(|since| since.elapsed() >= after))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in overdue {
+                if !read(&self.table).values().any(|d| d.replicas.contains(&id)) {
+                    continue;
+                }
+                info!(node_id = id, ?after, "replication: rebuilding the replicas of a member dead too long");
+                match self.decommission(id).await {
+                    Ok(moves) => info!(node_id = id, moved = moves.len(), "replication: replicas rebuilt elsewhere"),
+                    Err(e) => warn!(node_id = id, error = %e, "replication: cannot rebuild the replicas yet"),
+                }
+            }
+        }
         let (ranges, members) = self.survey(None).await;
-        let living: Vec<NodeId> = members.keys().copied().filter(|id| !self.is_dead(*id)).collect();
+        let living: Vec<NodeId> = members.keys().copied().filter(|id| self.is_living(*id)).collect();
         let factor = self.replication_factor.load(std::sync::atomic::Ordering::Relaxed);
         for step in plan_up_replicate(&ranges, &living, factor) {
             match self.execute_move(&step, &members).await {
@@ -417,39 +442,19 @@ impl Replicas {
     }
 
     /// Gossip: `id` left gracefully (its replicas were moved off first, if it was decommissioned).
-    pub fn member_left(self: &Arc<Self>, id: NodeId) {
+    pub fn member_left(&self, id: NodeId) {
         self.member_failed(id);
     }
 
     /// Gossip declared `id` dead. Its replicas keep their quorum while the others live; if it
-    /// stays dead for `replace_dead_after`, the lowest-numbered living member rebuilds them
-    /// elsewhere. Until then it takes no new replicas.
-    pub fn member_failed(self: &Arc<Self>, id: NodeId) {
-        let since = std::time::Instant::now();
-        {
-            let mut gossip = write(&self.gossip);
-            let addr = gossip.get(&id).map(|m| m.addr.clone()).or_else(|| self.address_of(id)).unwrap_or_default();
-            gossip.insert(id, GossipMember { addr, dead_since: Some(since) });
-        }
+    /// stays dead for `replace_dead_after`, the repair coordinator rebuilds them elsewhere
+    /// (`repair_once`). Meanwhile it takes no new replicas.
+    pub fn member_failed(&self, id: NodeId) {
+        let known = read(&self.gossip).get(&id).map(|m| m.addr.clone());
+        let addr = known.or_else(|| self.address_of(id)).unwrap_or_default();
+        write(&self.gossip).insert(id, GossipMember { addr, dead_since: Some(std::time::Instant::now()) });
         let affected = read(&self.table).values().filter(|d| d.replicas.contains(&id)).count();
         warn!(node_id = id, ranges_with_a_replica_there = affected, "replication: member reported dead");
-        let Some(after) = self.replace_dead_after else { return };
-        if affected == 0 {
-            return;
-        }
-        let replicas = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            let still_dead = read(&replicas.gossip).get(&id).and_then(|m| m.dead_since) == Some(since);
-            if !still_dead || !replicas.coordinates_repairs() {
-                return;
-            }
-            info!(node_id = id, ?after, "replication: rebuilding the replicas of a member dead too long");
-            match replicas.decommission(id).await {
-                Ok(moves) => info!(node_id = id, moved = moves.len(), "replication: replicas rebuilt elsewhere"),
-                Err(e) => warn!(node_id = id, error = %e, "replication: cannot rebuild the replicas yet"),
-            }
-        });
     }
 
     /// Answers one raft-service request.
@@ -603,6 +608,11 @@ impl Replicas {
         let mut voters: BTreeSet<NodeId> = replica.raft.metrics().borrow().membership_config.voter_ids().collect();
         if request.add_node == 0 || request.add_addr.is_empty() {
             return Err(refused("the node to add needs an id and an address".into()));
+        }
+        let factor = self.replication_factor.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        if request.remove_node == 0 && !voters.contains(&request.add_node) && voters.len() >= factor {
+            // Two coordinators with different views must not both add a replica.
+            return Err(refused(format!("range {range_id} already has {} replicas", voters.len())));
         }
         if request.remove_node != 0 && !voters.contains(&request.remove_node) && !voters.contains(&request.add_node) {
             return Err(refused(format!("node {} holds no replica of range {range_id}", request.remove_node)));
@@ -787,7 +797,7 @@ impl Replicas {
     /// adds the new replica before removing the old one.
     pub async fn decommission(&self, leaving: NodeId) -> Result<Vec<Move>, String> {
         let (ranges, members) = self.survey(None).await;
-        let nodes: Vec<NodeId> = members.keys().copied().filter(|id| *id == leaving || !self.is_dead(*id)).collect();
+        let nodes: Vec<NodeId> = members.keys().copied().filter(|id| *id == leaving || self.is_living(*id)).collect();
         let moves = plan_decommission(&ranges, &nodes, leaving).map_err(|e| e.to_string())?;
         for step in &moves {
             self.execute_move(step, &members).await?;
@@ -881,12 +891,12 @@ impl Replicas {
         }
     }
 
-    /// Runs the replication repairs (up-replication) every few seconds until aborted.
+    /// Runs the replication repairs every few seconds until aborted.
     pub async fn repair(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            self.up_replicate().await;
+            self.repair_once().await;
         }
     }
 

@@ -515,3 +515,28 @@ fn coordinates_learned_from_probe_acks_estimate_a_latency_matrix() {
     let truly_nearest = (2..=100).map(|id| sim.rtt(1, id)).fold(f64::MAX, f64::min);
     assert!(sim.rtt(1, nearest[0].0) <= truly_nearest * 2.0, "the estimated nearest is near");
 }
+
+#[test]
+fn a_node_restarting_after_a_graceful_leave_is_alive_again() {
+    let mut sim = Sim::meshed(10, SwimConfig::lan(), 5);
+    sim.nodes.get_mut(&3).unwrap().leave(sim.now);
+    assert!(sim.time_until_all_see(3, State::Left, 10_000).is_some());
+    // The same id starts afresh at incarnation 0 and joins; peers hold its leave at 1.
+    sim.join(3, SwimConfig::lan(), 1);
+    let back = sim.time_until_all_see(3, State::Alive, 30_000);
+    assert!(back.is_some(), "{:?}", sim.views(3));
+    assert!(sim.nodes[&3].incarnation() >= 2, "it overtook its previous life's leave");
+}
+
+#[test]
+fn strangers_acknowledgements_and_events_are_ignored() {
+    let mut a = with_members(1, &[2]);
+    let ltime = a.set_tags(zone("a"), true, 0);
+    a.handle(5, Envelope { from: 99, from_addr: addr(99), message: Message::CreAck { ltime }, updates: vec![] });
+    let stranger = Update::Cre(Cre { origin: 77, ltime: 3, ack: false, kind: CreKind::Update { tags: zone("x") } });
+    a.apply(stranger, 6);
+    assert_eq!(a.tags_of(77), None, "no tags kept for a non-member");
+    a.handle(7, Envelope { from: 2, from_addr: addr(2), message: Message::CreAck { ltime }, updates: vec![] });
+    let settled = Event::Settled { ltime, settled: Settled::Acknowledged { acked: 1 } };
+    assert!(events(&a.drain()).contains(&settled), "settled by member 2 alone, not by stranger 99");
+}
