@@ -25,8 +25,9 @@ pub struct FrameLabels {
     pub frame: &'static str,
 }
 
+/// One `kind` label: an error's kind, an event's kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
+pub struct KindLabels {
     pub kind: &'static str,
 }
 
@@ -63,7 +64,7 @@ pub struct Metrics {
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
     pub frames: Family<FrameLabels, Counter>,
-    pub wire_errors: Family<ErrorLabels, Counter>,
+    pub wire_errors: Family<KindLabels, Counter>,
     pub kv_request_seconds: Family<KvLabels, Histogram>,
     pub raft_proposals: Family<RangeLabels, Counter>,
     pub raft_proposal_seconds: Family<RangeLabels, Histogram>,

@@ -17,14 +17,14 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ErrorLabels {
+struct KindLabels {
     kind: &'static str,
 }
 
 #[derive(Clone)]
 pub struct Metrics {
     reconciles: Family<OutcomeLabels, Counter>,
-    errors: Family<ErrorLabels, Counter>,
+    errors: Family<KindLabels, Counter>,
     duration: Histogram,
     pub leader: Gauge,
     /// Whether this replica is serving (ready): it holds the lease, or runs without election.
@@ -53,7 +53,7 @@ impl Metrics {
         let outcome = if error.is_some() { "error" } else { "ok" };
         self.reconciles.get_or_create(&OutcomeLabels { outcome }).inc();
         if let Some(kind) = error {
-            self.errors.get_or_create(&ErrorLabels { kind }).inc();
+            self.errors.get_or_create(&KindLabels { kind }).inc();
         }
     }
 

@@ -25,6 +25,7 @@ use crate::client::PwpStream;
 use crate::gossip::codec;
 use crate::gossip::events::{Cre, CreKind, QueryAnswer, Tags};
 use crate::gossip::swim::{Envelope, Event, Millis, NodeId, Output, State, Swim, SwimConfig};
+use crate::observe::KindLabels;
 use crate::raft::network::Peers;
 
 /// Inbound envelopes queued for the core; beyond this, datagrams are dropped (as the network
@@ -62,7 +63,7 @@ pub struct GossipMetrics {
     dropped: Counter,
     health_score: Gauge,
     coordinate_error: Gauge<f64, AtomicU64>,
-    events: Family<StateLabels, Counter>,
+    events: Family<KindLabels, Counter>,
 }
 
 impl GossipMetrics {
@@ -87,7 +88,7 @@ impl GossipMetrics {
             metrics.members.get_or_create(&StateLabels { state }).set(0);
         }
         for kind in ["join", "leave", "update", "query"] {
-            let _ = metrics.events.get_or_create(&StateLabels { state: kind });
+            let _ = metrics.events.get_or_create(&KindLabels { kind });
         }
         for direction in ["in", "out"] {
             for transport in ["datagram", "stream"] {
@@ -237,6 +238,7 @@ pub fn start(
         queries: HashMap::new(),
         leaving: None,
         counted: Default::default(),
+        exported_at: Instant::now(),
     };
     (gossip, tokio::spawn(shell.run(inbound, commands)))
 }
@@ -256,6 +258,7 @@ struct Shell {
     queries: HashMap<u64, PendingQuery>,
     leaving: Option<(u64, oneshot::Sender<()>)>,
     counted: crate::gossip::swim::Stats,
+    exported_at: Instant,
 }
 
 impl Shell {
@@ -381,7 +384,11 @@ impl Shell {
                 Output::Event(event) => self.event(event),
             }
         }
-        self.export();
+        // Counting members by state walks the whole table: once a second is enough.
+        if self.exported_at.elapsed() >= Duration::from_secs(1) {
+            self.exported_at = Instant::now();
+            self.export();
+        }
     }
 
     fn send(&self, to: String, envelope: &Envelope) {
@@ -445,7 +452,7 @@ impl Shell {
     }
 
     fn runtime_event(&mut self, cre: Cre) {
-        self.metrics.events.get_or_create(&StateLabels { state: cre.kind.name() }).inc();
+        self.metrics.events.get_or_create(&KindLabels { kind: cre.kind.name() }).inc();
         let CreKind::Query { name, .. } = &cre.kind else {
             debug!(origin = cre.origin, ltime = cre.ltime, kind = cre.kind.name(), "runtime event");
             return;

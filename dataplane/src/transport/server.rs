@@ -10,7 +10,7 @@ use pleiades_proto::wire::{Action, Frame, ServerSession, Service, ServiceDirecto
 use tokio::io::AsyncReadExt;
 use tracing::{debug, info, warn};
 
-use crate::observe::{ErrorLabels, Metrics};
+use crate::observe::{KindLabels, Metrics};
 use crate::transport::count_frame;
 
 /// QUIC application error code used when a stream is abandoned after a protocol error.
@@ -231,7 +231,7 @@ async fn serve_stream<D: Dispatch>(
         }
     };
     let kind = fault.kind();
-    metrics.wire_errors.get_or_create(&ErrorLabels { kind }).inc();
+    metrics.wire_errors.get_or_create(&KindLabels { kind }).inc();
     match &fault {
         StreamFault::Wire(e) => warn!(stream_id, kind, error = %e, "closing stream after a protocol error"),
         StreamFault::Dispatch(e) => warn!(stream_id, kind, error = %e, "closing stream after a bad message"),
