@@ -121,9 +121,13 @@ impl Seen {
 
 /// An event raised here, waiting for acknowledgements or answers.
 pub struct Pending {
+    /// The event, kept to send it again to members that have not acknowledged it.
+    pub cre: Cre,
     pub expected: BTreeSet<NodeId>,
     pub acked: BTreeSet<NodeId>,
     pub answers: Vec<QueryAnswer>,
+    /// Halfway to the deadline, members still silent get the event directly.
+    pub resend_at: Option<Millis>,
     pub deadline: Millis,
     pub query: bool,
 }
@@ -167,6 +171,8 @@ mod tests {
     #[test]
     fn a_pending_event_completes_when_every_living_member_acknowledged() {
         let mut pending = Pending {
+            cre: Cre { origin: 1, ltime: 1, ack: true, kind: CreKind::Leave },
+            resend_at: None,
             expected: BTreeSet::from([2, 3, 4]),
             acked: BTreeSet::from([2]),
             answers: Vec::new(),

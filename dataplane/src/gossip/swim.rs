@@ -526,12 +526,14 @@ impl Swim {
                 .filter(|m| (is_query || m.id != self.me) && matches!(m.state, State::Alive | State::Suspect))
                 .map(|m| m.id)
                 .collect();
-            let deadline = now + query_timeout.unwrap_or(self.config.event_ack_timeout);
+            let wait = query_timeout.unwrap_or(self.config.event_ack_timeout);
             let pending = Pending {
+                cre: cre.clone(),
+                resend_at: Some(now + wait / 2),
+                deadline: now + wait,
                 expected,
                 acked: Default::default(),
                 answers: Vec::new(),
-                deadline,
                 query: query_timeout.is_some(),
             };
             self.pending.insert(ltime, pending);
@@ -592,6 +594,21 @@ impl Swim {
 
     /// Settles events raised here whose acknowledgements are all in or whose deadline passed.
     fn settle_pending(&mut self, now: Millis) {
+        // Gossip may miss a member (loss, a busy receiver): halfway to the deadline, each one
+        // still silent gets the event directly, once.
+        let mut resend = Vec::new();
+        for pending in self.pending.values_mut() {
+            if pending.resend_at.is_some_and(|at| now >= at) {
+                pending.resend_at = None;
+                let silent = pending.expected.iter().filter(|id| !pending.acked.contains(id) && **id != self.me);
+                resend.extend(silent.map(|id| (*id, pending.cre.clone())));
+            }
+        }
+        for (id, cre) in resend {
+            if let Some(addr) = self.members.get(&id).filter(|m| m.state != State::Dead).map(|m| m.addr.clone()) {
+                self.send_with(addr, Message::Gossip, vec![Update::Cre(cre)]);
+            }
+        }
         let mut done = Vec::new();
         for (ltime, pending) in &self.pending {
             let complete = if pending.query {

@@ -24,7 +24,7 @@ use super::replicas::Replicas;
 use crate::client::PwpStream;
 use crate::gossip::codec;
 use crate::gossip::events::{Cre, CreKind, QueryAnswer, Tags};
-use crate::gossip::swim::{Envelope, Event, Millis, NodeId, Output, State, Swim, SwimConfig};
+use crate::gossip::swim::{Envelope, Event, Message, Millis, NodeId, Output, State, Swim, SwimConfig};
 use crate::observe::KindLabels;
 use crate::raft::network::Peers;
 
@@ -392,11 +392,15 @@ impl Shell {
     }
 
     fn send(&self, to: String, envelope: &Envelope) {
+        // Answers, acknowledgements and state syncs are sent once and matter: a stream
+        // delivers them or says it could not. Probes and gossip tolerate loss by design.
+        let reliable =
+            matches!(envelope.message, Message::Answer { .. } | Message::CreAck { .. } | Message::Sync { .. });
         let encoded = codec::encode(envelope);
         let peers = self.peers.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = deliver(&peers, &metrics, &to, encoded).await {
+            if let Err(e) = deliver(&peers, &metrics, &to, encoded, reliable).await {
                 debug!(%to, error = %e, "gossip message not delivered");
             }
         });
@@ -520,11 +524,18 @@ pub fn state_name(state: State) -> &'static str {
     }
 }
 
-/// Sends one encoded envelope to `to`: as a datagram when it fits, else on a stream.
-async fn deliver(peers: &Peers, metrics: &GossipMetrics, to: &str, envelope: Vec<u8>) -> Result<(), String> {
+/// Sends one encoded envelope to `to`: as a datagram when it fits and may be lost, else on a
+/// stream.
+async fn deliver(
+    peers: &Peers,
+    metrics: &GossipMetrics,
+    to: &str,
+    envelope: Vec<u8>,
+    reliable: bool,
+) -> Result<(), String> {
     let connection = peers.connection(to).await?;
     let fits = connection.max_datagram_size().is_some_and(|max| envelope.len() < max);
-    if fits {
+    if fits && !reliable {
         let mut datagram = BytesMut::with_capacity(envelope.len() + 1);
         datagram.put_u8(u8::from(Service::Gossip));
         datagram.put_slice(&envelope);

@@ -540,3 +540,31 @@ fn strangers_acknowledgements_and_events_are_ignored() {
     let settled = Event::Settled { ltime, settled: Settled::Acknowledged { acked: 1 } };
     assert!(events(&a.drain()).contains(&settled), "settled by member 2 alone, not by stranger 99");
 }
+
+#[test]
+fn members_silent_halfway_to_the_deadline_get_the_event_directly() {
+    let mut a = with_members(1, &[2, 3]);
+    let ltime = a.set_tags(zone("a"), true, 0);
+    a.handle(5, Envelope { from: 2, from_addr: addr(2), message: Message::CreAck { ltime }, updates: vec![] });
+    a.drain();
+    // Regular dissemination spends its transmissions in the first rounds.
+    for now in (100..=4_900).step_by(100) {
+        a.tick(now);
+    }
+    a.drain();
+    a.tick(4_999);
+    let carries_event = |e: &Envelope| e.updates.iter().any(|u| matches!(u, Update::Cre(c) if c.ltime == ltime));
+    let direct = |outputs: &[Output]| {
+        sends(outputs).into_iter().filter(|(_, e)| e.message == Message::Gossip && carries_event(e)).count()
+    };
+    assert_eq!(direct(&a.drain()), 0, "not before halfway");
+    a.tick(5_000);
+    let resent: Vec<String> = sends(&a.drain())
+        .into_iter()
+        .filter(|(_, e)| e.message == Message::Gossip && carries_event(e))
+        .map(|(to, _)| to)
+        .collect();
+    assert!(resent.contains(&addr(3)) && !resent.contains(&addr(2)), "{resent:?}");
+    a.tick(6_000);
+    assert_eq!(direct(&a.drain()), 0, "only once");
+}
