@@ -246,6 +246,8 @@ struct Probe {
     seq: u32,
     target: NodeId,
     sent_at: Millis,
+    /// The same moment in microseconds, when the caller gives them.
+    sent_at_micros: Option<u64>,
     indirect_at: Millis,
     acked: bool,
     indirect_sent: bool,
@@ -323,6 +325,8 @@ pub struct Swim {
     rejected_coordinates: u64,
     /// Each peer's coordinate from its latest ack.
     coordinates: HashMap<NodeId, Coordinate>,
+    /// The caller's clock in microseconds at the current `tick`/`handle`, when it has one.
+    clock_micros: Option<u64>,
     rng: SmallRng,
     outputs: Vec<Output>,
     lamport: LamportClock,
@@ -357,6 +361,7 @@ impl Swim {
             vivaldi: Vivaldi::new(VivaldiConfig::default(), seed),
             rejected_coordinates: 0,
             coordinates: HashMap::new(),
+            clock_micros: None,
             rng: SmallRng::seed_from_u64(seed),
             outputs: Vec::new(),
             lamport: LamportClock::default(),
@@ -486,6 +491,13 @@ impl Swim {
 
     pub fn lamport_time(&self) -> u64 {
         self.lamport.time()
+    }
+
+    /// Gives the time of the next `tick` or `handle` in microseconds (same clock as their
+    /// milliseconds): probe round trips, hence coordinates, are then measured to the
+    /// microsecond, which LAN round trips well below 1 ms need.
+    pub fn set_clock_micros(&mut self, micros: u64) {
+        self.clock_micros = Some(micros);
     }
 
     /// Starts the Lamport clock no lower than `floor`: a node restarting with its old id must
@@ -709,6 +721,7 @@ impl Swim {
             seq,
             target: target.id,
             sent_at: now,
+            sent_at_micros: self.clock_micros,
             indirect_at: now + timeout,
             acked: false,
             indirect_sent: false,
@@ -933,11 +946,14 @@ impl Swim {
                     self.send(relay.origin_addr, Message::Ack { seq: relay.origin_seq, coordinate: None });
                 } else if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq && !p.acked) {
                     probe.acked = true;
-                    let (target, rtt) = (probe.target, now.saturating_sub(probe.sent_at));
+                    let target = probe.target;
+                    let rtt = match (self.clock_micros, probe.sent_at_micros) {
+                        (Some(at), Some(sent)) => std::time::Duration::from_micros(at.saturating_sub(sent)),
+                        _ => std::time::Duration::from_millis(now.saturating_sub(probe.sent_at)),
+                    };
                     self.adjust_health(-1);
                     // Only the target's own answer measures the path to it.
                     if let Some(coordinate) = coordinate.filter(|_| envelope.from == target) {
-                        let rtt = std::time::Duration::from_millis(rtt);
                         match self.vivaldi.observe(target, &coordinate, rtt) {
                             Ok(_) => {
                                 self.coordinates.insert(target, coordinate);

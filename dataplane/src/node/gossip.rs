@@ -262,8 +262,11 @@ struct Shell {
 }
 
 impl Shell {
-    fn now(&self) -> Millis {
-        self.started.elapsed().as_millis() as Millis
+    /// The core's time in milliseconds; its microseconds go along for round-trip measurement.
+    fn now(&mut self) -> Millis {
+        let elapsed = self.started.elapsed();
+        self.swim.set_clock_micros(elapsed.as_micros() as u64);
+        elapsed.as_millis() as Millis
     }
 
     async fn run(mut self, mut inbound: mpsc::Receiver<Envelope>, mut commands: mpsc::Receiver<Command>) {

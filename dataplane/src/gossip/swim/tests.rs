@@ -568,3 +568,26 @@ fn members_silent_halfway_to_the_deadline_get_the_event_directly() {
     a.tick(6_000);
     assert_eq!(direct(&a.drain()), 0, "only once");
 }
+
+#[test]
+fn round_trips_below_a_millisecond_are_measured_with_the_callers_microseconds() {
+    let mut a = with_members(1, &[2]);
+    let mut b = with_members(2, &[1]);
+    for round in 1..=30u64 {
+        let now = round * 1_000;
+        a.set_clock_micros(now * 1_000);
+        a.tick(now);
+        let (_, ping) = sends(&a.drain()).into_iter().find(|(_, e)| matches!(e.message, Message::Ping { .. })).unwrap();
+        b.handle(now, ping);
+        let (_, ack) = sends(&b.drain()).into_iter().find(|(_, e)| matches!(e.message, Message::Ack { .. })).unwrap();
+        // 250 µs later: the same millisecond, which a millisecond clock would call 0.
+        a.set_clock_micros(now * 1_000 + 250);
+        a.handle(now, ack);
+        a.drain();
+    }
+    let estimate = a.nearest(1)[0].1;
+    assert!(
+        estimate > std::time::Duration::from_micros(100) && estimate < std::time::Duration::from_micros(600),
+        "estimated {estimate:?} for a 250 µs round trip"
+    );
+}
