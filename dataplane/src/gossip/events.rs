@@ -103,6 +103,11 @@ pub struct Seen {
 const SEEN_WINDOW: usize = 256;
 
 impl Seen {
+    /// Forgets an origin that is gone for good.
+    pub fn forget(&mut self, origin: NodeId) {
+        self.by_origin.remove(&origin);
+    }
+
     /// True the first time (origin, ltime) is offered.
     pub fn first_sight(&mut self, origin: NodeId, ltime: u64) -> bool {
         let seen = self.by_origin.entry(origin).or_default();

@@ -691,6 +691,9 @@ impl Swim {
             }
             self.next_sync_at = now + self.config.push_pull_interval;
         }
+        if now >= self.next_reconnect_at {
+            self.reap(now);
+        }
         if now >= self.next_reconnect_at && !self.left {
             let timeout = self.config.reconnect_timeout;
             let dead = self.random_members(1, |m| m.state == State::Dead && now.saturating_sub(m.since) < timeout);
@@ -699,6 +702,25 @@ impl Swim {
                 self.send(peer.addr, Message::Sync { members, reply: true });
             }
             self.next_reconnect_at = now + self.config.reconnect_interval;
+        }
+    }
+
+    /// Forgets members dead or gone for longer than `reconnect_timeout`, with everything kept
+    /// about them, so a long-lived constellation's tables and syncs do not grow forever.
+    fn reap(&mut self, now: Millis) {
+        let timeout = self.config.reconnect_timeout;
+        let gone: Vec<NodeId> = self
+            .members
+            .values()
+            .filter(|m| matches!(m.state, State::Dead | State::Left) && now.saturating_sub(m.since) >= timeout)
+            .map(|m| m.id)
+            .collect();
+        for id in gone {
+            self.members.remove(&id);
+            self.tags.remove(&id);
+            self.coordinates.remove(&id);
+            self.suspicions.remove(&id);
+            self.seen.forget(id);
         }
     }
 

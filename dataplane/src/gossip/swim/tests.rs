@@ -591,3 +591,19 @@ fn round_trips_below_a_millisecond_are_measured_with_the_callers_microseconds() 
         "estimated {estimate:?} for a 250 µs round trip"
     );
 }
+
+#[test]
+fn members_gone_longer_than_the_reconnect_timeout_are_forgotten() {
+    let config = SwimConfig { reconnect_interval: 1_000, reconnect_timeout: 60_000, ..SwimConfig::lan() };
+    let mut a = Swim::new(config, 1, addr(1), 0, 1);
+    for id in [2, 3] {
+        a.apply(alive(id), 0);
+    }
+    a.apply(Update::Cre(Cre { origin: 3, ltime: 5, ack: false, kind: CreKind::Update { tags: zone("z") } }), 0);
+    a.apply(Update::Dead { id: 3, incarnation: 0, from: 2 }, 10);
+    a.tick(59_000);
+    assert!(a.member(3).is_some(), "still remembered (and tried) within the timeout");
+    a.tick(61_000);
+    assert!(a.member(3).is_none() && a.tags_of(3).is_none(), "forgotten after it");
+    assert!(a.member(2).is_some(), "the living stay");
+}
