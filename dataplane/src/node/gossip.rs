@@ -213,11 +213,14 @@ pub struct GossipSettings {
 
 /// Starts the gossip task; it runs until the returned handle's task is aborted.
 pub fn start(
-    settings: GossipSettings,
+    mut settings: GossipSettings,
     peers: Arc<Peers>,
     replicas: Arc<Replicas>,
     metrics: Arc<GossipMetrics>,
 ) -> (Gossip, tokio::task::JoinHandle<()>) {
+    // A node is no seed of its own: a constellation of one has none and asks no one.
+    let advertise = settings.advertise.clone();
+    settings.seeds.retain(|seed| *seed != advertise);
     let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
     let (commands_tx, commands) = mpsc::channel(64);
     let started = Instant::now();
@@ -317,15 +320,13 @@ impl Shell {
         tags
     }
 
-    /// Asks every seed (but ourselves) for its state; `dial` resolves names afresh each time.
+    /// Asks every seed for its state; `dial` resolves names afresh each time.
     fn join_seeds(&mut self, attempt: u32) {
         let now = self.now();
-        let seeds: Vec<String> =
-            self.settings.seeds.iter().filter(|s| **s != self.settings.advertise).cloned().collect();
         if attempt > 1 {
-            info!(attempt, seeds = ?seeds, "not joined yet; asking the seeds again");
+            info!(attempt, seeds = ?self.settings.seeds, "not joined yet; asking the seeds again");
         }
-        for seed in seeds {
+        for seed in self.settings.seeds.clone() {
             self.swim.join(&seed, now);
         }
     }
