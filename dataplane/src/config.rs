@@ -286,13 +286,9 @@ impl GossipConfig {
         if swim.gossip_nodes == 0 || swim.push_pull_interval < swim.probe_interval {
             return invalid("gossip-nodes must be positive and push-pull-interval-ms at least probe-interval-ms");
         }
-        use crate::gossip::codec::{MAX_TAGS, MAX_TAGS_BYTES, MAX_TAG_KEY, MAX_TAG_VALUE};
         // The node adds `version` and `ranges` (two tags, at most 64 bytes) to these.
-        let bytes: usize = self.tags.iter().map(|(k, v)| k.len() + v.len()).sum();
-        let bad_tag = self.tags.iter().any(|(k, v)| k.is_empty() || k.len() > MAX_TAG_KEY || v.len() > MAX_TAG_VALUE);
-        if self.tags.len() > MAX_TAGS - 2 || bytes > MAX_TAGS_BYTES - 64 || bad_tag {
-            return invalid("tags: at most 30, keys 1 to 64 bytes, values at most 256, 320 bytes in all");
-        }
+        crate::gossip::codec::check_tag_limits(self.tags.iter(), 2, 64)
+            .map_err(|e| ConfigError::Invalid(format!("gossip: tags: {e}")))?;
         Ok(swim)
     }
 }

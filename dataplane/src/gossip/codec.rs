@@ -96,14 +96,36 @@ fn check_count(what: &'static str, count: usize, max: usize) -> Result<(), Codec
     }
 }
 
-fn check_tags(tags: std::collections::HashMap<String, String>) -> Result<Tags, CodecError> {
-    check_count("tags", tags.len(), MAX_TAGS)?;
-    check_count("tag bytes", tags.iter().map(|(k, v)| k.len() + v.len()).sum(), MAX_TAGS_BYTES)?;
-    for (key, value) in &tags {
+/// Checks tags against the codec's limits, less `reserved` tags and `reserved_bytes` left for
+/// tags the node adds itself.
+pub fn check_tag_limits<'a>(
+    tags: impl ExactSizeIterator<Item = (&'a String, &'a String)> + Clone,
+    reserved: usize,
+    reserved_bytes: usize,
+) -> Result<(), CodecError> {
+    check_count("tags", tags.len(), MAX_TAGS - reserved)?;
+    check_count("tag bytes", tags.clone().map(|(k, v)| k.len() + v.len()).sum(), MAX_TAGS_BYTES - reserved_bytes)?;
+    for (key, value) in tags {
         if key.is_empty() || key.len() > MAX_TAG_KEY || value.len() > MAX_TAG_VALUE {
             return Err(CodecError::Tag { key: key.chars().take(MAX_TAG_KEY).collect() });
         }
     }
+    Ok(())
+}
+
+/// Checks a query's name, payload size and deadline.
+pub fn check_query(name: &str, payload_len: usize, timeout_ms: u64) -> Result<(), CodecError> {
+    if name.is_empty() || name.len() > MAX_QUERY_NAME {
+        return Err(CodecError::QueryName(name.chars().take(MAX_QUERY_NAME).collect()));
+    }
+    if timeout_ms == 0 || timeout_ms > MAX_QUERY_TIMEOUT_MS {
+        return Err(CodecError::QueryTimeout(timeout_ms));
+    }
+    check_count("query payload bytes", payload_len, MAX_QUERY_PAYLOAD)
+}
+
+fn check_tags(tags: std::collections::HashMap<String, String>) -> Result<Tags, CodecError> {
+    check_tag_limits(tags.iter(), 0, 0)?;
     Ok(tags.into_iter().collect())
 }
 
@@ -134,13 +156,7 @@ fn cre_from_proto(cre: v1::GossipCre) -> Result<Cre, CodecError> {
         Kind::Leave(_) => CreKind::Leave,
         Kind::Update(t) => CreKind::Update { tags: check_tags(t.tags)? },
         Kind::Query(q) => {
-            if q.name.is_empty() || q.name.len() > MAX_QUERY_NAME {
-                return Err(CodecError::QueryName(q.name.chars().take(MAX_QUERY_NAME).collect()));
-            }
-            if q.timeout_ms == 0 || q.timeout_ms > MAX_QUERY_TIMEOUT_MS {
-                return Err(CodecError::QueryTimeout(q.timeout_ms));
-            }
-            check_count("query payload bytes", q.payload.len(), MAX_QUERY_PAYLOAD)?;
+            check_query(&q.name, q.payload.len(), q.timeout_ms)?;
             CreKind::Query {
                 name: q.name,
                 payload: q.payload,

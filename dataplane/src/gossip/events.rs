@@ -138,10 +138,17 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Whether every expected member still alive has acknowledged (and, for a query, answered
-    /// or declined by acknowledging).
+    /// Whether every expected member still alive has acknowledged the event (a query: has
+    /// answered it; a member without a handler only acknowledges, so the deadline closes it).
     pub fn complete(&self, alive: impl Fn(NodeId) -> bool) -> bool {
-        self.expected.iter().all(|id| self.acked.contains(id) || !alive(*id))
+        let done = |id: &NodeId| {
+            if self.query {
+                self.answers.iter().any(|a| a.from == *id)
+            } else {
+                self.acked.contains(id)
+            }
+        };
+        self.expected.iter().all(|id| done(id) || !alive(*id))
     }
 }
 

@@ -623,11 +623,7 @@ impl Swim {
         }
         let mut done = Vec::new();
         for (ltime, pending) in &self.pending {
-            let complete = if pending.query {
-                pending.expected.iter().all(|id| pending.answers.iter().any(|a| a.from == *id) || !self.is_alive(*id))
-            } else {
-                pending.complete(|id| self.is_alive(id))
-            };
+            let complete = pending.complete(|id| self.is_alive(id));
             if complete || now >= pending.deadline {
                 done.push((*ltime, complete));
             }

@@ -257,16 +257,8 @@ impl Dispatch for NodeServices {
 
 /// A client's query, checked as a peer's would be; returns its deadline.
 fn check_query(request: &QueryRequest) -> Result<Duration, String> {
-    use crate::gossip::codec::{MAX_QUERY_NAME, MAX_QUERY_PAYLOAD, MAX_QUERY_TIMEOUT_MS};
-    if request.name.is_empty() || request.name.len() > MAX_QUERY_NAME {
-        return Err(format!("query name must be 1 to {MAX_QUERY_NAME} bytes"));
-    }
-    if request.payload.len() > MAX_QUERY_PAYLOAD {
-        return Err(format!("query payload must be at most {MAX_QUERY_PAYLOAD} bytes"));
-    }
-    if !(1..=MAX_QUERY_TIMEOUT_MS).contains(&request.timeout_ms) {
-        return Err(format!("query timeout must be 1 to {MAX_QUERY_TIMEOUT_MS} ms"));
-    }
+    crate::gossip::codec::check_query(&request.name, request.payload.len(), request.timeout_ms)
+        .map_err(|e| e.to_string())?;
     Ok(Duration::from_millis(request.timeout_ms))
 }
 
