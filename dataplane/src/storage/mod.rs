@@ -944,6 +944,50 @@ impl SpanBounds {
     }
 }
 
+/// Checks that the SST at `path` is one and holds nothing but the span's records: its system
+/// records (which sort first) and user keys in `[start, end)`. rust-rocksdb has no SST reader, so
+/// the file is linked into a scratch RocksDB beside it and read there; only the keys before the
+/// start and the first one at the end are visited, whatever the file's size.
+pub fn check_span_file(bounds: &SpanBounds, path: &Path) -> Result<(), StorageError> {
+    let refused = |detail: String| StorageError::Corrupt { what: "range snapshot", detail };
+    let scratch = path.with_extension("check");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let result = (|| {
+        std::fs::create_dir_all(&scratch).map_err(|e| refused(format!("cannot create {}: {e}", scratch.display())))?;
+        let linked = scratch.join("snapshot.sst");
+        if std::fs::hard_link(path, &linked).is_err() {
+            std::fs::copy(path, &linked).map_err(|e| refused(format!("cannot copy {}: {e}", path.display())))?;
+        }
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        let db = DB::open(&options, scratch.join("db"))?;
+        let mut ingest = rocksdb::IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        db.ingest_external_file_opts(&ingest, vec![&linked]).map_err(|e| refused(format!("not a valid SST: {e}")))?;
+        let mut it = db.raw_iterator();
+        it.seek_to_first();
+        while let Some(key) = it.key() {
+            if key >= bounds.start.as_slice() {
+                break;
+            }
+            if !bounds.system_keys.iter().any(|k| k.as_slice() == key) {
+                return Err(refused("a record lies before the range's span".into()));
+            }
+            it.next();
+        }
+        if let Some(end) = &bounds.end {
+            it.seek(end);
+            if it.valid() {
+                return Err(refused("a record lies past the range's span".into()));
+            }
+        }
+        it.status()?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
 /// What [`Storage::export_span`] wrote.
 pub struct Exported {
     pub records: u64,
@@ -1010,7 +1054,10 @@ impl Storage {
     }
 
     /// Replaces the span's records by those of an SST file made by [`Storage::export_span`].
+    /// The file comes from a peer: it is checked first (see [`check_span_file`]) and nothing is
+    /// written unless it is a valid SST holding only this span's records.
     pub fn ingest_span(&self, bounds: &SpanBounds, path: &Path) -> Result<(), StorageError> {
+        check_span_file(bounds, path)?;
         let mut clear = WriteBatch::default();
         self.clear_span_into(bounds, &mut clear)?;
         self.commit(clear)?;

@@ -387,6 +387,43 @@ fn a_span_exported_to_an_sst_replaces_the_same_span_elsewhere_and_nothing_else()
 }
 
 #[test]
+fn a_snapshot_with_keys_outside_the_span_or_no_sst_at_all_is_refused_and_writes_nothing() {
+    let (source_dir, target_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (source, target) = (open(&source_dir), open(&target_dir));
+    let applied = keys::system_key(keys::SYSTEM_APPLIED_STATE, 2);
+    for key in ["a", "b", "c", "d"] {
+        source.put(key.as_bytes(), b"peer's", ts(1)).unwrap();
+        target.put(key.as_bytes(), b"mine", ts(1)).unwrap();
+    }
+    // A peer exports [a, e) and claims it is the target's range [b, d).
+    let sst = source_dir.path().join("crafted.sst");
+    source.export_span(&SpanBounds::new(b"a", b"e", vec![]), &sst).unwrap();
+    let span = SpanBounds::new(b"b", b"d", vec![applied.clone()]);
+    let err = target.ingest_span(&span, &sst).unwrap_err().to_string();
+    assert!(err.contains("before the range's span"), "{err}");
+    let tail = SpanBounds::new(b"a", b"c", vec![]);
+    let err = target.ingest_span(&tail, &sst).unwrap_err().to_string();
+    assert!(err.contains("past the range's span"), "{err}");
+    // Another range's system record is no record of this range.
+    let other = keys::system_key(keys::SYSTEM_APPLIED_STATE, 3);
+    source.put_system(&[(other.clone(), b"x".to_vec())]).unwrap();
+    source.export_span(&SpanBounds::new(b"b", b"d", vec![other]), &sst).unwrap();
+    assert!(target.ingest_span(&span, &sst).is_err());
+    let garbage = source_dir.path().join("garbage.sst");
+    std::fs::write(&garbage, b"not an sst file at all").unwrap();
+    let err = target.ingest_span(&span, &garbage).unwrap_err().to_string();
+    assert!(err.contains("not a valid SST"), "{err}");
+    for key in ["a", "b", "c", "d"] {
+        assert_eq!(target.get_latest(key.as_bytes()).unwrap().unwrap().value, b"mine", "{key} is untouched");
+    }
+    // The honest file for the span still goes in.
+    source.export_span(&SpanBounds::new(b"b", b"d", vec![]), &sst).unwrap();
+    target.ingest_span(&span, &sst).unwrap();
+    assert_eq!(target.get_latest(b"b").unwrap().unwrap().value, b"peer's");
+    assert_eq!(target.get_latest(b"a").unwrap().unwrap().value, b"mine");
+}
+
+#[test]
 fn reverse_scans_walk_keys_down_from_the_end_at_a_timestamp() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(&dir);
