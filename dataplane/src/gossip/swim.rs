@@ -587,18 +587,18 @@ impl Swim {
             return;
         }
         // Events only from members (a stranger's event would only grow our tables).
-        if !self.members.contains_key(&cre.origin) || !self.seen.first_sight(cre.origin, cre.ltime) {
+        let Some(origin_addr) = self.members.get(&cre.origin).map(|m| m.addr.clone()) else { return };
+        // Answers go where the query says; only to its origin's own address, or anyone could
+        // make every member send datagrams to a host of their choosing.
+        if matches!(&cre.kind, CreKind::Query { reply_to, .. } if *reply_to != origin_addr) {
+            return;
+        }
+        if !self.seen.first_sight(cre.origin, cre.ltime) {
             return;
         }
         self.record_tags(&cre);
         if cre.ack {
-            let reply_to = match &cre.kind {
-                CreKind::Query { reply_to, .. } => Some(reply_to.clone()),
-                _ => self.members.get(&cre.origin).map(|m| m.addr.clone()),
-            };
-            if let Some(reply_to) = reply_to {
-                self.send(reply_to, Message::CreAck { ltime: cre.ltime });
-            }
+            self.send(origin_addr, Message::CreAck { ltime: cre.ltime });
         }
         self.event(Event::Cre(cre.clone()));
         self.enqueue(Update::Cre(cre));

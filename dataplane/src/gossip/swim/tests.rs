@@ -427,6 +427,42 @@ fn a_query_collects_an_answer_from_every_living_node() {
 }
 
 #[test]
+fn a_query_replying_anywhere_but_its_origin_is_dropped() {
+    let mut a = with_members(1, &[2, 3]);
+    a.drain();
+    let query = |reply_to: String, ltime| Cre {
+        origin: 2,
+        ltime,
+        ack: true,
+        kind: CreKind::Query { name: "ping".into(), payload: vec![], reply_to, timeout: 1_000 },
+    };
+    a.handle(
+        5,
+        Envelope {
+            from: 3,
+            from_addr: addr(3),
+            message: Message::Gossip,
+            updates: vec![Update::Cre(query("10.9.9.9:1".into(), 7))],
+        },
+    );
+    let outputs = a.drain();
+    assert!(!events(&outputs).iter().any(|e| matches!(e, Event::Cre(_))), "a forged reply_to is no query");
+    assert!(sends(&outputs).iter().all(|(to, _)| to != "10.9.9.9:1"));
+    a.handle(
+        6,
+        Envelope {
+            from: 3,
+            from_addr: addr(3),
+            message: Message::Gossip,
+            updates: vec![Update::Cre(query(addr(2), 8))],
+        },
+    );
+    let outputs = a.drain();
+    assert!(events(&outputs).iter().any(|e| matches!(e, Event::Cre(_))));
+    assert!(sends(&outputs).iter().any(|(to, e)| *to == addr(2) && matches!(e.message, Message::CreAck { ltime: 8 })));
+}
+
+#[test]
 fn join_and_leave_are_events_with_the_joiners_tags() {
     let mut sim = Sim::meshed(10, SwimConfig::lan(), 2);
     sim.join(11, SwimConfig::lan(), 1);
