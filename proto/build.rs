@@ -3,6 +3,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/pleiades/v1/hlc.proto",
+        "proto/pleiades/v1/auth.proto",
         "proto/pleiades/v1/system.proto",
         "proto/pleiades/v1/kv.proto",
         "proto/pleiades/v1/raft.proto",

@@ -39,6 +39,124 @@ pub enum Command {
     Bench(BenchArgs),
     /// Deterministic in-process simulations of the constellation's protocols.
     Sim(SimArgs),
+    /// Manage users (authenticated by client certificates naming them); needs the admin role.
+    User(UserArgs),
+    /// Manage roles: read or readwrite permissions on key prefixes or spans; needs the admin role.
+    Role(RoleArgs),
+    /// Create a CA, node certificates and client certificates.
+    Cert(CertArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UserArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: UserCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user, optionally with roles.
+    Add {
+        name: String,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// Delete a user (its certificate then grants nothing).
+    Delete { name: String },
+    /// List users and their roles.
+    List,
+    /// Give a user a role.
+    Grant { name: String, role: String },
+    /// Take a role from a user.
+    Revoke { name: String, role: String },
+}
+
+#[derive(Debug, Args)]
+pub struct RoleArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: RoleCommand,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PermissionArg {
+    Read,
+    Readwrite,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoleCommand {
+    /// Add a role with no permissions.
+    Add { name: String },
+    /// Delete a role.
+    Delete { name: String },
+    /// List roles and their permissions.
+    List,
+    /// Let a role read (or read and write) the keys starting with PREFIX, or [PREFIX, END).
+    Grant {
+        name: String,
+        permission: PermissionArg,
+        prefix: String,
+        #[arg(long)]
+        end: Option<String>,
+    },
+    /// Take a permission given by `grant` away.
+    Revoke {
+        name: String,
+        prefix: String,
+        #[arg(long)]
+        end: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CertArgs {
+    #[command(subcommand)]
+    pub command: CertCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Create a CA (ca.crt, ca.key) in DIR unless one is there.
+    CreateCa {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "local")]
+        constellation: String,
+    },
+    /// Issue a node certificate (node.crt, node.key in --out) naming the node id.
+    CreateNode {
+        /// The directory holding ca.crt and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long, default_value = "local")]
+        constellation: String,
+        #[arg(long)]
+        node_id: u64,
+        /// DNS names or IP addresses clients reach the node by; repeat for several.
+        #[arg(long = "name")]
+        names: Vec<String>,
+        #[arg(long, default_value_t = crate::transport::tls::DEFAULT_CERT_DAYS)]
+        days: u32,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a client certificate (<user>.crt, <user>.key in --out) naming a user.
+    CreateClient {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long, default_value = "local")]
+        constellation: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value_t = crate::transport::tls::DEFAULT_CERT_DAYS)]
+        days: u32,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -246,6 +364,13 @@ pub struct NodeArgs {
     /// A TOML file re-read while the node runs (`log-level`, `[kv]` limits), applied on change.
     #[arg(long, env = "PLEIADES_LIVE_CONFIG")]
     pub live_config: Option<PathBuf>,
+    /// The constellation's name, as its certificates name it.
+    #[arg(long, env = "PLEIADES_CONSTELLATION")]
+    pub constellation: Option<String>,
+    /// Turn authentication off: callers need no certificate and may do anything. Experiments
+    /// only; every log line and /readyz say so.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl NodeArgs {
@@ -298,6 +423,10 @@ impl NodeArgs {
         if self.live_config.is_some() {
             config.live_config = self.live_config;
         }
+        if let Some(name) = self.constellation {
+            config.constellation.name = name;
+        }
+        config.insecure |= self.insecure;
         if let Some(path) = &config.live_config {
             let text = std::fs::read_to_string(path)
                 .map_err(|source| crate::config::ConfigError::Read { path: path.clone(), source })?;
@@ -320,6 +449,13 @@ pub struct ClientArgs {
     /// Name the node's certificate must carry.
     #[arg(long, env = "PLEIADES_SERVER_NAME", default_value = "localhost", global = true)]
     pub server_name: String,
+    /// Client certificate naming the user (default: admin.crt beside the CA certificate, which
+    /// `pleiades up` and a lone node generate).
+    #[arg(long, env = "PLEIADES_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key (default: admin.key beside the CA certificate).
+    #[arg(long, env = "PLEIADES_KEY", global = true)]
+    pub key: Option<PathBuf>,
     /// Give up on a request after this many milliseconds.
     #[arg(long, env = "PLEIADES_TIMEOUT_MS", default_value_t = 5_000, global = true)]
     pub timeout_ms: u64,
@@ -331,8 +467,18 @@ impl ClientArgs {
             addr: self.addr,
             server_name: self.server_name.clone(),
             ca_cert: self.ca_cert.clone(),
+            identity: self.identity(),
             timeout: Duration::from_millis(self.timeout_ms),
         }
+    }
+
+    /// The client certificate: as given, else the `admin` one beside the CA certificate when it
+    /// is there, else none (only an `--insecure` node takes that).
+    pub fn identity(&self) -> Option<crate::transport::tls::CertFiles> {
+        let beside_ca = |name: &str| self.ca_cert.parent().map(|dir| dir.join(name)).filter(|path| path.exists());
+        let cert = self.cert.clone().or_else(|| beside_ca("admin.crt"))?;
+        let key = self.key.clone().or_else(|| beside_ca("admin.key"))?;
+        Some(crate::transport::tls::CertFiles { cert, key })
     }
 }
 

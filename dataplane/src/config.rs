@@ -56,6 +56,9 @@ pub struct NodeConfig {
     pub live_config: Option<PathBuf>,
     /// How long a shutdown waits for open streams before closing connections.
     pub shutdown_grace_ms: u64,
+    /// Accept callers without a client certificate and let them do anything. For experiments
+    /// only: every log line and `/readyz` say so.
+    pub insecure: bool,
 }
 
 impl Default for NodeConfig {
@@ -79,6 +82,7 @@ impl Default for NodeConfig {
             kubernetes: None,
             live_config: None,
             shutdown_grace_ms: 5_000,
+            insecure: false,
         }
     }
 }
@@ -94,8 +98,8 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
     /// Extra DNS names or IP addresses for a generated certificate.
     pub subject_alt_names: Vec<String>,
-    /// CA certificates trusted for connections to other nodes; defaults to the CA in
-    /// `<data-dir>/tls/ca.crt` (the generated one, or one placed there before first start).
+    /// CA certificates that every peer's and client's certificate must chain to; defaults to the
+    /// CA in `<data-dir>/tls/ca.crt` (the generated one, or one placed there before first start).
     pub ca_cert: Option<PathBuf>,
 }
 
@@ -108,6 +112,10 @@ pub struct WireConfig {
     pub stall_timeout_ms: u64,
     /// Concurrent PWP streams per QUIC connection.
     pub max_streams_per_connection: u32,
+    /// Open connections (and handshakes) the node accepts in all.
+    pub max_connections: usize,
+    /// Open connections (and handshakes) the node accepts from one IP address.
+    pub max_connections_per_address: usize,
     /// QUIC idle timeout of a connection.
     pub idle_timeout_ms: u64,
 }
@@ -118,6 +126,8 @@ impl Default for WireConfig {
             max_payload_bytes: 16 << 20,
             stall_timeout_ms: 10_000,
             max_streams_per_connection: 1_024,
+            max_connections: 4_096,
+            max_connections_per_address: 256,
             idle_timeout_ms: 30_000,
         }
     }
@@ -185,6 +195,8 @@ impl Default for RaftSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ConstellationConfig {
+    /// The constellation's name, as its certificates name it (`pleiades://<name>/node/<id>`).
+    pub name: String,
     /// The founding members as `id=host:port`; every founder must be given the same list.
     pub peers: Vec<String>,
     /// Address of a running node to join through (for a node that is not a founder).
@@ -203,6 +215,7 @@ pub struct ConstellationConfig {
 impl Default for ConstellationConfig {
     fn default() -> Self {
         ConstellationConfig {
+            name: "local".into(),
             peers: Vec::new(),
             join: None,
             advertise: None,
@@ -384,6 +397,11 @@ impl NodeConfig {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls.cert and tls.key must be given together".into());
         }
+        if self.wire.max_connections == 0 || self.wire.max_connections_per_address == 0 {
+            return invalid("wire.max-connections and wire.max-connections-per-address must be positive".into());
+        }
+        pleiades_proto::identity::check_name(&self.constellation.name)
+            .map_err(|e| ConfigError::Invalid(format!("constellation.name: {e}")))?;
         let raft = &self.raft;
         if raft.heartbeat_interval_ms == 0 || raft.election_timeout_min_ms <= raft.heartbeat_interval_ms {
             return invalid("raft.election-timeout-min-ms must exceed raft.heartbeat-interval-ms (> 0)".into());

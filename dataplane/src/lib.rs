@@ -1,6 +1,7 @@
 //! The Pleiades node engine. Layers, bottom up: clock, storage, transport, raft, node, observe;
 //! the client, CLI, local constellation and bench on top. Each layer only talks to the ones below it.
 
+pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod client;

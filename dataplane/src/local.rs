@@ -1,5 +1,7 @@
-//! `pleiades up`: a local constellation of node processes on loopback, sharing one CA, with
-//! each node's config, data and log under `<data-dir>/node-<i>`. A rerun reuses everything.
+//! `pleiades up`: a local constellation of node processes on loopback, with each node's config,
+//! certificate, data and log under `<data-dir>/node-<i>`. The CA (with its key) and the `admin`
+//! client certificate stay in `<data-dir>/tls`; no node directory holds the CA's key. A rerun
+//! reuses everything, renewing certificates past two thirds of their lifetime.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -9,7 +11,12 @@ use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::UpArgs;
-use crate::transport::tls::{generate_identity, GeneratedPaths};
+use pleiades_proto::identity::Identity;
+
+use crate::transport::tls::{is_current, CaFiles, DEFAULT_CERT_DAYS};
+
+/// The name `pleiades up` gives its constellation in certificates.
+const CONSTELLATION: &str = "local";
 
 /// One node of the local constellation.
 pub struct LocalNode {
@@ -54,26 +61,28 @@ pub fn prepare(args: &UpArgs, nodes: &[LocalNode]) -> anyhow::Result<PathBuf> {
         Ok(_) => {}
         Err(_) => std::fs::write(&shape, &expected).with_context(|| format!("cannot write {}", shape.display()))?,
     }
-    // One CA for the constellation: each node signs its certificate with it on first start.
-    let shared = GeneratedPaths::in_data_dir(&args.data_dir);
-    if !shared.ca_cert.exists() {
-        generate_identity(&shared, &[])?;
+    let tls_dir = args.data_dir.join("tls");
+    let ca = CaFiles::in_dir(&tls_dir);
+    ca.create(CONSTELLATION)?;
+    let admin = Identity::user(CONSTELLATION, "admin");
+    let (admin_cert, admin_key) = (tls_dir.join("admin.crt"), tls_dir.join("admin.key"));
+    if !is_current(&admin_cert, &admin) {
+        ca.issue(&admin, &[], DEFAULT_CERT_DAYS, &admin_cert, &admin_key)?;
     }
     let peers: Vec<String> = nodes.iter().map(|n| format!("\"{}={}\"", n.id, n.quic)).collect();
     for node in nodes {
-        let tls = GeneratedPaths::in_data_dir(&node.dir);
-        if let Some(dir) = tls.ca_cert.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        for (from, to) in [(&shared.ca_cert, &tls.ca_cert), (&shared.ca_key, &tls.ca_key)] {
-            if !to.exists() {
-                std::fs::copy(from, to)
-                    .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
-            }
+        let identity = Identity::node(CONSTELLATION, u64::from(node.id));
+        let (cert, key) = (node.dir.join("tls/node.crt"), node.dir.join("tls/node.key"));
+        if !is_current(&cert, &identity) {
+            let names = ["localhost", "127.0.0.1", "::1"].map(String::from);
+            ca.issue(&identity, &names, DEFAULT_CERT_DAYS, &cert, &key)
+                .with_context(|| format!("cannot issue the certificate of node {}", node.id))?;
         }
         let config = format!(
             "node-id = {id}\nlisten = \"{quic}\"\nhttp = \"{http}\"\ndata-dir = \"{dir}\"\nlog-level = \"{level}\"\n\n\
-             [constellation]\npeers = [{peers}]\ninitial-ranges = {ranges}\n\n[gossip]\nprofile = \"local\"\n",
+             [tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nca-cert = \"{ca}\"\n\n\
+             [constellation]\nname = \"{CONSTELLATION}\"\npeers = [{peers}]\ninitial-ranges = {ranges}\n\n\
+             [gossip]\nprofile = \"local\"\n",
             id = node.id,
             quic = node.quic,
             http = node.http,
@@ -81,11 +90,14 @@ pub fn prepare(args: &UpArgs, nodes: &[LocalNode]) -> anyhow::Result<PathBuf> {
             level = args.log_level,
             peers = peers.join(", "),
             ranges = args.initial_ranges,
+            cert = cert.display(),
+            key = key.display(),
+            ca = ca.cert.display(),
         );
         std::fs::write(node.dir.join("pleiades.toml"), config)
             .with_context(|| format!("cannot write the config of node {}", node.id))?;
     }
-    Ok(shared.ca_cert)
+    Ok(ca.cert)
 }
 
 /// GETs `path` from an HTTP/1.1 server; returns the status code.

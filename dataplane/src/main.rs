@@ -64,6 +64,19 @@ fn main() -> ExitCode {
             Command::Health(args) => health(&args).await,
             Command::Ping(args) => ping(&args).await,
             Command::Kv(args) => kv(args).await,
+            Command::User(args) => {
+                let cluster = cluster(&args.client).await?;
+                let result = pleiades::admin::user(&cluster, args.command).await;
+                cluster.close().await;
+                result
+            }
+            Command::Role(args) => {
+                let cluster = cluster(&args.client).await?;
+                let result = pleiades::admin::role(&cluster, args.command).await;
+                cluster.close().await;
+                result
+            }
+            Command::Cert(args) => pleiades::admin::cert(args.command),
         }
     });
     match result {
@@ -107,7 +120,8 @@ fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 }
 
 async fn run_node(config: pleiades::config::NodeConfig) -> anyhow::Result<()> {
-    pleiades::observe::init_logging(config.log_format, &config.log_level).map_err(anyhow::Error::msg)?;
+    pleiades::observe::init_logging(config.log_format, &config.log_level, config.insecure)
+        .map_err(anyhow::Error::msg)?;
     let shutdown = stop_signal()?;
     if let Err(e) = pleiades::node::run(config, shutdown).await {
         tracing::error!(error = %e, "node failed");
@@ -215,6 +229,7 @@ async fn cluster(args: &ClientArgs) -> anyhow::Result<Cluster> {
     let config = ClusterConfig {
         seeds: vec![args.addr.to_string()],
         ca_cert: args.ca_cert.clone(),
+        identity: args.identity(),
         attempt_timeout: Duration::from_millis(args.timeout_ms),
         deadline: Duration::from_millis(args.timeout_ms.saturating_mul(3)),
     };

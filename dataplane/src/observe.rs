@@ -46,6 +46,17 @@ pub struct KvLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// `node`, `ca`.
+    pub certificate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RangeLabels {
     pub range: u64,
 }
@@ -83,6 +94,10 @@ pub struct Metrics {
     pub rocksdb_memtable_bytes: Gauge,
     pub rocksdb_sst_bytes: Gauge,
     pub rocksdb_pending_compaction_bytes: Gauge,
+    pub permission_denied: Family<ServiceLabels, Counter>,
+    pub connections_refused: Family<KindLabels, Counter>,
+    pub tls_certificate_expiry_seconds: Family<CertificateLabels, Gauge>,
+    pub tls_reloads: Counter,
 }
 
 impl Metrics {
@@ -114,6 +129,10 @@ impl Metrics {
             rocksdb_memtable_bytes: Gauge::default(),
             rocksdb_sst_bytes: Gauge::default(),
             rocksdb_pending_compaction_bytes: Gauge::default(),
+            permission_denied: Family::default(),
+            connections_refused: Family::default(),
+            tls_certificate_expiry_seconds: Family::default(),
+            tls_reloads: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("pleiades");
         r.register("quic_connections_open", "Open QUIC connections", metrics.quic_connections_open.clone());
@@ -175,6 +194,22 @@ impl Metrics {
             "RocksDB estimated bytes pending compaction",
             metrics.rocksdb_pending_compaction_bytes.clone(),
         );
+        r.register(
+            "permission_denied",
+            "Calls refused because the caller's identity may not make them, by service",
+            metrics.permission_denied.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections closed after the handshake or before it, by reason",
+            metrics.connections_refused.clone(),
+        );
+        r.register(
+            "tls_certificate_expiry_seconds",
+            "Seconds until the certificate expires (negative once expired)",
+            metrics.tls_certificate_expiry_seconds.clone(),
+        );
+        r.register("tls_reloads", "Certificate files reloaded after they changed on disk", metrics.tls_reloads.clone());
         Arc::new(metrics)
     }
 }
@@ -184,9 +219,19 @@ impl Metrics {
 pub struct Health {
     ready: AtomicBool,
     not_ready_reason: Mutex<String>,
+    insecure: AtomicBool,
 }
 
+/// What `/readyz` and every log line say of a node run with `--insecure`.
+pub const INSECURE_WARNING: &str =
+    "INSECURE: authentication is off (--insecure); anyone who reaches the port may do anything";
+
 impl Health {
+    /// Marks the node as running without authentication, which `/readyz` then says.
+    pub fn set_insecure(&self) {
+        self.insecure.store(true, Ordering::SeqCst);
+    }
+
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
     }
@@ -282,10 +327,12 @@ pub fn openmetrics_to_text(openmetrics: &str) -> String {
 }
 
 async fn readyz(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    let warning =
+        if state.health.insecure.load(Ordering::SeqCst) { format!("{INSECURE_WARNING}\n") } else { String::new() };
     if state.health.is_ready() {
-        (StatusCode::OK, "ready\n".to_string())
+        (StatusCode::OK, format!("ready\n{warning}"))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", state.health.not_ready_reason()))
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n{warning}", state.health.not_ready_reason()))
     }
 }
 
@@ -302,7 +349,7 @@ pub async fn serve_http(
 }
 
 /// Installs the global `tracing` subscriber. Logs go to stderr so stdout stays for command output.
-pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
+pub fn init_logging(format: LogFormat, filter: &str, insecure: bool) -> Result<(), String> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{fmt, reload, EnvFilter};
@@ -310,15 +357,57 @@ pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
     // The filter sits behind a reload handle so a live configuration can change the level.
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
+    let writer = LogWriter { format, insecure };
     let result = match format {
-        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
+        LogFormat::Text => registry.with(fmt::layer().with_writer(writer)).try_init(),
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(false).with_writer(std::io::stderr))
+            .with(fmt::layer().json().flatten_event(true).with_current_span(false).with_writer(writer))
             .try_init(),
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))?;
     let _ = LOG_FILTER.set(Box::new(move |filter: EnvFilter| handle.reload(filter).map_err(|e| e.to_string())));
     Ok(())
+}
+
+/// Standard error, with every line of an `--insecure` node marked as such (the formatter hands
+/// over one whole event per write).
+#[derive(Clone, Copy)]
+struct LogWriter {
+    format: LogFormat,
+    insecure: bool,
+}
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let mut stderr = std::io::stderr().lock();
+        match (self.insecure, self.format) {
+            (false, _) => stderr.write_all(line)?,
+            (true, LogFormat::Text) => {
+                stderr.write_all(b"INSECURE ")?;
+                stderr.write_all(line)?;
+            }
+            (true, LogFormat::Json) => match line.strip_prefix(b"{") {
+                Some(rest) => {
+                    stderr.write_all(b"{\"insecure\":true,")?;
+                    stderr.write_all(rest)?;
+                }
+                None => stderr.write_all(line)?,
+            },
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        *self
+    }
 }
 
 type FilterReload = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync>;

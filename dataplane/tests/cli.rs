@@ -35,9 +35,9 @@ fn a_missing_ca_certificate_is_a_clear_error() {
 #[test]
 fn an_unreachable_node_times_out_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let paths = pleiades::transport::tls::GeneratedPaths::in_data_dir(dir.path());
-    pleiades::transport::tls::generate_identity(&paths, &[]).unwrap();
-    let ca = paths.ca_cert.to_str().unwrap();
+    let ca = pleiades::transport::tls::CaFiles::in_dir(dir.path());
+    ca.create("local").unwrap();
+    let ca = ca.cert.to_str().unwrap();
     // Nothing listens on this loopback port.
     let (ok, _, err) = pleiades(&["health", "--addr", "127.0.0.1:9", "--ca-cert", ca, "--timeout-ms", "300"]);
     assert!(!ok);

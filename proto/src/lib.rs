@@ -11,6 +11,8 @@ pub mod v1 {
 
 /// PWP `PAYLOAD_TYPE_INCOMING` values, which are specific to each service.
 pub mod payload_type {
+    /// Any service's answer to a call its caller may not make: a `PermissionDenied`.
+    pub const PERMISSION_DENIED: u8 = 0x7F;
     /// System service (0x05).
     pub mod system {
         pub const NODE_INFO_REQUEST: u8 = 0x01;

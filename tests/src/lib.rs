@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pleiades::client::{Client, ClientConfig};
+use pleiades::transport::tls::{CaFiles, CertFiles};
 
 /// The `pleiades` binary that `cargo test --workspace` builds next to this test executable (for
 /// the dataplane crate's own integration tests). Run these tests through the workspace, e.g.
@@ -108,11 +109,14 @@ impl TestNode {
         self.logs.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// A client of this node as the `admin` user (the certificate the node generated).
     pub fn client_config(&self) -> ClientConfig {
+        let tls = pleiades::transport::tls::GeneratedPaths::in_data_dir(&self.data_dir);
         ClientConfig {
             addr: self.quic,
             server_name: "localhost".into(),
-            ca_cert: self.data_dir.join("tls/ca.crt"),
+            ca_cert: tls.ca.cert,
+            identity: Some(CertFiles { cert: tls.admin_cert, key: tls.admin_key }),
             timeout: Duration::from_secs(10),
         }
     }
@@ -207,6 +211,8 @@ pub struct TestCluster {
     pub root: tempfile::TempDir,
     /// The shared CA certificate clients trust.
     pub ca_cert: PathBuf,
+    /// The `admin` user's client certificate.
+    pub admin: CertFiles,
     /// Extra TOML for every node's config file.
     config_extra: String,
 }
@@ -215,12 +221,15 @@ impl TestCluster {
     /// Starts `count` founders (ids 1..=count); `config_extra` is appended to each config file.
     pub fn start(count: usize, config_extra: &str) -> anyhow::Result<TestCluster> {
         let root = tempfile::tempdir()?;
-        let shared = pleiades::transport::tls::GeneratedPaths::in_data_dir(root.path());
-        pleiades::transport::tls::generate_identity(&shared, &[])?;
+        let ca = CaFiles::in_dir(&root.path().join("tls"));
+        ca.create("local")?;
+        let admin = CertFiles { cert: root.path().join("tls/admin.crt"), key: root.path().join("tls/admin.key") };
+        let identity = pleiades_proto::identity::Identity::user("local", "admin");
+        ca.issue(&identity, &[], 30, &admin.cert, &admin.key)?;
         let addrs: Vec<String> = (0..count).map(|_| format!("127.0.0.1:{}", free_port(true))).collect();
         let peers: Vec<String> = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
         let mut cluster =
-            TestCluster { nodes: Vec::new(), ca_cert: shared.ca_cert.clone(), root, config_extra: config_extra.into() };
+            TestCluster { nodes: Vec::new(), ca_cert: ca.cert.clone(), admin, root, config_extra: config_extra.into() };
         let mut pending = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let id = (i + 1) as u64;
@@ -239,11 +248,12 @@ impl TestCluster {
     /// Writes a node's directory (CA, config) and returns it with the node's arguments.
     fn prepare_node(&self, id: u64, addr: &str, config: &str) -> anyhow::Result<(PathBuf, Vec<String>)> {
         let dir = self.root.path().join(format!("node-{id}"));
+        // Each node issues its own certificates from the shared CA on first start.
         let tls = pleiades::transport::tls::GeneratedPaths::in_data_dir(&dir);
-        std::fs::create_dir_all(tls.ca_cert.parent().context("tls dir")?)?;
-        let shared = pleiades::transport::tls::GeneratedPaths::in_data_dir(self.root.path());
-        std::fs::copy(&shared.ca_cert, &tls.ca_cert)?;
-        std::fs::copy(&shared.ca_key, &tls.ca_key)?;
+        std::fs::create_dir_all(tls.ca.cert.parent().context("tls dir")?)?;
+        let shared = CaFiles::in_dir(&self.root.path().join("tls"));
+        std::fs::copy(&shared.cert, &tls.ca.cert)?;
+        std::fs::copy(&shared.key, &tls.ca.key)?;
         let config_path = dir.join("pleiades.toml");
         // Top-level keys first: TOML puts everything after a [table] header into that table.
         std::fs::write(&config_path, format!("{config}{}", self.config_extra))?;
@@ -272,6 +282,7 @@ impl TestCluster {
         let config = pleiades::client::cluster::ClusterConfig {
             seeds: self.nodes.iter().map(|n| n.quic.to_string()).collect(),
             ca_cert: self.ca_cert.clone(),
+            identity: Some(self.admin.clone()),
             attempt_timeout: Duration::from_secs(3),
             deadline: Duration::from_secs(30),
         };

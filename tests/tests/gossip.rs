@@ -112,8 +112,14 @@ async fn a_constellation_forms_from_one_seed_answers_queries_and_detects_pauses_
         "{status}"
     );
 
-    // Malformed datagrams are counted and dropped; the node gossips on.
-    let prober = cluster.nodes[0].client().await?;
+    // Malformed datagrams from a node are counted and dropped; the node gossips on. (A user's
+    // datagrams are refused before they are read: see tests/security.rs.)
+    let node2 = pleiades::transport::tls::GeneratedPaths::in_data_dir(&cluster.nodes[1].data_dir);
+    let prober = pleiades::client::Client::connect(&pleiades::client::ClientConfig {
+        identity: Some(pleiades::transport::tls::CertFiles { cert: node2.node_cert, key: node2.node_key }),
+        ..cluster.nodes[0].client_config()
+    })
+    .await?;
     for datagram in [&b"\xff\xff\xff"[..], &[0x01, 0xff, 0xff, 0xff][..], &[0x07, 0x08][..], &[][..]] {
         prober.connection().send_datagram(bytes::Bytes::copy_from_slice(datagram))?;
     }

@@ -240,20 +240,51 @@ async fn concurrent_writers_to_one_key_all_succeed() {
 /// A certificate and key given as files (as Kubernetes secrets will be) instead of generated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_serves_a_certificate_loaded_from_files() {
+    use pleiades::transport::tls::{CaFiles, CertFiles};
+    use pleiades_proto::identity::Identity;
     let dir = tempfile::tempdir().unwrap();
-    let issued = pleiades::transport::tls::GeneratedPaths::in_data_dir(&dir.path().join("issuer"));
-    pleiades::transport::tls::generate_identity(&issued, &[]).unwrap();
+    let issuer = dir.path().join("issuer");
+    let ca = CaFiles::in_dir(&issuer);
+    ca.create("local").unwrap();
+    let names = ["localhost".to_string()];
+    ca.issue(&Identity::node("local", 7), &names, 30, &issuer.join("node.crt"), &issuer.join("node.key")).unwrap();
+    ca.issue(&Identity::user("local", "admin"), &[], 30, &issuer.join("admin.crt"), &issuer.join("admin.key")).unwrap();
     let data_dir = dir.path().join("node");
-    let node = TestNode::start(
-        &data_dir,
-        &["--tls-cert", issued.node_cert.to_str().unwrap(), "--tls-key", issued.node_key.to_str().unwrap()],
-    )
-    .unwrap();
+    let args = [
+        ("--tls-cert", issuer.join("node.crt")),
+        ("--tls-key", issuer.join("node.key")),
+        ("--tls-ca-cert", ca.cert.clone()),
+    ];
+    let mut flags: Vec<String> = vec!["--node-id".into(), "7".into()];
+    for (flag, path) in &args {
+        flags.push(flag.to_string());
+        flags.push(path.display().to_string());
+    }
+    let node = TestNode::start(&data_dir, &flags.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
     assert!(!data_dir.join("tls").exists(), "no identity may be generated when one is given");
-    let config = pleiades::client::ClientConfig { ca_cert: issued.ca_cert.clone(), ..node.client_config() };
+    let config = pleiades::client::ClientConfig {
+        ca_cert: ca.cert.clone(),
+        identity: Some(CertFiles { cert: issuer.join("admin.crt"), key: issuer.join("admin.key") }),
+        ..node.client_config()
+    };
     let client = pleiades::client::Client::connect(&config).await.unwrap();
     client.system().await.unwrap().health().await.unwrap();
     client.close().await;
+
+    // A certificate naming another node is no identity for this one: the node refuses to start.
+    let wrong = TestNode::start(
+        &dir.path().join("other"),
+        &{
+            let mut wrong = flags.clone();
+            wrong[1] = "8".into();
+            wrong
+        }
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+    );
+    let error = wrong.err().expect("node 8 cannot start with node 7's certificate").to_string();
+    assert!(error.contains("names pleiades://local/node/7, but this node is pleiades://local/node/8"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use pleiades::transport::tls::{self, QuicLimits};
+use pleiades::transport::tls::QuicLimits;
 use pleiades_proto::payload_type;
 use pleiades_proto::v1::{kv_response, ErrorCode, HealthResponse, KvResponse};
 use pleiades_proto::wire::{Decoder, Frame, DEFAULT_MAX_PAYLOAD};
@@ -15,10 +15,12 @@ const SETUP_SYSTEM: [u8; 4] = [0x01, 0x03, 0x10, 0x05];
 const SETUP_KV: [u8; 4] = [0x01, 0x03, 0x10, 0x03];
 
 async fn connect(node: &TestNode) -> (quinn::Endpoint, quinn::Connection) {
-    let ca = tls::load_certificates(&node.data_dir.join("tls/ca.crt")).unwrap();
+    let config = node.client_config();
     let limits = QuicLimits { max_streams: 16, idle_timeout: Duration::from_secs(30) };
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(tls::client_config(&ca, &limits).unwrap());
+    endpoint.set_default_client_config(
+        pleiades::client::quic_config(&config.ca_cert, config.identity.as_ref(), &limits).unwrap(),
+    );
     let connection = endpoint.connect(node.quic, "localhost").unwrap().await.unwrap();
     (endpoint, connection)
 }

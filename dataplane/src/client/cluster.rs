@@ -15,12 +15,14 @@ use pleiades_proto::v1::{
 use pleiades_proto::wire::Service;
 
 use super::{ClientError, PwpStream};
-use crate::transport::tls::{self, QuicLimits};
+use crate::transport::tls::{CertFiles, QuicLimits};
 
 pub struct ClusterConfig {
     /// Nodes to start from, as `host:port`; any one that answers is enough.
     pub seeds: Vec<String>,
     pub ca_cert: PathBuf,
+    /// The user's client certificate (none only against `--insecure` nodes).
+    pub identity: Option<CertFiles>,
     /// Deadline of one attempt.
     pub attempt_timeout: Duration,
     /// Deadline of a request across its retries.
@@ -56,6 +58,7 @@ const FAILED_NODE_PENALTY_ATTEMPTS: u32 = 5;
 
 struct Inner {
     endpoint: quinn::Endpoint,
+    quic: quinn::ClientConfig,
     seeds: Vec<String>,
     attempt_timeout: Duration,
     deadline: Duration,
@@ -76,17 +79,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Cluster {
     pub async fn connect(config: ClusterConfig) -> Result<Self, ClientError> {
-        let trusted = tls::load_certificates(&config.ca_cert)?;
         // Keep-alives every third of the idle timeout: a dead node's connection closes quickly.
         let limits = QuicLimits { max_streams: 1024, idle_timeout: Duration::from_secs(5) };
         let bind: std::net::SocketAddr =
             "0.0.0.0:0".parse().map_err(|e| ClientError::Read(format!("bind address: {e}")))?;
-        let mut endpoint =
+        let endpoint =
             quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect { addr: bind, detail: e.to_string() })?;
-        endpoint.set_default_client_config(tls::client_config(&trusted, &limits)?);
+        let quic = super::quic_config(&config.ca_cert, config.identity.as_ref(), &limits)?;
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 endpoint,
+                quic,
                 seeds: config.seeds,
                 attempt_timeout: config.attempt_timeout,
                 deadline: config.deadline,
@@ -110,7 +113,8 @@ impl Cluster {
                 return Ok(node.clone());
             }
         }
-        let connection = super::dial(&self.inner.endpoint, addr, self.inner.attempt_timeout).await?;
+        let connection =
+            super::dial(&self.inner.endpoint, self.inner.quic.clone(), addr, self.inner.attempt_timeout).await?;
         let node = Arc::new(Node { connection, streams: Mutex::new(Vec::new()) });
         self.inner.connections.lock().await.insert(addr.to_string(), node.clone());
         Ok(node)

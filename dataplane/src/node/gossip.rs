@@ -21,12 +21,12 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::replicas::Replicas;
-use crate::client::PwpStream;
 use crate::gossip::codec;
 use crate::gossip::events::{Cre, CreKind, QueryAnswer, Tags};
 use crate::gossip::swim::{Envelope, Event, Message, Millis, NodeId, Output, State, Swim, SwimConfig};
 use crate::observe::KindLabels;
-use crate::raft::network::Peers;
+use crate::transport::pool::Peers;
+use crate::transport::stream::PwpStream;
 
 /// Inbound envelopes queued for the core; beyond this, datagrams are dropped (as the network
 /// would) rather than letting a flood grow memory.
@@ -144,31 +144,40 @@ pub struct Gossip {
 }
 
 impl Gossip {
-    /// Takes one QUIC datagram: the gossip service byte, then an envelope.
-    pub fn receive_datagram(&self, datagram: Bytes) {
+    /// Takes one QUIC datagram: the gossip service byte, then an envelope. `sender` is the node
+    /// the connection's certificate names (`None` only on an `--insecure` node); an envelope
+    /// claiming to come from anyone else is refused.
+    pub fn receive_datagram(&self, datagram: Bytes, sender: Option<NodeId>) -> Result<(), String> {
         match datagram.split_first() {
             Some((&service, envelope)) if service == u8::from(Service::Gossip) => {
-                self.receive(envelope, "datagram");
+                self.receive(envelope, "datagram", sender)
             }
-            _ => self.malformed("datagram for no known service".into()),
+            _ => {
+                self.malformed("datagram for no known service".into());
+                Ok(())
+            }
         }
     }
 
-    /// Takes one envelope from a gossip-service stream.
-    pub fn receive_streamed(&self, envelope: &[u8]) {
-        self.receive(envelope, "stream");
+    /// Takes one envelope from a gossip-service stream; see [`Gossip::receive_datagram`].
+    pub fn receive_streamed(&self, envelope: &[u8], sender: Option<NodeId>) -> Result<(), String> {
+        self.receive(envelope, "stream", sender)
     }
 
-    fn receive(&self, bytes: &[u8], transport: &'static str) {
+    fn receive(&self, bytes: &[u8], transport: &'static str, sender: Option<NodeId>) -> Result<(), String> {
         self.metrics.count("in", transport, bytes.len());
         match codec::decode(bytes) {
             Ok(envelope) => {
+                if let Some(sender) = sender.filter(|sender| *sender != envelope.from) {
+                    return Err(format!("node {sender} sent gossip as node {}", envelope.from));
+                }
                 if self.inbound.try_send(envelope).is_err() {
                     self.metrics.dropped.inc();
                 }
             }
             Err(e) => self.malformed(e.to_string()),
         }
+        Ok(())
     }
 
     /// Counts a malformed message and logs it, at most once a second (a flood must not flood
@@ -563,7 +572,7 @@ async fn deliver(
         Err(e) => {
             // A lost connection is dropped so the next message redials; a slow peer's is kept
             // (raft shares it).
-            if matches!(e, crate::client::ClientError::Connection(_)) {
+            if matches!(e, crate::transport::stream::ClientError::Connection(_)) {
                 peers.forget(to, &connection).await;
             }
             return Err(e.to_string());

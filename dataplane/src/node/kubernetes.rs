@@ -66,6 +66,8 @@ pub fn adopt(config: &mut NodeConfig, k8s: &KubernetesConfig, pod: &Pod) -> Resu
         return Err(ConfigError::Invalid(format!("node-id is set but {} must be node {node_id}", pod.name)));
     }
     config.node_id = Some(node_id);
+    // Certificates name the constellation by resource and namespace (unique in a cluster).
+    config.constellation.name = format!("{}.{}", k8s.constellation, pod.namespace);
     config.constellation.advertise = Some(peer_address(pod.ordinal));
     if pod.ordinal < k8s.founders {
         config.constellation.peers = (0..k8s.founders).map(|o| format!("{}={}", o + 1, peer_address(o))).collect();

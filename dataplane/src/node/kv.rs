@@ -16,12 +16,14 @@ use pleiades_proto::v1::{
 };
 use prost::Message;
 
+use super::auth::{check_auth_record, is_auth_key, Authorizer};
 use super::live::LiveKvLimits;
 use super::replicas::{Replica, Replicas};
 use crate::clock::{Hlc, Timestamp};
 use crate::observe::{KvLabels, Metrics, RangeLabels};
 use crate::raft::Outcome;
 use crate::storage::{StorageError, VersionedValue};
+use crate::transport::peer::{Denials, Peer};
 
 /// How long a write waits for its outcome before answering `UNCERTAIN`.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +35,8 @@ pub struct KvService {
     hlc: Arc<Hlc>,
     limits: Arc<LiveKvLimits>,
     metrics: Arc<Metrics>,
+    authorizer: Arc<Authorizer>,
+    denials: Denials,
 }
 
 /// A request not served, with what the client needs to act on it.
@@ -68,6 +72,14 @@ impl From<crate::clock::ClockError> for Refusal {
     }
 }
 
+/// A user or role record must be one, or it would lock users out.
+fn check_system_value(key: &[u8], value: &[u8]) -> Result<(), Refusal> {
+    if is_auth_key(key) {
+        check_auth_record(key, value).map_err(|e| Refusal::new(ErrorCode::InvalidArgument, e))?;
+    }
+    Ok(())
+}
+
 fn not_leader(replica: &Replica, forward: ForwardToLeader<u64, BasicNode>) -> Refusal {
     let leader = match (forward.leader_id, forward.leader_node) {
         (Some(node_id), Some(node)) => Some(v1::MemberNode { node_id, addr: node.addr }),
@@ -86,12 +98,19 @@ fn not_leader(replica: &Replica, forward: ForwardToLeader<u64, BasicNode>) -> Re
 }
 
 impl KvService {
-    pub fn new(replicas: Arc<Replicas>, hlc: Arc<Hlc>, limits: Arc<LiveKvLimits>, metrics: Arc<Metrics>) -> Self {
-        KvService { replicas, hlc, limits, metrics }
+    pub fn new(
+        replicas: Arc<Replicas>,
+        hlc: Arc<Hlc>,
+        limits: Arc<LiveKvLimits>,
+        metrics: Arc<Metrics>,
+        authorizer: Arc<Authorizer>,
+    ) -> Self {
+        KvService { replicas, hlc, limits, metrics, authorizer, denials: Denials::default() }
     }
 
-    /// Decodes one request and answers it; a malformed request gets an `INVALID_ARGUMENT` answer.
-    pub async fn handle(&self, payload: Bytes) -> KvResponse {
+    /// Decodes one request from `peer` and answers it; a malformed request gets an
+    /// `INVALID_ARGUMENT` answer, one the peer may not make `PERMISSION_DENIED`.
+    pub async fn handle(&self, peer: &Peer, payload: Bytes) -> KvResponse {
         let request = match KvRequest::decode(payload) {
             Ok(request) => request,
             Err(e) => {
@@ -99,12 +118,16 @@ impl KvService {
             }
         };
         let request_id = request.request_id;
-        let Some(op) = request.op else {
+        let Some(mut op) = request.op else {
             return error_response(
                 request_id,
                 Refusal::new(ErrorCode::InvalidArgument, "KvRequest names no operation"),
             );
         };
+        if let Err(reason) = self.authorizer.authorize_kv(peer, &mut op) {
+            self.denials.record(&self.metrics, "kv", peer, &reason);
+            return error_response(request_id, Refusal::new(ErrorCode::PermissionDenied, reason));
+        }
         let (name, consistency) = labels(&op);
         let started = Instant::now();
         let result = self.execute(request.range_id, request.range_generation, op).await;
@@ -139,6 +162,7 @@ impl KvService {
             Op::Put(put) => {
                 self.check_key(&put.key)?;
                 self.check_value(&put.value)?;
+                check_system_value(&put.key, &put.value)?;
                 let replica = self.route(&put.key, range_id, generation)?;
                 let outcome =
                     self.propose(&replica, command::Op::Put(v1::CommandPut { key: put.key, value: put.value })).await?;
@@ -157,6 +181,9 @@ impl KvService {
                 self.check_key(&cas.key)?;
                 self.check_value(&cas.expected)?;
                 self.check_value(&cas.value)?;
+                if !cas.delete {
+                    check_system_value(&cas.key, &cas.value)?;
+                }
                 let replica = self.route(&cas.key, range_id, generation)?;
                 let command = command::Op::Cas(v1::CommandCompareAndSwap {
                     key: cas.key,

@@ -1,6 +1,7 @@
 //! The node process: opens storage, starts the clock, serves PWP over QUIC and the
 //! observability endpoints, and shuts down cleanly.
 
+pub mod auth;
 pub mod gossip;
 pub mod kubernetes;
 mod kv;
@@ -8,6 +9,7 @@ pub mod live;
 pub mod placement;
 pub mod replicas;
 mod system;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,11 +31,13 @@ use tracing::{error, info, warn};
 use crate::clock::{ClockError, Hlc, SystemClock, UpperBoundStore, DEFAULT_PERSIST_WINDOW};
 use crate::config::{parse_peer, ConfigError, NodeConfig};
 use crate::observe::{Health, HttpState, Metrics, OperationLabels};
-use crate::raft::network::Peers;
 use crate::storage::{Storage, StorageError};
-use crate::transport::server::{self, Dispatch, DispatchError, StreamSettings};
-use crate::transport::tls::{self, QuicLimits, TlsError};
+use crate::transport::peer::{Denials, Peer};
+use crate::transport::pool::Peers;
+use crate::transport::server::{self, AcceptSettings, Dispatch, DispatchError, StreamSettings};
+use crate::transport::tls::{QuicLimits, TlsError};
 use replicas::{ReplicaError, Replicas};
+use tls::NodeTls;
 
 pub use kv::KvService;
 pub use system::SystemService;
@@ -138,6 +142,9 @@ struct NodeServices {
     gossip: gossip::Gossip,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    authorizer: Arc<auth::Authorizer>,
+    denials: Denials,
+    insecure: bool,
 }
 
 const SERVED: [Service; 4] = [Service::System, Service::Kv, Service::Raft, Service::Gossip];
@@ -168,7 +175,14 @@ impl ServiceDirectory for NodeServices {
 }
 
 impl Dispatch for NodeServices {
-    async fn dispatch(&self, service: Service, kind: u8, payload: Bytes) -> Result<(u8, Bytes), DispatchError> {
+    async fn dispatch(
+        &self,
+        peer: &Peer,
+        service: Service,
+        kind: u8,
+        payload: Bytes,
+    ) -> Result<(u8, Bytes), DispatchError> {
+        let denied = DispatchError::PermissionDenied;
         match (service, kind) {
             (Service::System, payload_type::system::NODE_INFO_REQUEST) => {
                 let started = Instant::now();
@@ -196,6 +210,7 @@ impl Dispatch for NodeServices {
                 let started = Instant::now();
                 let request = DecommissionRequest::decode(payload)
                     .map_err(|e| DispatchError::malformed("DecommissionRequest", e))?;
+                self.authorizer.require_admin(peer).map_err(denied)?;
                 let response = match self.replicas.decommission(request.node_id).await {
                     Ok(moves) => DecommissionResponse {
                         moves: moves
@@ -222,6 +237,8 @@ impl Dispatch for NodeServices {
             (Service::System, payload_type::system::QUERY_REQUEST) => {
                 let started = Instant::now();
                 let request = QueryRequest::decode(payload).map_err(|e| DispatchError::malformed("QueryRequest", e))?;
+                // A query reaches every member: an admin's call.
+                self.authorizer.require_admin(peer).map_err(denied)?;
                 let response = match check_query(&request) {
                     Ok(timeout) => {
                         self.gossip.query(request.name, request.payload, timeout).await.unwrap_or_else(|| {
@@ -234,24 +251,31 @@ impl Dispatch for NodeServices {
                 Ok((payload_type::system::QUERY_RESPONSE, response.encode_to_vec().into()))
             }
             (Service::Gossip, payload_type::gossip::ENVELOPE) => {
-                self.gossip.receive_streamed(&payload);
+                let sender = self.gossip_sender(peer).map_err(denied)?;
+                self.gossip.receive_streamed(&payload, sender).map_err(denied)?;
                 Ok((payload_type::gossip::RECEIVED, Bytes::new()))
             }
             (Service::Raft, payload_type::raft::REQUEST) => {
                 let request = RaftRequest::decode(payload).map_err(|e| DispatchError::malformed("RaftRequest", e))?;
-                let response = self.replicas.handle(request).await;
+                let caller = self.authorizer.require_node(peer, Some(request.from_node)).map_err(denied)?;
+                // Known unless an --insecure node let an anonymous caller in.
+                let caller = matches!(peer, Peer::Node(_)).then_some(caller);
+                let response = self.replicas.handle(request, caller).await;
                 Ok((payload_type::raft::RESPONSE, response.encode_to_vec().into()))
             }
             (Service::Kv, payload_type::kv::REQUEST) => {
-                let response = self.kv.handle(payload).await;
+                let response = self.kv.handle(peer, payload).await;
                 Ok((payload_type::kv::RESPONSE, response.encode_to_vec().into()))
             }
             _ => Err(DispatchError::UnknownPayloadType { service, payload_type: kind }),
         }
     }
 
-    fn datagram(&self, datagram: Bytes) {
-        self.gossip.receive_datagram(datagram);
+    fn datagram(&self, peer: &Peer, datagram: Bytes) {
+        let received = self.gossip_sender(peer).and_then(|sender| self.gossip.receive_datagram(datagram, sender));
+        if let Err(reason) = received {
+            self.denials.record(&self.metrics, "gossip", peer, &reason);
+        }
     }
 }
 
@@ -263,6 +287,15 @@ fn check_query(request: &QueryRequest) -> Result<Duration, String> {
 }
 
 impl NodeServices {
+    /// The node whose gossip a connection may carry: the one its certificate names (`None`, any,
+    /// only on an `--insecure` node).
+    fn gossip_sender(&self, peer: &Peer) -> Result<Option<u64>, String> {
+        match peer {
+            Peer::Insecure if self.insecure => Ok(None),
+            peer => self.authorizer.require_node(peer, None).map(Some),
+        }
+    }
+
     fn observe_system(&self, op: &'static str, started: Instant) {
         self.metrics
             .system_request_seconds
@@ -313,33 +346,24 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     let metrics = Metrics::new(&mut registry);
     storage.metrics().register(&mut registry);
 
+    let health = Arc::new(Health::default());
     let limits = QuicLimits {
         max_streams: config.wire.max_streams_per_connection,
         idle_timeout: Duration::from_millis(config.wire.idle_timeout_ms),
     };
-    let identity = tls::node_identity(&config.tls, &config.data_dir)?;
-    let mut endpoint = quinn::Endpoint::server(tls::server_config(identity, &limits)?, config.listen)
-        .map_err(|source| NodeError::Bind { what: "QUIC", addr: config.listen, source })?;
-    // The same endpoint dials the other nodes, trusting the constellation's CA: the configured
-    // one, else the generated one. A node of one dials no one and may have neither. Peer
-    // connections idle out after a few seconds of silence (keep-alives flow every third of
-    // that), so a peer that died or restarted is redialled quickly.
-    let peer_limits = QuicLimits { max_streams: limits.max_streams, idle_timeout: PEER_IDLE_TIMEOUT };
-    let has_peers =
-        config.constellation.peers.len() > 1 || config.constellation.join.is_some() || !config.gossip.seeds.is_empty();
-    let generated_ca = tls::GeneratedPaths::in_data_dir(&config.data_dir).ca_cert;
-    let peer_ca = config.tls.ca_cert.clone().or_else(|| generated_ca.exists().then_some(generated_ca));
-    match peer_ca {
-        Some(ca) => {
-            endpoint.set_default_client_config(tls::client_config(&tls::load_certificates(&ca)?, &peer_limits)?)
-        }
-        None if has_peers => {
-            return Err(NodeError::Config(ConfigError::Invalid(
-                "tls.ca-cert is required with tls.cert and tls.key when the node has peers".into(),
-            )))
-        }
-        None => {}
+    if config.insecure {
+        health.set_insecure();
+        warn!("{}", crate::observe::INSECURE_WARNING);
     }
+    // The same endpoint dials the other nodes with this node's certificate. Peer connections
+    // idle out after a few seconds of silence (keep-alives flow every third of that), so a
+    // peer that died or restarted is redialled quickly.
+    let peer_limits = QuicLimits { max_streams: limits.max_streams, idle_timeout: PEER_IDLE_TIMEOUT };
+    let node_tls = NodeTls::resolve(&config, node_id, limits, peer_limits)?;
+    let material = node_tls.load()?;
+    node_tls.export_expiry(&metrics);
+    let endpoint = quinn::Endpoint::server(node_tls.server_config(&material)?, config.listen)
+        .map_err(|source| NodeError::Bind { what: "QUIC", addr: config.listen, source })?;
     let quic_addr =
         endpoint.local_addr().map_err(|source| NodeError::Bind { what: "QUIC", addr: config.listen, source })?;
 
@@ -349,7 +373,12 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         // Neither founder nor joiner: a constellation of one.
         founders.push((node_id, advertise.clone()));
     }
-    let peers = Arc::new(Peers::new(endpoint.clone(), Duration::from_secs(3)));
+    let peers = Arc::new(Peers::new(
+        endpoint.clone(),
+        node_tls.client_config(&material)?,
+        Duration::from_secs(3),
+        config.constellation.name.clone(),
+    ));
     let replicas = Replicas::new(
         node_id,
         advertise.clone(),
@@ -378,7 +407,6 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     };
     let (gossip, gossip_task) = gossip::start(gossip_settings, peers.clone(), replicas.clone(), gossip_metrics);
 
-    let health = Arc::new(Health::default());
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let refresh = {
         let replicas = replicas.clone();
@@ -426,6 +454,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     };
 
     let kv_limits = Arc::new(live::LiveKvLimits::new(&config.kv));
+    let authorizer = Arc::new(auth::Authorizer::new(config.insecure));
     let services = Arc::new(NodeServices {
         system: SystemService {
             node_id,
@@ -436,15 +465,26 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
             health: health.clone(),
             services: SERVED.iter().map(|s| u32::from(u8::from(*s))).collect(),
         },
-        kv: KvService::new(replicas.clone(), hlc.clone(), kv_limits.clone(), metrics.clone()),
+        kv: KvService::new(replicas.clone(), hlc.clone(), kv_limits.clone(), metrics.clone(), authorizer.clone()),
         replicas: replicas.clone(),
         gossip: gossip.clone(),
         health: health.clone(),
         metrics: metrics.clone(),
+        authorizer: authorizer.clone(),
+        denials: Denials::default(),
+        insecure: config.insecure,
     });
     let settings =
         Arc::new(StreamSettings { max_payload: config.wire.max_payload_bytes, stall_timeout: config.stall_timeout() });
-    let accept_task = tokio::spawn(server::accept_loop(endpoint.clone(), services, settings, metrics.clone()));
+    let accept = Arc::new(AcceptSettings {
+        constellation: config.constellation.name.clone(),
+        insecure: config.insecure,
+        max_connections: config.wire.max_connections,
+        max_connections_per_address: config.wire.max_connections_per_address,
+    });
+    let accept_task = tokio::spawn(server::accept_loop(endpoint.clone(), services, accept, settings, metrics.clone()));
+    let reload_task = tokio::spawn(node_tls.watch(material, endpoint.clone(), peers.clone(), metrics.clone()));
+    let auth_task = tokio::spawn(auth::refresh(authorizer, replicas.clone(), peers.clone()));
 
     // Replicas start once the endpoint serves, so founders starting together can reach each other.
     replicas.start(&founders, config.constellation.initial_ranges, config.constellation.replication_factor).await?;
@@ -497,6 +537,8 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     }
     upkeep_task.abort();
     repair_task.abort();
+    reload_task.abort();
+    auth_task.abort();
     for task in [join_task, live_task, reporter_task].into_iter().flatten() {
         task.abort();
     }

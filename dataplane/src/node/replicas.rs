@@ -19,10 +19,11 @@ use crate::config::RaftSettings;
 use crate::observe::{Metrics, RangeLabels};
 use crate::raft::codec;
 use crate::raft::log::RangeLog;
-use crate::raft::network::{Peers, RangeNetworkFactory, RpcFailure};
+use crate::raft::network::{RangeNetworkFactory, RpcFailure};
 use crate::raft::state_machine::{read_descriptors, RangeObserver, RangeSpan, RangeStateMachine};
 use crate::raft::{NodeId, Raft, WalSyncer};
 use crate::storage::Storage;
+use crate::transport::pool::Peers;
 
 /// Range id of the meta range, which holds every range's descriptor.
 pub const META_RANGE_ID: u64 = 1;
@@ -457,24 +458,44 @@ impl Replicas {
         warn!(node_id = id, ranges_with_a_replica_there = affected, "replication: member reported dead");
     }
 
-    /// Answers one raft-service request.
-    pub async fn handle(self: &Arc<Self>, request: v1::RaftRequest) -> v1::RaftResponse {
-        let result = self.serve(request).await.unwrap_or_else(RaftResult::Error);
+    /// Answers one raft-service request from `caller`, the node its certificate names (`None`
+    /// only on an `--insecure` node).
+    pub async fn handle(self: &Arc<Self>, request: v1::RaftRequest, caller: Option<NodeId>) -> v1::RaftResponse {
+        let result = self.serve(request, caller).await.unwrap_or_else(RaftResult::Error);
         v1::RaftResponse { result: Some(result) }
     }
 
-    async fn serve(self: &Arc<Self>, request: v1::RaftRequest) -> Result<RaftResult, v1::RaftError> {
+    async fn serve(
+        self: &Arc<Self>,
+        request: v1::RaftRequest,
+        caller: Option<NodeId>,
+    ) -> Result<RaftResult, v1::RaftError> {
         let error = |kind: v1::RaftErrorKind, message: String| v1::RaftError {
             kind: kind.into(),
             message,
             ..Default::default()
         };
         let malformed = |e: codec::CodecError| error(v1::RaftErrorKind::Malformed, e.to_string());
+        // A vote names the candidate or leader it speaks for: only that node may send it.
+        let speaks_for = |who: Option<NodeId>, what: &str| match caller {
+            Some(caller) if who != Some(caller) => Err(error(
+                v1::RaftErrorKind::PermissionDenied,
+                format!("node {caller} cannot send a {what} for node {who:?}"),
+            )),
+            _ => Ok(()),
+        };
         let fatal = |e: String| error(v1::RaftErrorKind::Fatal, e);
         let rpc = request.rpc.ok_or_else(|| error(v1::RaftErrorKind::Malformed, "no rpc".into()))?;
         if let Rpc::CreateReplica(descriptor) = rpc {
             if descriptor.range_id != request.range_id || !descriptor.replicas.is_empty() && descriptor.range_id == 0 {
                 return Err(error(v1::RaftErrorKind::Malformed, "descriptor names another range".into()));
+            }
+            // The range's leader creates the learners it adds: it is a replica of the range.
+            if caller.is_some_and(|caller| !descriptor.replicas.contains(&caller)) {
+                return Err(error(
+                    v1::RaftErrorKind::PermissionDenied,
+                    format!("node {caller:?} holds no replica of range {}", descriptor.range_id),
+                ));
             }
             if self.get(request.range_id).is_none() {
                 Self::learn(&self.table, descriptor.clone());
@@ -491,6 +512,7 @@ impl Replicas {
         match rpc {
             Rpc::AppendEntries(append) => {
                 let append = codec::append_request_from_proto(append).map_err(malformed)?;
+                speaks_for(append.vote.leader_id().voted_for(), "leader's append")?;
                 let response = replica.raft.append_entries(append).await.map_err(|e| fatal(e.to_string()))?;
                 Ok(RaftResult::AppendEntries(codec::append_response_to_proto(&response)))
             }
@@ -499,6 +521,7 @@ impl Replicas {
                     vote: codec::vote_from_proto(vote.vote.as_ref()).map_err(malformed)?,
                     last_log_id: codec::opt_log_id_from_proto(vote.last_log_id.as_ref()),
                 };
+                speaks_for(request.vote.leader_id().voted_for(), "vote request")?;
                 let response = replica.raft.vote(request).await.map_err(|e| fatal(e.to_string()))?;
                 Ok(RaftResult::Vote(v1::VoteResponse {
                     vote: Some(codec::vote_to_proto(&response.vote)),
@@ -514,6 +537,7 @@ impl Replicas {
                     data: install.data,
                     done: install.done,
                 };
+                speaks_for(request.vote.leader_id().voted_for(), "leader's snapshot")?;
                 let done = request.done;
                 match replica.raft.install_snapshot(request).await {
                     Ok(response) => {
@@ -538,6 +562,17 @@ impl Replicas {
                 }
             }
             Rpc::RemoveReplica(_) => {
+                // Only a member of the range (its leader, after moving this replica out) may.
+                let membership = replica.raft.metrics().borrow().membership_config.clone();
+                let member = |id: NodeId| {
+                    replica.descriptor().replicas.contains(&id) || membership.nodes().any(|(node, _)| *node == id)
+                };
+                if let Some(caller) = caller.filter(|caller| !member(*caller)) {
+                    return Err(error(
+                        v1::RaftErrorKind::PermissionDenied,
+                        format!("node {caller} is no member of range {}", request.range_id),
+                    ));
+                }
                 self.remove(request.range_id).await.map_err(|e| fatal(e.to_string()))?;
                 Ok(RaftResult::Done(true))
             }
@@ -623,8 +658,7 @@ impl Replicas {
                 from_node: self.node_id,
                 rpc: Some(Rpc::CreateReplica(replica.descriptor())),
             };
-            self.peers
-                .call(&request.add_addr, &create, Duration::from_secs(10))
+            crate::raft::network::call(&self.peers, &request.add_addr, &create, Duration::from_secs(10))
                 .await
                 .map_err(|e| failed(format!("cannot create the replica on node {}: {e}", request.add_node)))?;
             let learner = BasicNode::new(request.add_addr.clone());
@@ -655,7 +689,7 @@ impl Replicas {
                     from_node: self.node_id,
                     rpc: Some(Rpc::RemoveReplica(v1::RemoveReplicaRequest {})),
                 };
-                if let Err(e) = self.peers.call(&addr, &remove, Duration::from_secs(5)).await {
+                if let Err(e) = crate::raft::network::call(&self.peers, &addr, &remove, Duration::from_secs(5)).await {
                     warn!(range_id, node = request.remove_node, error = %e, "the removed replica was not told");
                 }
             }
@@ -680,10 +714,13 @@ impl Replicas {
     async fn fetch_ranges(&self, addr: &str) -> Result<v1::RangesResponse, String> {
         use pleiades_proto::payload_type::kv;
         let connection = self.peers.connection(addr).await?;
-        let mut stream =
-            crate::client::PwpStream::open(&connection, pleiades_proto::wire::Service::Kv, Duration::from_secs(5))
-                .await
-                .map_err(|e| e.to_string())?;
+        let mut stream = crate::transport::stream::PwpStream::open(
+            &connection,
+            pleiades_proto::wire::Service::Kv,
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let request = v1::KvRequest {
             request_id: 1,
             op: Some(v1::kv_request::Op::Ranges(v1::RangesRequest {})),
@@ -755,7 +792,7 @@ impl Replicas {
                     break;
                 }
                 // Catching a learner up may take a while on a loaded range.
-                match self.peers.call(&addr, &request, Duration::from_secs(120)).await {
+                match crate::raft::network::call(&self.peers, &addr, &request, Duration::from_secs(120)).await {
                     Ok(RaftResult::Moved(descriptor)) => {
                         Self::learn(&self.table, descriptor.clone());
                         return Ok(descriptor);
@@ -822,7 +859,7 @@ impl Replicas {
         };
         for _ in 0..10 {
             let Some(addr) = candidates.pop() else { break };
-            match self.peers.call(&addr, &request, Duration::from_secs(5)).await {
+            match crate::raft::network::call(&self.peers, &addr, &request, Duration::from_secs(5)).await {
                 Ok(_) => return,
                 Err(RpcFailure::Remote(e)) if e.kind() == v1::RaftErrorKind::NotLeader && !e.leader_addr.is_empty() => {
                     candidates.push(e.leader_addr);

@@ -1,7 +1,6 @@
 //! openraft's network over PWP: one QUIC connection per peer node (shared by all ranges), one
 //! raft-service stream per (range, target) so each replication pipeline has its own ordered lane.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,65 +16,29 @@ use openraft::{BasicNode, SnapshotSegmentId};
 use pleiades_proto::payload_type;
 use pleiades_proto::v1::{self, raft_request::Rpc, raft_response::Result as RaftResult};
 use pleiades_proto::wire::Service;
-use tokio::sync::Mutex;
 
 use super::codec;
 use super::{NodeId, TypeConfig};
-use crate::client::{ClientError, PwpStream};
 use crate::observe::{Metrics, RangeLabels};
+use crate::transport::pool::Peers;
+use crate::transport::stream::{ClientError, PwpStream};
 
-/// Outgoing QUIC connections to the other nodes, one per address, reconnected when lost.
-pub struct Peers {
-    endpoint: quinn::Endpoint,
-    connect_timeout: Duration,
-    connections: Mutex<HashMap<String, quinn::Connection>>,
-}
-
-impl Peers {
-    /// `endpoint` must carry a default client configuration trusting the constellation's CA.
-    pub fn new(endpoint: quinn::Endpoint, connect_timeout: Duration) -> Self {
-        Peers { endpoint, connect_timeout, connections: Mutex::new(HashMap::new()) }
+/// Sends one raft-service request on a fresh stream (for the rare calls outside replication).
+pub async fn call(
+    peers: &Peers,
+    addr: &str,
+    request: &v1::RaftRequest,
+    timeout: Duration,
+) -> Result<RaftResult, RpcFailure> {
+    let connection = peers.connection(addr).await.map_err(RpcFailure::Unreachable)?;
+    let result = match PwpStream::open(&connection, Service::Raft, timeout).await {
+        Ok(mut stream) => exchange(&mut stream, request).await,
+        Err(e) => Err(RpcFailure::from(e)),
+    };
+    if result.as_ref().is_err_and(connection_lost) {
+        peers.forget(addr, &connection).await;
     }
-
-    pub async fn connection(&self, addr: &str) -> Result<quinn::Connection, String> {
-        if let Some(connection) = self.connections.lock().await.get(addr) {
-            if connection.close_reason().is_none() {
-                return Ok(connection.clone());
-            }
-        }
-        let connection =
-            crate::client::dial(&self.endpoint, addr, self.connect_timeout).await.map_err(|e| e.to_string())?;
-        self.connections.lock().await.insert(addr.to_string(), connection.clone());
-        Ok(connection)
-    }
-
-    /// Drops a cached connection that failed, so the next call dials again: a peer that
-    /// restarted is reached at once instead of after the dead connection's idle timeout.
-    pub async fn forget(&self, addr: &str, failed: &quinn::Connection) {
-        let mut connections = self.connections.lock().await;
-        if connections.get(addr).is_some_and(|c| c.stable_id() == failed.stable_id()) {
-            connections.remove(addr);
-        }
-        failed.close(quinn::VarInt::from_u32(0), b"request failed");
-    }
-
-    /// Sends one raft-service request on a fresh stream (for the rare calls outside replication).
-    pub async fn call(
-        &self,
-        addr: &str,
-        request: &v1::RaftRequest,
-        timeout: Duration,
-    ) -> Result<RaftResult, RpcFailure> {
-        let connection = self.connection(addr).await.map_err(RpcFailure::Unreachable)?;
-        let result = match PwpStream::open(&connection, Service::Raft, timeout).await {
-            Ok(mut stream) => exchange(&mut stream, request).await,
-            Err(e) => Err(RpcFailure::from(e)),
-        };
-        if result.as_ref().is_err_and(connection_lost) {
-            self.forget(addr, &connection).await;
-        }
-        result
-    }
+    result
 }
 
 /// Why a raft RPC got no usable answer.

@@ -1,7 +1,10 @@
 //! QUIC transport (quinn) carrying the Pleiades Wire Protocol. The protocol itself is the sans-IO
 //! codec in `pleiades_proto::wire`; this layer only moves bytes and enforces time limits.
 
+pub mod peer;
+pub mod pool;
 pub mod server;
+pub mod stream;
 pub mod tls;
 
 use crate::observe::{FrameLabels, Metrics};

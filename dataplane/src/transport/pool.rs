@@ -1,0 +1,78 @@
+//! Outgoing connections from this node to the other nodes, one per address, shared by raft,
+//! gossip and the node's own calls.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use super::peer::{authenticate, Peer};
+use super::stream::dial;
+
+/// Outgoing QUIC connections to the other nodes, one per address, reconnected when lost.
+pub struct Peers {
+    endpoint: quinn::Endpoint,
+    /// Trusts the constellation's CA and presents this node's certificate; replaced when the
+    /// certificate files are reloaded.
+    client_config: std::sync::RwLock<quinn::ClientConfig>,
+    connect_timeout: Duration,
+    constellation: String,
+    connections: Mutex<HashMap<String, quinn::Connection>>,
+}
+
+impl Peers {
+    pub fn new(
+        endpoint: quinn::Endpoint,
+        client_config: quinn::ClientConfig,
+        connect_timeout: Duration,
+        constellation: String,
+    ) -> Self {
+        Peers {
+            endpoint,
+            client_config: std::sync::RwLock::new(client_config),
+            connect_timeout,
+            constellation,
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// New connections use `config` (open ones carry on with theirs).
+    pub fn set_client_config(&self, config: quinn::ClientConfig) {
+        *self.client_config.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+
+    pub async fn connection(&self, addr: &str) -> Result<quinn::Connection, String> {
+        if let Some(connection) = self.connections.lock().await.get(addr) {
+            if connection.close_reason().is_none() {
+                return Ok(connection.clone());
+            }
+        }
+        let config = self.client_config.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let connection = dial(&self.endpoint, config, addr, self.connect_timeout).await.map_err(|e| e.to_string())?;
+        // Whoever answers at a member's address must be a node of this constellation: a user's
+        // certificate signed by the same CA must not pass for one.
+        match authenticate(&connection, &self.constellation, false) {
+            Ok(Peer::Node(_)) => {}
+            Ok(other) => {
+                connection.close(quinn::VarInt::from_u32(0), b"not a node");
+                return Err(format!("{addr} answered as {other}, not as a node"));
+            }
+            Err(e) => {
+                connection.close(quinn::VarInt::from_u32(0), b"not a node");
+                return Err(format!("{addr} is no node of this constellation: {e}"));
+            }
+        }
+        self.connections.lock().await.insert(addr.to_string(), connection.clone());
+        Ok(connection)
+    }
+
+    /// Drops a cached connection that failed, so the next call dials again: a peer that
+    /// restarted is reached at once instead of after the dead connection's idle timeout.
+    pub async fn forget(&self, addr: &str, failed: &quinn::Connection) {
+        let mut connections = self.connections.lock().await;
+        if connections.get(addr).is_some_and(|c| c.stable_id() == failed.stable_id()) {
+            connections.remove(addr);
+        }
+        failed.close(quinn::VarInt::from_u32(0), b"request failed");
+    }
+}
