@@ -24,6 +24,18 @@ for component in rustfmt clippy; do
   fi
 done
 
+# cargo-deny checks licences, bans and sources against deny.toml (scripts/test.sh). Pinned, so a
+# newer release cannot need a newer rustc; built once (minutes on two cores) in cargo's own
+# temporary directory, so it never holds the workspace's build lock.
+deny_version=0.20.2
+if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $deny_version" ]; then
+  echo "setup: installing cargo-deny $deny_version (cargo install, compiles once)"
+  env -u CARGO_TARGET_DIR cargo install --locked --quiet "cargo-deny@$deny_version" </dev/null
+fi
+# Every crate in Cargo.lock, for every platform: `cargo deny --offline` reads them all, while a
+# build only fetches those of its own target.
+cargo fetch --locked --quiet </dev/null
+
 # kubernetes-validate checks rendered Helm manifests offline (scripts/validate-manifests.py).
 if ! python3 -c "import kubernetes_validate, jsonschema, yaml" >/dev/null 2>&1; then
   echo "setup: installing kubernetes-validate (pip)"

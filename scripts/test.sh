@@ -11,6 +11,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo deny (licences, bans, sources: deny.toml)"
+# Offline: these checks need only Cargo.lock and the fetched crates, no advisory database.
+cargo deny --offline --locked check --hide-inclusion-graph bans licenses sources
 echo "== cargo test"
 # Library, binary and integration tests (there are no doc tests); benches are not tests.
 log=$(mktemp)

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
@@ -88,6 +89,9 @@ pub struct ConstellationSpec {
     /// Prometheus scraping.
     #[serde(default)]
     pub monitoring: MonitoringSpec,
+    /// Which pods may reach the nodes: a NetworkPolicy the operator keeps beside the StatefulSet.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
     /// When true the operator makes no changes to the constellation's objects (status is still
     /// reported). Use it to hold a constellation during maintenance.
     #[serde(default)]
@@ -107,6 +111,7 @@ impl Default for ConstellationSpec {
             tuning: TuningSpec::default(),
             tls: TlsSpec::default(),
             monitoring: MonitoringSpec::default(),
+            network_policy: NetworkPolicySpec::default(),
             paused: false,
         }
     }
@@ -600,6 +605,31 @@ fn default_scrape_interval() -> String {
 impl Default for MonitoringSpec {
     fn default() -> Self {
         MonitoringSpec { service_monitor: true, labels: BTreeMap::new(), interval: default_scrape_interval() }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create a NetworkPolicy that admits only the traffic below; the constellation's own pods
+    /// always reach each other on the QUIC port (UDP 7400). Off, anything that can route to a
+    /// pod reaches it. Enforced only where the cluster's network plugin supports NetworkPolicy.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Who may reach the client port (UDP 7400, shared with peer traffic), as NetworkPolicy
+    /// `from` peers. Empty: every pod in the constellation's namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_from: Vec<NetworkPolicyPeer>,
+    /// Who may reach the HTTP port (TCP 7480: `/metrics`, `/healthz`, `/readyz`), as
+    /// NetworkPolicy `from` peers. Empty: every pod in the constellation's namespace, so a
+    /// Prometheus in another namespace needs an entry here (e.g. a `namespaceSelector`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics_from: Vec<NetworkPolicyPeer>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        NetworkPolicySpec { enabled: true, client_from: Vec::new(), metrics_from: Vec::new() }
     }
 }
 

@@ -68,6 +68,8 @@ fn an_empty_spec_takes_every_default() {
     assert_eq!(spec.tuning.raft.heartbeat_interval_ms, 100);
     assert_eq!(spec.tuning.initial_ranges, 4);
     assert!(!spec.realtime.enabled && spec.monitoring.service_monitor && !spec.paused);
+    assert!(spec.network_policy.enabled, "a NetworkPolicy unless turned off");
+    assert!(spec.network_policy.client_from.is_empty() && spec.network_policy.metrics_from.is_empty());
     ConstellationSpec::validate_cel(&serde_json::to_value(&spec).unwrap(), None).unwrap();
 }
 

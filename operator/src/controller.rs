@@ -4,13 +4,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalize};
@@ -24,6 +25,7 @@ use tracing::{info, warn};
 use crate::desired::{desired, service_monitor_resource, Names, CONFIG_HASH_ANNOTATION};
 use crate::metrics::Metrics;
 use crate::plan::{aggregate, plan, ObservedSet, Plan, Rollout, Scale};
+use crate::scope::{api, Scope};
 
 pub const FIELD_MANAGER: &str = "pleiades-operator";
 pub const FINALIZER: &str = "pleiades.io/cleanup";
@@ -83,22 +85,25 @@ impl Context {
     }
 }
 
-/// Runs the controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let client = ctx.client.clone();
-    let constellations = Api::<Constellation>::all(client.clone());
+/// Runs the controller until `shutdown` resolves: one over the whole cluster, or one per watched
+/// namespace, so a namespaced install lists and watches only where its Roles grant it.
+pub async fn run(ctx: Arc<Context>, scope: Scope, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+    let shutdown = shutdown.boxed().shared();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=pleiades-operator");
-    Controller::new(constellations, watcher::Config::default())
-        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "reconcile failed");
-            }
-        })
-        .await;
+    let controllers = scope.namespaces().into_iter().map(|namespace| {
+        let client = &ctx.client;
+        Controller::new(api::<Constellation>(client, namespace), watcher::Config::default())
+            .owns(api::<StatefulSet>(client, namespace), owned.clone())
+            .owns(api::<ConfigMap>(client, namespace), owned.clone())
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    warn!(%error, "reconcile failed");
+                }
+            })
+    });
+    futures::future::join_all(controllers).await;
 }
 
 pub async fn reconcile(cst: Arc<Constellation>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -175,6 +180,10 @@ async fn apply(cst: &Constellation, ctx: &Context) -> Result<Action, Error> {
     apply_object(Api::<ConfigMap>::namespaced(client.clone(), ns), &objects.config_map, &params).await?;
     apply_object(Api::<Service>::namespaced(client.clone(), ns), &objects.peer_service, &params).await?;
     apply_object(Api::<Service>::namespaced(client.clone(), ns), &objects.client_service, &params).await?;
+    match &objects.network_policy {
+        Some(policy) => apply_object(Api::<NetworkPolicy>::namespaced(client.clone(), ns), policy, &params).await?,
+        None => remove_network_policy(cst, ctx, &names).await?,
+    }
     apply_object(Api::<PodDisruptionBudget>::namespaced(client.clone(), ns), &objects.pod_disruption_budget, &params)
         .await?;
     apply_object(sets.clone(), &objects.stateful_set, &params).await?;
@@ -217,6 +226,34 @@ where
     let name = object.meta().name.clone().unwrap_or_default();
     api.patch(&name, params, &Patch::Apply(object)).await?;
     Ok(())
+}
+
+/// Deletes the constellation's NetworkPolicy after `networkPolicy.enabled` turned false; one of
+/// the same name that this constellation does not own is someone else's and stays.
+async fn remove_network_policy(cst: &Constellation, ctx: &Context, names: &Names) -> Result<(), Error> {
+    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let Some(policy) = policies.get_opt(&names.network_policy()).await? else { return Ok(()) };
+    let uid = cst.uid();
+    if uid.is_none()
+        || !policy
+            .owner_references()
+            .iter()
+            .any(|owner| owner.controller == Some(true) && Some(&owner.uid) == uid.as_ref())
+    {
+        return Ok(());
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions { uid: policy.uid(), resource_version: None }),
+        ..Default::default()
+    };
+    match policies.delete(&names.network_policy(), &params).await {
+        Ok(_) => {
+            publish(ctx, cst, EventType::Normal, "RemovedNetworkPolicy", "networkPolicy.enabled is false".into()).await;
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn service_monitors_installed(client: &Client) -> Result<bool, Error> {
@@ -390,9 +427,18 @@ async fn cleanup(cst: &Constellation, ctx: &Context) -> Result<Action, Error> {
     if cst.spec.storage.retention.when_deleted == pleiades_crds::RetentionPolicy::Delete {
         // The StatefulSet's own retention policy does the same; doing it here also covers
         // claims left by earlier scale-downs with `whenScaled: Retain`.
+        // One claim at a time rather than a collection delete: the operator's RBAC grants no
+        // `deletecollection`, and each deletion is logged.
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
         let selector = crate::desired::selector_string(cst);
-        claims.delete_collection(&DeleteParams::default(), &ListParams::default().labels(&selector)).await?;
+        for claim in claims.list(&ListParams::default().labels(&selector)).await? {
+            let name = claim.name_any();
+            match claims.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => info!(constellation = %key(cst), claim = %name, "deleted volume claim (whenDeleted: Delete)"),
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     Ok(Action::await_change())
 }

@@ -16,6 +16,9 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
     TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -65,6 +68,9 @@ impl Names {
     }
     pub fn node_account(&self) -> String {
         format!("{}-node", self.constellation)
+    }
+    pub fn network_policy(&self) -> String {
+        self.constellation.clone()
     }
     pub fn tls_secret(&self) -> String {
         format!("{}-tls", self.constellation)
@@ -117,6 +123,8 @@ pub struct Desired {
     pub config_map: ConfigMap,
     pub peer_service: Service,
     pub client_service: Service,
+    /// Absent when `spec.networkPolicy.enabled` is false (the reconciler then removes its own).
+    pub network_policy: Option<NetworkPolicy>,
     pub pod_disruption_budget: PodDisruptionBudget,
     pub stateful_set: StatefulSet,
     /// Created only when the Prometheus Operator's CRD exists in the cluster.
@@ -140,6 +148,7 @@ pub fn desired(cst: &Constellation) -> Desired {
         },
         peer_service: peer_service(cst, &names),
         client_service: client_service(cst, &names),
+        network_policy: cst.spec.network_policy.enabled.then(|| network_policy(cst, &names)),
         pod_disruption_budget: PodDisruptionBudget {
             metadata: meta(cst, names.stateful_set()),
             spec: Some(PodDisruptionBudgetSpec {
@@ -336,6 +345,48 @@ fn client_service(cst: &Constellation, names: &Names) -> Service {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// Ingress to the nodes: peers (UDP 7400) only from the constellation's own pods; clients on the
+/// same port and scrapers on the HTTP port from the spec's selectors, by default every pod in
+/// the namespace. Egress stays open: nodes dial each other, DNS and the API server. The operator
+/// needs no rule: it talks to the API server, never to the pods, and kubelet probes come from
+/// the node, which NetworkPolicy always admits.
+fn network_policy(cst: &Constellation, names: &Names) -> NetworkPolicy {
+    let spec = &cst.spec.network_policy;
+    let own_pods = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector { match_labels: Some(selector_labels(cst)), ..Default::default() }),
+        ..Default::default()
+    };
+    // An empty `from` would admit every source, so an empty list in the spec means the namespace.
+    let or_namespace = |from: &[NetworkPolicyPeer]| {
+        if from.is_empty() {
+            vec![NetworkPolicyPeer { pod_selector: Some(LabelSelector::default()), ..Default::default() }]
+        } else {
+            from.to_vec()
+        }
+    };
+    let rule = |from: Vec<NetworkPolicyPeer>, protocol: &str, port: i32| NetworkPolicyIngressRule {
+        from: Some(from),
+        ports: Some(vec![NetworkPolicyPort {
+            protocol: Some(protocol.into()),
+            port: Some(IntOrString::Int(port)),
+            ..Default::default()
+        }]),
+    };
+    NetworkPolicy {
+        metadata: meta(cst, names.network_policy()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector { match_labels: Some(selector_labels(cst)), ..Default::default() }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                rule(vec![own_pods], "UDP", QUIC_PORT),
+                rule(or_namespace(&spec.client_from), "UDP", QUIC_PORT),
+                rule(or_namespace(&spec.metrics_from), "TCP", HTTP_PORT),
+            ]),
+            ..Default::default()
+        }),
     }
 }
 

@@ -5,4 +5,5 @@ pub mod desired;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod scope;
 pub mod tls;

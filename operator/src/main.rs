@@ -13,6 +13,7 @@ use kube::Client;
 use pleiades_operator::controller::{self, Context};
 use pleiades_operator::leader::LeaseLock;
 use pleiades_operator::metrics::Metrics;
+use pleiades_operator::scope::Scope;
 use prometheus_client::registry::Registry;
 use tracing::info;
 
@@ -47,6 +48,10 @@ struct RunArgs {
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME", default_value = "pleiades-operator")]
     identity: String,
+    /// Reconcile only these namespaces (comma-separated), which then need only Roles there;
+    /// every namespace when empty.
+    #[arg(long, env = "PLEIADES_OPERATOR_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
     /// Log as JSON lines.
     #[arg(long, env = "PLEIADES_OPERATOR_LOG_JSON")]
     log_json: bool,
@@ -72,6 +77,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
+    let scope = Scope::new(&args.watch_namespaces)?;
+    info!(%scope, "watching");
     let client = Client::try_default().await.context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
@@ -94,7 +101,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     metrics.set_ready(true);
     if !args.leader_elect {
         info!("reconciling (no leader election)");
-        controller::run(ctx, shutdown).await;
+        controller::run(ctx, scope, shutdown).await;
         return Ok(());
     }
     let lock = Arc::new(LeaseLock::new(
@@ -110,7 +117,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     metrics.leader.set(1);
     info!(identity = %args.identity, "leader; reconciling");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(controller::run(ctx, async {
+    let controller = tokio::spawn(controller::run(ctx, scope, async {
         let _ = stopped.await;
     }));
     let lost = tokio::select! {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pleiades_crds::{Constellation, ConstellationSpec};
+use pleiades_operator::desired::desired;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -80,7 +81,12 @@ fn constellations(file: &Path) -> Vec<Constellation> {
 fn both_charts_lint_render_and_validate() {
     let helm = helm();
     let out = tempfile::tempdir().unwrap();
-    let mut files = render(&helm, "pleiades-operator", &[None, Some("ci/production-values.yaml")], out.path());
+    let mut files = render(
+        &helm,
+        "pleiades-operator",
+        &[None, Some("ci/production-values.yaml"), Some("ci/namespaced-values.yaml")],
+        out.path(),
+    );
     let constellation_files = render(
         &helm,
         "constellation",
@@ -108,6 +114,116 @@ fn both_charts_lint_render_and_validate() {
     }
     let production = constellations(&constellation_files[2]).remove(0);
     assert!(production.spec.realtime.enabled && production.spec.replication_factor == 5);
+
+    // What the operator makes of each rendered Constellation (NetworkPolicy included), checked
+    // by the same validator.
+    let mut objects = String::new();
+    for file in &constellation_files {
+        for mut cst in constellations(file) {
+            cst.metadata.namespace = Some("db".into());
+            cst.metadata.uid = Some("6f1c3a52-0d4e-4c3b-9a41-2f5e8b7d9c10".into());
+            let desired = serde_json::to_value(desired(&cst)).unwrap();
+            for object in desired.as_object().unwrap().values().filter(|o| !o.is_null()) {
+                objects.push_str(&format!("---\n{}", serde_saphyr::to_string(object).unwrap()));
+            }
+        }
+    }
+    assert_eq!(objects.matches("kind: NetworkPolicy\n").count(), 3);
+    assert!(objects.contains("kubernetes.io/metadata.name: monitoring"));
+    let owned = out.path().join("desired.yaml");
+    std::fs::write(&owned, objects).unwrap();
+    let (ok, text) = validate(&[owned]);
+    assert!(ok, "the operator's objects are invalid:\n{text}");
+}
+
+/// Every document of a rendered file, as JSON.
+fn documents(file: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(file).unwrap();
+    text.split("\n---")
+        .filter_map(|doc| {
+            serde_saphyr::from_str::<Option<serde_json::Value>>(doc).unwrap_or_else(|e| panic!("{e}: {doc}"))
+        })
+        .filter(|doc| doc.is_object())
+        .collect()
+}
+
+/// (kind, namespace, rules) of every Role and ClusterRole.
+fn roles(documents: &[serde_json::Value]) -> Vec<(String, String, Vec<serde_json::Value>)> {
+    documents
+        .iter()
+        .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+        .map(|d| {
+            let namespace = d["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+            (d["kind"].as_str().unwrap().to_string(), namespace, d["rules"].as_array().cloned().unwrap_or_default())
+        })
+        .collect()
+}
+
+fn grants(rules: &[serde_json::Value], resource: &str, verb: &str) -> bool {
+    rules.iter().any(|rule| {
+        let has =
+            |field: &str, value: &str| rule[field].as_array().is_some_and(|a| a.iter().any(|v| v == value || v == "*"));
+        has("resources", resource) && has("verbs", verb)
+    })
+}
+
+#[test]
+fn operator_rbac_is_least_privilege_and_namespaced_on_request() {
+    let helm = helm();
+    let out = tempfile::tempdir().unwrap();
+    let files = render(&helm, "pleiades-operator", &[None, Some("ci/namespaced-values.yaml")], out.path());
+    let (cluster, namespaced) = (documents(&files[0]), documents(&files[1]));
+
+    for (mode, documents) in [("cluster", &cluster), ("namespaced", &namespaced)] {
+        for (kind, namespace, rules) in roles(documents) {
+            for rule in &rules {
+                let verbs = rule["verbs"].to_string();
+                for never in ["\"*\"", "deletecollection", "escalate", "bind", "impersonate"] {
+                    assert!(!verbs.contains(never), "{mode}: {kind} in {namespace:?} grants {never}: {rule}");
+                }
+                assert!(!rule["resources"].to_string().contains('*'), "{mode}: {rule}");
+            }
+            for verb in ["list", "watch"] {
+                assert!(!grants(&rules, "secrets", verb), "{mode}: {kind} lets the operator {verb} secrets");
+            }
+        }
+    }
+
+    let cluster_roles = roles(&cluster);
+    let cluster_role = cluster_roles.iter().find(|(kind, ..)| kind == "ClusterRole").expect("a ClusterRole by default");
+    assert!(grants(&cluster_role.2, "constellations", "watch"));
+    assert!(cluster.iter().any(|d| d["kind"] == "ClusterRoleBinding"));
+
+    // watchNamespaces: Roles in those namespaces, nothing cluster-wide, and the operator told.
+    for kind in ["ClusterRole", "ClusterRoleBinding"] {
+        assert!(!namespaced.iter().any(|d| d["kind"] == kind), "a namespaced install renders a {kind}");
+    }
+    let namespaced_roles = roles(&namespaced);
+    for team in ["team-a", "team-b"] {
+        let (_, _, rules) = namespaced_roles
+            .iter()
+            .find(|(kind, namespace, _)| kind == "Role" && namespace == team)
+            .unwrap_or_else(|| panic!("no Role in {team}"));
+        assert!(grants(rules, "constellations", "watch") && grants(rules, "secrets", "get"), "{team}: {rules:?}");
+        let binding = namespaced
+            .iter()
+            .find(|d| d["kind"] == "RoleBinding" && d["metadata"]["namespace"] == team)
+            .unwrap_or_else(|| panic!("no RoleBinding in {team}"));
+        assert_eq!(binding["subjects"][0]["namespace"], "db", "the operator's own service account");
+    }
+    let (_, _, leader) = namespaced_roles.iter().find(|(_, namespace, _)| namespace == "db").expect("the leader Role");
+    assert!(!grants(leader, "secrets", "get") && grants(leader, "leases", "update"));
+    let deployment = namespaced.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("--watch-namespaces=team-a,team-b"), "{args}");
+    let default_args = cluster.iter().find(|d| d["kind"] == "Deployment").unwrap().to_string();
+    assert!(!default_args.contains("--watch-namespaces"));
+
+    let (ok, text) = run(Command::new(&helm)
+        .args(["template", "demo"])
+        .arg(repo().join("charts/pleiades-operator"))
+        .args(["--set", "watchNamespaces={Team_A}"]));
+    assert!(!ok && text.contains("schema"), "an invalid namespace name is refused: {text}");
 }
 
 #[test]

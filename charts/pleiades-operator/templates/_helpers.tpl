@@ -25,3 +25,55 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{- /*
+The operator's rights in a namespace it reconciles: exactly what operator/src/controller.rs
+calls, nothing more. Server-side apply is a `patch`, and also a `create` when the object is new.
+*/}}
+{{- define "pleiades-operator.rules" -}}
+- apiGroups: [pleiades.io]
+  resources: [constellations]
+  # list/watch: the controller; patch: its finalizer. get: the pods' Role grants it, and RBAC
+  # lets the operator grant only what it holds itself.
+  verbs: [get, list, watch, patch]
+- apiGroups: [pleiades.io]
+  resources: [constellations/status]
+  verbs: [get, patch]
+- apiGroups: [pleiades.io]
+  resources: [constellations/finalizers]
+  # Owner references that block the owner's deletion need this on the owner.
+  verbs: [update]
+- apiGroups: [apps]
+  resources: [statefulsets]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [list, watch, create, patch]
+- apiGroups: [""]
+  resources: [services, serviceaccounts]
+  verbs: [create, patch]
+- apiGroups: [""]
+  resources: [secrets]
+  # Each constellation's CA and certificates, in its own namespace.
+  verbs: [get, create, update, patch]
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  # Volume expansion, and deletion with `whenDeleted: Delete` (one claim at a time).
+  verbs: [list, patch, delete]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [create, patch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  # get/delete: removing its own policy when `networkPolicy.enabled` turns false.
+  verbs: [get, create, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [monitoring.coreos.com]
+  resources: [servicemonitors]
+  verbs: [create, patch]
+{{- end -}}

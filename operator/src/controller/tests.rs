@@ -20,6 +20,7 @@ use super::*;
 const CST: &str = "/apis/pleiades.io/v1alpha1/namespaces/db/constellations/demo";
 const STS: &str = "/apis/apps/v1/namespaces/db/statefulsets/demo";
 const CONFIG: &str = "/api/v1/namespaces/db/configmaps/demo-config";
+const NETPOL: &str = "/apis/networking.k8s.io/v1/namespaces/db/networkpolicies/demo";
 
 struct Fault {
     method: &'static str,
@@ -34,6 +35,8 @@ struct State {
     faults: VecDeque<Fault>,
     service_monitors_installed: bool,
     version: u64,
+    /// "METHOD path" of every request, watches included.
+    requests: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -74,7 +77,15 @@ impl FakeApi {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let fake = self.clone();
         tokio::spawn(async move {
+            // Watches are held open and never answered: an idle watch, for the controller tests.
+            let mut watches = Vec::new();
             while let Some((request, send)) = handle.next_request().await {
+                let line = format!("{} {}", request.method(), request.uri().path());
+                fake.0.lock().unwrap().requests.push(line);
+                if request.uri().query().is_some_and(|query| query.contains("watch=true")) {
+                    watches.push(send);
+                    continue;
+                }
                 let response = fake.respond(request).await;
                 send.send_response(response);
             }
@@ -203,11 +214,6 @@ impl FakeApi {
                 merged["metadata"]["resourceVersion"] = json!(version);
                 state.objects.insert(object_path, merged.clone());
                 ok(200, &merged)
-            }
-            "DELETE" if is_collection(&path) => {
-                let prefix = format!("{path}/");
-                state.objects.retain(|key, object| !(key.starts_with(&prefix) && selector_matches(object, &query)));
-                ok(200, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
             }
             "DELETE" => match state.objects.remove(&object_path) {
                 Some(object) => ok(200, &object),
@@ -349,6 +355,7 @@ async fn create_applies_every_object_and_reports_creating() {
         "/apis/rbac.authorization.k8s.io/v1/namespaces/db/roles/demo-node",
         "/apis/rbac.authorization.k8s.io/v1/namespaces/db/rolebindings/demo-node",
         "/apis/policy/v1/namespaces/db/poddisruptionbudgets/demo",
+        NETPOL,
         "/api/v1/namespaces/db/secrets/demo-tls",
     ] {
         let object = h.api.get(path).unwrap_or_else(|| panic!("{path} was not created"));
@@ -566,4 +573,56 @@ async fn deletion_cleans_up_and_releases_the_finalizer() {
     h.reconcile().await.unwrap();
     assert!(h.api.get(claim).is_none(), "whenDeleted: Delete removes the claims");
     assert_eq!(h.api.get(CST).unwrap()["metadata"]["finalizers"], json!([]));
+}
+
+#[tokio::test]
+async fn a_namespaced_operator_watches_and_reconciles_only_its_namespaces() {
+    let h = Harness::new(ConstellationSpec::default());
+    let elsewhere = "/apis/pleiades.io/v1alpha1/namespaces/other/constellations/demo";
+    let mut other = crate::desired::tests::constellation(ConstellationSpec::default());
+    other.metadata.namespace = Some("other".into());
+    other.metadata.uid = Some("0b5c1e7a-2f44-4d8e-8c1a-5d6e7f809a1b".into());
+    h.api.0.lock().unwrap().objects.insert(elsewhere.into(), serde_json::to_value(&other).unwrap());
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let scope = Scope::new(["db"]).unwrap();
+    let controller = tokio::spawn(run(h.ctx.clone(), scope, async {
+        let _ = stopped.await;
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while h.api.get(CST).unwrap()["metadata"]["finalizers"] != json!([FINALIZER]) {
+        assert!(tokio::time::Instant::now() < deadline, "db/demo was never reconciled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    controller.await.unwrap();
+
+    assert!(h.api.get(elsewhere).unwrap()["metadata"]["finalizers"].is_null(), "other/demo is not watched");
+    let requests = h.api.0.lock().unwrap().requests.clone();
+    for kind in ["/apis/pleiades.io/v1alpha1/namespaces/db/constellations", "/apis/apps/v1/namespaces/db/statefulsets"]
+    {
+        assert!(requests.contains(&format!("GET {kind}")), "{kind} is listed and watched: {requests:?}");
+    }
+    assert!(requests.contains(&"GET /api/v1/namespaces/db/configmaps".to_string()), "{requests:?}");
+    let outside: Vec<_> = requests.iter().filter(|r| !r.contains("/namespaces/db/")).collect();
+    assert!(outside.is_empty(), "requests outside the watched namespace: {outside:?}");
+}
+
+#[tokio::test]
+async fn turning_the_network_policy_off_removes_ours_but_not_someone_elses() {
+    let h = Harness::created(ConstellationSpec::default()).await;
+    assert_eq!(h.api.get(NETPOL).unwrap()["spec"]["ingress"].as_array().unwrap().len(), 3);
+    h.set_spec(|spec| spec.network_policy.enabled = false);
+    h.reconcile().await.unwrap();
+    assert!(h.api.get(NETPOL).is_none(), "enabled: false removes the policy");
+    assert!(h.api.event_reasons().contains(&"RemovedNetworkPolicy".to_string()));
+    h.reconcile().await.unwrap();
+
+    // A policy of the same name that the constellation does not own is left alone.
+    let foreign = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "demo", "namespace": "db", "uid": "f0f0f0f0-0000-4000-8000-000000000000"},
+        "spec": {"podSelector": {}}});
+    h.api.0.lock().unwrap().objects.insert(NETPOL.into(), foreign.clone());
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.get(NETPOL), Some(foreign));
 }

@@ -1,4 +1,5 @@
 use k8s_openapi::api::core::v1::{PodSpec, Toleration};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use pleiades_crds::{ConstellationSpec, RetentionPolicy, TlsSpec, ZoneSpread};
 use serde_json::json;
 
@@ -34,7 +35,25 @@ fn production() -> ConstellationSpec {
     spec.realtime.priority = 70;
     spec.tls = TlsSpec { mode: TlsMode::Secret, secret_name: Some("pleiades-certs".into()) };
     spec.monitoring.labels.insert("release".into(), "kube-prometheus".into());
+    spec.network_policy.client_from = vec![pods_labelled("app", "checkout")];
+    spec.network_policy.metrics_from = vec![NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([("kubernetes.io/metadata.name".into(), "monitoring".into())])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
     spec
+}
+
+fn pods_labelled(key: &str, value: &str) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(key.into(), value.into())])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 fn pod(desired: &Desired) -> &PodSpec {
@@ -199,4 +218,53 @@ fn every_object_is_owned_by_the_constellation() {
         assert_eq!(owner["kind"], "Constellation", "{name}");
         assert_eq!(owner["controller"], true, "{name}");
     }
+}
+
+/// (protocol, port, sources) of each ingress rule.
+fn ingress(desired: &Desired) -> Vec<(String, i32, Vec<NetworkPolicyPeer>)> {
+    let spec = desired.network_policy.clone().unwrap().spec.unwrap();
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]), "egress stays open");
+    assert_eq!(spec.pod_selector.unwrap().match_labels, Some(selector_labels(&constellation(Default::default()))));
+    spec.ingress
+        .unwrap()
+        .into_iter()
+        .map(|rule| {
+            let port = rule.ports.unwrap().remove(0);
+            let number = match port.port.unwrap() {
+                IntOrString::Int(number) => number,
+                IntOrString::String(name) => panic!("named port {name}"),
+            };
+            (port.protocol.unwrap(), number, rule.from.unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn peers_come_only_from_the_constellation_and_clients_and_scrapers_from_the_namespace() {
+    let cst = constellation(ConstellationSpec::default());
+    let rules = ingress(&desired(&cst));
+    let own_pods = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector { match_labels: Some(selector_labels(&cst)), ..Default::default() }),
+        ..Default::default()
+    };
+    // A pod selector without a namespace selector picks pods in the policy's own namespace.
+    let namespace = NetworkPolicyPeer { pod_selector: Some(LabelSelector::default()), ..Default::default() };
+    assert_eq!(rules.len(), 3);
+    assert_eq!(rules[0], ("UDP".to_string(), QUIC_PORT, vec![own_pods]));
+    assert_eq!(rules[1], ("UDP".to_string(), QUIC_PORT, vec![namespace.clone()]));
+    assert_eq!(rules[2], ("TCP".to_string(), HTTP_PORT, vec![namespace]));
+}
+
+#[test]
+fn configured_sources_replace_the_namespace_default_but_never_the_peers() {
+    let production = production();
+    let cst = constellation(production.clone());
+    let rules = ingress(&desired(&cst));
+    assert_eq!(rules[0].2[0].pod_selector.clone().unwrap().match_labels, Some(selector_labels(&cst)));
+    assert_eq!(rules[1], ("UDP".to_string(), QUIC_PORT, production.network_policy.client_from.clone()));
+    assert_eq!(rules[2], ("TCP".to_string(), HTTP_PORT, production.network_policy.metrics_from.clone()));
+
+    let mut off = production;
+    off.network_policy.enabled = false;
+    assert!(desired(&constellation(off)).network_policy.is_none());
 }
