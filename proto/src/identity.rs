@@ -64,7 +64,8 @@ impl Identity {
         let rest = uri.strip_prefix(SCHEME).ok_or_else(|| IdentityError::NotPleiades(uri.into()))?;
         let malformed = |detail| IdentityError::Malformed { uri: uri.into(), detail };
         let mut parts = rest.split('/');
-        let (Some(constellation), Some(kind), Some(name), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(constellation), Some(kind), Some(name), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(malformed("expected <constellation>/node/<id> or <constellation>/user/<name>"));
         };

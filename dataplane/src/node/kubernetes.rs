@@ -150,6 +150,10 @@ impl Reporter {
             config_hash: std::env::var(CONFIG_HASH_ENV).unwrap_or_default(),
             last_report: String::new(),
             message,
+            // The certificate task and the operator own these; leaving them out of this
+            // manager's apply keeps them.
+            csr: None,
+            certificate: None,
         }
     }
 
