@@ -13,6 +13,8 @@ use kube::api::{Api, Patch, PatchParams};
 use pleiades_crds::{Constellation, MemberState, MemberStatus};
 use tracing::{info, warn};
 
+pub mod certificate;
+
 use super::replicas::Replicas;
 use crate::config::{ConfigError, KubernetesConfig, NodeConfig};
 use crate::observe::Health;
@@ -237,6 +239,7 @@ mod tests {
             peer_service: "demo-peers".into(),
             client_service: "demo".into(),
             founders: 3,
+            request_certificate: false,
         }
     }
 
