@@ -558,19 +558,48 @@ impl Default for KvTuning {
     }
 }
 
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.mode != 'Secret' || (has(self.secretName) && self.secretName != '')").message("tls.secretName is required when tls.mode is Secret"))]
+#[x_kube(
+    validation = Rule::new("self.mode != 'Secret' || (has(self.secretName) && self.secretName != '')").message("tls.secretName is required when tls.mode is Secret"),
+    validation = Rule::new("self.mode != 'Secret' || !has(self.certManager)").message("tls.certManager issues per-pod certificates: it needs mode SelfSigned, not Secret")
+)]
 pub struct TlsSpec {
-    /// `SelfSigned`: the operator creates a CA and a certificate for every node of the
-    /// constellation in the Secret `<name>-tls`. `Secret`: use `secretName`, a Secret with
-    /// `ca.crt`, `tls.crt` and `tls.key` (cert-manager's layout) whose certificate names
-    /// `*.<name>-peers.<namespace>.svc` and `<name>.<namespace>.svc`.
+    /// `SelfSigned`: every pod gets its own certificate naming its node id
+    /// (`pleiades://<name>.<namespace>/node/<id>`): the pod keeps its key and sends a signing
+    /// request through its status entry; the operator signs it with a CA it keeps in the Secret
+    /// `<name>-ca` (or cert-manager does, with `certManager`), publishes the CA certificate in
+    /// the ConfigMap `<name>-ca`, and writes an `admin` client certificate to the Secret
+    /// `<name>-admin-tls`. `Secret`: every pod uses the one certificate in `secretName`
+    /// (`ca.crt`, `tls.crt`, `tls.key`, naming `*.<name>-peers.<namespace>.svc` and
+    /// `<name>.<namespace>.svc`) — no per-node identity, so nodes cannot tell each other apart.
     #[serde(default)]
     pub mode: TlsMode,
     /// The Secret holding `ca.crt`, `tls.crt` and `tls.key` when `mode` is `Secret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// Lifetime of the node and admin certificates in days; each is renewed at two thirds of it.
+    #[serde(default = "default_certificate_lifetime_days")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub certificate_lifetime_days: i32,
+    /// Have cert-manager sign the pods' certificates instead of the operator's own CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager: Option<CertManagerSpec>,
+}
+
+fn default_certificate_lifetime_days() -> i32 {
+    90
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        TlsSpec {
+            mode: TlsMode::default(),
+            secret_name: None,
+            certificate_lifetime_days: default_certificate_lifetime_days(),
+            cert_manager: None,
+        }
+    }
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -578,6 +607,56 @@ pub enum TlsMode {
     #[default]
     SelfSigned,
     Secret,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertManagerSpec {
+    /// The cert-manager issuer that signs the pods' certificate requests and the admin
+    /// certificate. It must return the issuing CA (CA and Vault issuers do).
+    pub issuer_ref: IssuerRef,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the issuer.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// `Issuer` (in the constellation's namespace) or `ClusterIssuer`.
+    #[serde(default = "default_issuer_kind")]
+    #[schemars(length(min = 1))]
+    pub kind: String,
+    /// API group of the issuer.
+    #[serde(default = "default_issuer_group")]
+    #[schemars(length(min = 1))]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
+}
+
+/// The DNS names a node certificate covers: the pod's stable name behind the peer Service and
+/// the client Service's names. The pod asks for exactly these and the operator issues exactly
+/// these, so both sides derive them here.
+pub fn node_dns_names(pod: &str, peer_service: &str, client_service: &str, namespace: &str) -> Vec<String> {
+    vec![
+        format!("{pod}.{peer_service}.{namespace}.svc"),
+        format!("{pod}.{peer_service}.{namespace}.svc.cluster.local"),
+        format!("{client_service}.{namespace}.svc"),
+        format!("{client_service}.{namespace}.svc.cluster.local"),
+        format!("{client_service}.{namespace}"),
+        client_service.to_string(),
+    ]
+}
+
+/// The constellation part of identity URIs on Kubernetes: names are unique per namespace.
+pub fn identity_constellation(name: &str, namespace: &str) -> String {
+    format!("{name}.{namespace}")
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -729,6 +808,14 @@ pub struct MemberStatus {
     /// Anything the node wants an operator to read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// PEM certificate signing request for the node's key, written by the pod; the key never
+    /// leaves the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
+    /// PEM certificate issued for `csr`, written by the operator only: it names this pod's node
+    /// id whatever the request asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

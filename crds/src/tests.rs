@@ -67,6 +67,10 @@ fn an_empty_spec_takes_every_default() {
     assert_eq!(spec.node_pool.tolerations[0].key.as_deref(), Some(DEFAULT_POOL_TAINT));
     assert_eq!(spec.tuning.raft.heartbeat_interval_ms, 100);
     assert_eq!(spec.tuning.initial_ranges, 4);
+    assert_eq!(spec.tls.certificate_lifetime_days, 90);
+    let tls: TlsSpec = serde_json::from_value(json!({"certManager": {"issuerRef": {"name": "ca"}}})).unwrap();
+    let issuer = tls.cert_manager.unwrap().issuer_ref;
+    assert_eq!((issuer.kind.as_str(), issuer.group.as_str()), ("Issuer", "cert-manager.io"));
     assert!(!spec.realtime.enabled && spec.monitoring.service_monitor && !spec.paused);
     assert!(spec.network_policy.enabled, "a NetworkPolicy unless turned off");
     assert!(spec.network_policy.client_from.is_empty() && spec.network_policy.metrics_from.is_empty());
@@ -125,6 +129,10 @@ fn bad_images_tls_and_raft_timings_are_refused() {
     assert!(rejected(&spec(json!({"image": {"tag": ""}})), None).contains("tag must not be empty"));
     assert!(rejected(&spec(json!({"tls": {"mode": "Secret"}})), None).contains("secretName is required"));
     ConstellationSpec::validate_cel(&spec(json!({"tls": {"mode": "Secret", "secretName": "certs"}})), None).unwrap();
+    let issuer = json!({"issuerRef": {"name": "ca"}});
+    let error = rejected(&spec(json!({"tls": {"mode": "Secret", "secretName": "certs", "certManager": issuer}})), None);
+    assert!(error.contains("needs mode SelfSigned"), "{error}");
+    ConstellationSpec::validate_cel(&spec(json!({"tls": {"certManager": issuer}})), None).unwrap();
     let slow_heartbeat = spec(json!({"tuning": {"raft": {"heartbeatIntervalMs": 2000}}}));
     assert!(rejected(&slow_heartbeat, None).contains("electionTimeoutMinMs must exceed"));
     assert!(rejected(&spec(json!({"resources": {"memory": "64Mi"}})), None).contains("at least 256Mi"));

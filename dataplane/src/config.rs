@@ -327,6 +327,10 @@ pub struct KubernetesConfig {
     pub client_service: String,
     /// How many of the first ordinals found the constellation.
     pub founders: u32,
+    /// Make this pod's own key and have the operator sign its certificate (through a CSR in the
+    /// pod's status entry) instead of using configured `tls.cert` and `tls.key`.
+    #[serde(default)]
+    pub request_certificate: bool,
 }
 
 /// The settings a running node re-reads from `live-config` (what the operator pushes without a

@@ -6,22 +6,23 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalize};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use pleiades_crds::{Constellation, TlsMode};
+use pleiades_crds::Constellation;
 use serde::Serialize;
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::certificates;
 use crate::desired::{desired, service_monitor_resource, Names, CONFIG_HASH_ANNOTATION};
 use crate::metrics::Metrics;
 use crate::plan::{aggregate, plan, ObservedSet, Plan, Rollout, Scale};
@@ -43,8 +44,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("Constellation {0} has no namespace")]
     NotNamespaced(String),
-    #[error("creating the self-signed TLS secret: {0}")]
-    Tls(#[from] rcgen::Error),
+    #[error("certificates: {0}")]
+    Certificates(#[from] crate::tls::CertError),
 }
 
 impl Error {
@@ -56,7 +57,7 @@ impl Error {
             Error::Kube(_) => "api",
             Error::Finalizer(_) => "finalizer",
             Error::NotNamespaced(_) => "spec",
-            Error::Tls(_) => "tls",
+            Error::Certificates(_) => "tls",
         }
     }
 }
@@ -153,14 +154,16 @@ async fn apply(cst: &Constellation, ctx: &Context) -> Result<Action, Error> {
     let mut objects = desired(cst);
     let desired_hash = template_hash(&objects.stateful_set).unwrap_or_default();
     let plan = plan(cst, observed.as_ref(), &desired_hash, now);
-    let status = aggregate(cst, observed.as_ref(), &plan, now);
+    let mut status = aggregate(cst, observed.as_ref(), &plan, now);
+    // Even while paused: a pod that cannot renew its certificate stops talking to its peers.
+    let pods = plan.stateful_set_replicas.max(observed.as_ref().map(|s| s.replicas).unwrap_or(0));
+    if let Some(outcome) = certificates::reconcile(cst, ctx, &names, pods, &plan.forget_members).await? {
+        status.conditions.push(certificates::condition(cst, &outcome, now));
+    }
 
     if cst.spec.paused {
         write_status(cst, ctx, &plan, status).await?;
         return Ok(Action::requeue(IDLE_REQUEUE));
-    }
-    if cst.spec.tls.mode == TlsMode::SelfSigned {
-        ensure_tls_secret(cst, ctx, &names).await?;
     }
 
     let set_spec = objects.stateful_set.spec.get_or_insert_default();
@@ -260,30 +263,6 @@ async fn service_monitors_installed(client: &Client) -> Result<bool, Error> {
     match client.list_api_group_resources("monitoring.coreos.com/v1").await {
         Ok(resources) => Ok(resources.resources.iter().any(|r| r.name == "servicemonitors")),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn ensure_tls_secret(cst: &Constellation, ctx: &Context, names: &Names) -> Result<(), Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    if secrets.get_opt(&names.tls_secret()).await?.is_some() {
-        return Ok(());
-    }
-    let secret = crate::tls::self_signed_secret(cst, names)?;
-    match secrets.create(&PostParams::default(), &secret).await {
-        Ok(_) => {
-            publish(
-                ctx,
-                cst,
-                EventType::Normal,
-                "CreatedCertificate",
-                format!("created self-signed CA and node certificate in Secret {}", names.tls_secret()),
-            )
-            .await;
-            Ok(())
-        }
-        // Another operator replica created it first: theirs is as good as ours.
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -406,7 +385,7 @@ async fn publish_decisions(cst: &Constellation, ctx: &Context, plan: &Plan) {
     }
 }
 
-async fn publish(ctx: &Context, cst: &Constellation, type_: EventType, reason: &str, note: String) {
+pub(crate) async fn publish(ctx: &Context, cst: &Constellation, type_: EventType, reason: &str, note: String) {
     info!(constellation = %key(cst), reason, %note, "decision");
     let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
     if let Err(error) = ctx.recorder.publish(&event, &cst.object_ref(&())).await {

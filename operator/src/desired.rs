@@ -72,23 +72,15 @@ impl Names {
     pub fn network_policy(&self) -> String {
         self.constellation.clone()
     }
-    pub fn tls_secret(&self) -> String {
-        format!("{}-tls", self.constellation)
+    /// The CA: a Secret with its key (the operator's alone) and a ConfigMap with its certificate.
+    pub fn ca(&self) -> String {
+        format!("{}-ca", self.constellation)
+    }
+    pub fn admin_secret(&self) -> String {
+        format!("{}-admin-tls", self.constellation)
     }
     pub fn pod(&self, ordinal: i32) -> String {
         format!("{}-{ordinal}", self.constellation)
-    }
-    /// The DNS names every node certificate must cover.
-    pub fn dns_names(&self) -> Vec<String> {
-        let (peers, client, ns) = (self.peer_service(), self.client_service(), &self.namespace);
-        vec![
-            format!("*.{peers}.{ns}.svc"),
-            format!("*.{peers}.{ns}.svc.cluster.local"),
-            format!("{client}.{ns}.svc"),
-            format!("{client}.{ns}.svc.cluster.local"),
-            format!("{client}.{ns}"),
-            client.clone(),
-        ]
     }
 }
 
@@ -185,8 +177,7 @@ impl NodeConfig {
              log-format = \"json\"\n\
              shutdown-grace-ms = 20000\n\n\
              [tls]\n\
-             cert = \"{TLS_DIR}/tls.crt\"\n\
-             key = \"{TLS_DIR}/tls.key\"\n\
+             {tls}\
              ca-cert = \"{TLS_DIR}/ca.crt\"\n\n\
              [storage]\n\
              block-cache-bytes = {cache}\n\
@@ -205,7 +196,8 @@ impl NodeConfig {
              constellation = \"{name}\"\n\
              peer-service = \"{peers}\"\n\
              client-service = \"{client}\"\n\
-             founders = {rf}\n",
+             founders = {rf}\n\
+             request-certificate = {request_certificate}\n",
             ns = names.namespace,
             name = names.constellation,
             cache = i64::from(tuning.rocksdb.block_cache_mib) << 20,
@@ -219,6 +211,12 @@ impl NodeConfig {
             gossip = tuning.gossip_profile.as_config(),
             peers = names.peer_service(),
             client = names.client_service(),
+            tls = match spec.tls.mode {
+                // The pod makes its own key and asks the operator for a certificate.
+                TlsMode::SelfSigned => String::new(),
+                TlsMode::Secret => format!("cert = \"{TLS_DIR}/tls.crt\"\nkey = \"{TLS_DIR}/tls.key\"\n"),
+            },
+            request_certificate = spec.tls.mode == TlsMode::SelfSigned,
         );
         if spec.realtime.enabled {
             restart.push_str(&format!("\n[realtime]\npriority = {}\n", spec.realtime.priority));
@@ -254,7 +252,7 @@ fn image(spec: &ConstellationSpec) -> String {
     format!("{}:{}", spec.image.repository, spec.image.tag)
 }
 
-fn meta(cst: &Constellation, name: String) -> ObjectMeta {
+pub(crate) fn meta(cst: &Constellation, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: cst.namespace(),
@@ -533,9 +531,29 @@ fn stateful_set(cst: &Constellation, names: &Names, config_hash: &str) -> Statef
         }),
         AntiAffinity::None => None,
     };
-    let tls_secret = match spec.tls.mode {
-        TlsMode::SelfSigned => names.tls_secret(),
-        TlsMode::Secret => spec.tls.secret_name.clone().unwrap_or_default(),
+    let tls_volume = match spec.tls.mode {
+        // Only the CA certificate: the pod's key and certificate live on its data volume. The
+        // ConfigMap may not exist yet (cert-manager returns the CA with the first certificate);
+        // the node waits for it.
+        TlsMode::SelfSigned => Volume {
+            name: "tls".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.ca(),
+                optional: Some(true),
+                default_mode: Some(0o444),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        TlsMode::Secret => Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: spec.tls.secret_name.clone(),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
     };
 
     let mut template_meta = ObjectMeta { labels: Some(labels(cst)), ..Default::default() };
@@ -575,15 +593,7 @@ fn stateful_set(cst: &Constellation, names: &Names, config_hash: &str) -> Statef
                 config_map: Some(ConfigMapVolumeSource { name: names.config_map(), ..Default::default() }),
                 ..Default::default()
             },
-            Volume {
-                name: "tls".into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(tls_secret),
-                    default_mode: Some(0o440),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
+            tls_volume,
             Volume { name: "tmp".into(), empty_dir: Some(Default::default()), ..Default::default() },
         ]),
         ..Default::default()

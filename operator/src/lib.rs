@@ -1,5 +1,6 @@
 //! The Pleiades operator: reconciles `Constellation` resources into running constellations.
 
+pub mod certificates;
 pub mod controller;
 pub mod desired;
 pub mod leader;

@@ -96,11 +96,21 @@ fn both_charts_lint_render_and_validate() {
     files.extend(constellation_files.iter().cloned());
 
     let operator = std::fs::read_to_string(&files[0]).unwrap();
-    for kind in ["CustomResourceDefinition", "Deployment", "ClusterRole", "ServiceAccount", "Service"] {
+    for kind in [
+        "CustomResourceDefinition",
+        "Deployment",
+        "ClusterRole",
+        "ServiceAccount",
+        "Service",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ] {
         assert!(operator.contains(&format!("kind: {kind}\n")), "the operator chart renders no {kind}");
     }
     let production = std::fs::read_to_string(&files[1]).unwrap();
     assert!(production.contains("kind: ServiceMonitor") && production.contains("pleiades-overview"));
+    // The admission policy exempts the operator by its rendered service account.
+    assert!(operator.contains("system:serviceaccount:db:demo-pleiades-operator'"), "{operator}");
 
     let (ok, text) = validate(&files);
     assert!(ok, "rendered manifests are invalid:\n{text}");

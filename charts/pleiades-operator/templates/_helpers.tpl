@@ -54,7 +54,9 @@ calls, nothing more. Server-side apply is a `patch`, and also a `create` when th
   verbs: [create, patch]
 - apiGroups: [""]
   resources: [secrets]
-  # Each constellation's CA and certificates, in its own namespace.
+  # Each constellation's CA key and admin client certificate, in its own namespace. The pods'
+  # service accounts get no access to Secrets: each pod keeps its own key and gets its
+  # certificate through its status entry.
   verbs: [get, create, update, patch]
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
@@ -72,6 +74,14 @@ calls, nothing more. Server-side apply is a `patch`, and also a `create` when th
   verbs: [create, patch]
 - apiGroups: [events.k8s.io]
   resources: [events]
+  verbs: [create, patch]
+- apiGroups: [cert-manager.io]
+  resources: [certificaterequests]
+  # With spec.tls.certManager: one request per pod CSR, deleted once copied or failed.
+  verbs: [get, create, delete]
+- apiGroups: [cert-manager.io]
+  resources: [certificates]
+  # With spec.tls.certManager: the admin client certificate.
   verbs: [create, patch]
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]

@@ -13,6 +13,8 @@ use kube::api::{Api, Patch, PatchParams};
 use pleiades_crds::{Constellation, MemberState, MemberStatus};
 use tracing::{info, warn};
 
+pub mod certificate;
+
 use super::replicas::Replicas;
 use crate::config::{ConfigError, KubernetesConfig, NodeConfig};
 use crate::observe::Health;
@@ -152,6 +154,10 @@ impl Reporter {
             config_hash: std::env::var(CONFIG_HASH_ENV).unwrap_or_default(),
             last_report: String::new(),
             message,
+            // The certificate task and the operator own these; leaving them out of this
+            // manager's apply keeps them.
+            csr: None,
+            certificate: None,
         }
     }
 
@@ -235,6 +241,7 @@ mod tests {
             peer_service: "demo-peers".into(),
             client_service: "demo".into(),
             founders: 3,
+            request_certificate: false,
         }
     }
 

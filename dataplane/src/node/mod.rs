@@ -71,6 +71,8 @@ pub enum NodeError {
     Task(String),
     #[error("replication: {0}")]
     Replica(#[from] ReplicaError),
+    #[error("certificate: {0}")]
+    Certificate(#[from] kubernetes::certificate::CertificateError),
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, NodeError> {
@@ -331,6 +333,13 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         }
         None => None,
     };
+    // This pod's own certificate (its key stays on its volume); points config.tls at it.
+    let certificate_task = match (config.kubernetes.clone(), &pod) {
+        (Some(k8s), Some(pod)) if k8s.request_certificate => {
+            Some(tokio::spawn(kubernetes::certificate::ensure_certificate(&mut config, &k8s, pod).await?.run()))
+        }
+        _ => None,
+    };
     config.validate()?;
     let started = Instant::now();
     std::fs::create_dir_all(&config.data_dir)
@@ -539,7 +548,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     repair_task.abort();
     reload_task.abort();
     auth_task.abort();
-    for task in [join_task, live_task, reporter_task].into_iter().flatten() {
+    for task in [join_task, live_task, reporter_task, certificate_task].into_iter().flatten() {
         task.abort();
     }
     replicas.shutdown().await;

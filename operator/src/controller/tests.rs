@@ -21,11 +21,17 @@ const CST: &str = "/apis/pleiades.io/v1alpha1/namespaces/db/constellations/demo"
 const STS: &str = "/apis/apps/v1/namespaces/db/statefulsets/demo";
 const CONFIG: &str = "/api/v1/namespaces/db/configmaps/demo-config";
 const NETPOL: &str = "/apis/networking.k8s.io/v1/namespaces/db/networkpolicies/demo";
+const CA_SECRET: &str = "/api/v1/namespaces/db/secrets/demo-ca";
+const CA_CONFIG: &str = "/api/v1/namespaces/db/configmaps/demo-ca";
+const ADMIN_SECRET: &str = "/api/v1/namespaces/db/secrets/demo-admin-tls";
+const REQUESTS: &str = "/apis/cert-manager.io/v1/namespaces/db/certificaterequests";
 
 struct Fault {
     method: &'static str,
     path: &'static str,
     code: u16,
+    /// Someone else's write that lands right after the failure.
+    then: Option<(String, Value)>,
 }
 
 #[derive(Default)]
@@ -34,6 +40,7 @@ struct State {
     events: Vec<Value>,
     faults: VecDeque<Fault>,
     service_monitors_installed: bool,
+    cert_manager_installed: bool,
     version: u64,
     /// "METHOD path" of every request, watches included.
     requests: Vec<String>,
@@ -104,7 +111,14 @@ impl FakeApi {
         let mut state = self.0.lock().unwrap();
         if let Some(i) = state.faults.iter().position(|f| f.method == method && path.contains(f.path)) {
             let fault = state.faults.remove(i).unwrap();
-            let reason = if fault.code == 409 { "Conflict" } else { "InternalError" };
+            if let Some((path, object)) = fault.then {
+                state.objects.insert(path, object);
+            }
+            let reason = match fault.code {
+                404 => "NotFound",
+                409 => "Conflict",
+                _ => "InternalError",
+            };
             return status_response(fault.code, reason, "injected failure");
         }
         if path == "/apis/monitoring.coreos.com/v1" {
@@ -114,6 +128,18 @@ impl FakeApi {
                     &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "monitoring.coreos.com/v1",
                     "resources": [{"name": "servicemonitors", "singularName": "servicemonitor", "namespaced": true,
                         "kind": "ServiceMonitor", "verbs": ["get", "patch"]}]}),
+                )
+            } else {
+                status_response(404, "NotFound", "the server could not find the requested resource")
+            };
+        }
+        if path == "/apis/cert-manager.io/v1" {
+            return if state.cert_manager_installed {
+                ok(
+                    200,
+                    &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "cert-manager.io/v1",
+                    "resources": [{"name": "certificaterequests", "singularName": "certificaterequest",
+                        "namespaced": true, "kind": "CertificateRequest", "verbs": ["get", "create", "delete"]}]}),
                 )
             } else {
                 status_response(404, "NotFound", "the server could not find the requested resource")
@@ -171,6 +197,23 @@ impl FakeApi {
                     match (existing, subresource) {
                         (None, true) => return status_response(404, "NotFound", "not found"),
                         (None, false) => body,
+                        (Some(mut old), true)
+                            if body["status"]
+                                .as_object()
+                                .is_some_and(|s| s.len() == 1 && s.contains_key("members")) =>
+                        {
+                            // Another manager's fields in the members' entries (the
+                            // operator's certificates): merged into each entry by its key.
+                            let members = old["status"]["members"].as_array_mut();
+                            let Some(members) = members else { return status_response(422, "Invalid", "no members") };
+                            for entry in body["status"]["members"].as_array().cloned().unwrap_or_default() {
+                                match members.iter_mut().find(|m| m["pod"] == entry["pod"]) {
+                                    Some(member) => json_patch::merge(member, &entry),
+                                    None => members.push(entry),
+                                }
+                            }
+                            old
+                        }
                         (Some(mut old), true) => {
                             // The operator's status fields replace its previous ones; the
                             // pods' entries (another field manager's) stay.
@@ -233,7 +276,12 @@ impl FakeApi {
     }
 
     fn fail_next(&self, method: &'static str, path: &'static str, code: u16) {
-        self.0.lock().unwrap().faults.push_back(Fault { method, path, code });
+        self.0.lock().unwrap().faults.push_back(Fault { method, path, code, then: None });
+    }
+
+    fn fail_next_then(&self, method: &'static str, path: &'static str, code: u16, then: (&str, Value)) {
+        let then = Some((then.0.to_string(), then.1));
+        self.0.lock().unwrap().faults.push_back(Fault { method, path, code, then });
     }
 
     fn event_reasons(&self) -> Vec<String> {
@@ -356,12 +404,12 @@ async fn create_applies_every_object_and_reports_creating() {
         "/apis/rbac.authorization.k8s.io/v1/namespaces/db/rolebindings/demo-node",
         "/apis/policy/v1/namespaces/db/poddisruptionbudgets/demo",
         NETPOL,
-        "/api/v1/namespaces/db/secrets/demo-tls",
+        CA_SECRET,
+        CA_CONFIG,
+        ADMIN_SECRET,
     ] {
         let object = h.api.get(path).unwrap_or_else(|| panic!("{path} was not created"));
-        if !path.ends_with("demo-tls") || object["metadata"]["ownerReferences"].is_array() {
-            assert_eq!(object["metadata"]["ownerReferences"][0]["name"], "demo", "{path}");
-        }
+        assert_eq!(object["metadata"]["ownerReferences"][0]["name"], "demo", "{path}");
     }
     assert_eq!(h.api.statefulset_replicas_and_partition(), (3, 0));
     assert!(
@@ -372,7 +420,7 @@ async fn create_applies_every_object_and_reports_creating() {
     assert_eq!(status["phase"], "Creating");
     assert_eq!(status["observedGeneration"], 1);
     assert_eq!(h.api.condition("Available").1, "NoReports");
-    assert!(h.api.event_reasons().contains(&"CreatedCertificate".to_string()));
+    assert!(h.api.event_reasons().contains(&"CreatedCA".to_string()));
 
     // The pods report in: the constellation becomes Available and Running.
     let hash = h.api.template_hash();
@@ -550,12 +598,19 @@ async fn api_errors_are_retried_with_growing_backoff() {
 }
 
 #[tokio::test]
-async fn a_secret_created_by_someone_else_meanwhile_is_used() {
+async fn a_ca_created_by_another_replica_meanwhile_is_used() {
     let h = Harness::new(ConstellationSpec::default());
     h.reconcile().await.unwrap();
-    h.api.fail_next("POST", "/secrets", 409);
+    // The other replica's CA lands between our look and our create.
+    let names = Names::of(&h.api.constellation());
+    let theirs = crate::tls::Ca::generate(&names, time::OffsetDateTime::now_utc()).unwrap();
+    let mut secret = serde_json::to_value(theirs.secret(&h.api.constellation(), &names)).unwrap();
+    secret["apiVersion"] = json!("v1");
+    secret["kind"] = json!("Secret");
+    h.api.fail_next_then("GET", "/secrets/demo-ca", 404, (CA_SECRET, secret));
     h.reconcile().await.unwrap();
     assert!(h.api.get(STS).is_some());
+    assert_eq!(h.api.get(CA_CONFIG).unwrap()["data"]["ca.crt"], theirs.cert_pem());
 }
 
 #[tokio::test]
@@ -625,4 +680,212 @@ async fn turning_the_network_policy_off_removes_ours_but_not_someone_elses() {
     h.api.0.lock().unwrap().objects.insert(NETPOL.into(), foreign.clone());
     h.reconcile().await.unwrap();
     assert_eq!(h.api.get(NETPOL), Some(foreign));
+}
+
+/// A member entry carrying a CSR, as the pod writes it.
+fn asking(ordinal: i32, csr: &str) -> MemberStatus {
+    MemberStatus { csr: Some(csr.into()), ..member(ordinal, MemberState::Joining, "") }
+}
+
+fn exact_csr(ordinal: i32) -> String {
+    let names = Names { constellation: "demo".into(), namespace: "db".into() };
+    let subject = crate::tls::node_subject(&names, &format!("demo-{ordinal}"), 3).unwrap();
+    crate::tls::tests::csr(subject.dns_names, &subject.uri).0
+}
+
+impl FakeApi {
+    fn certificate(&self, ordinal: usize) -> Option<String> {
+        let cst = self.get(CST).unwrap();
+        cst["status"]["members"][ordinal]["certificate"].as_str().map(str::to_string)
+    }
+}
+
+#[tokio::test]
+async fn a_members_csr_gets_a_certificate_naming_its_node_id_not_what_it_asked_for() {
+    let h = Harness::created(ConstellationSpec::default()).await;
+    let (csr, _key) = crate::tls::tests::csr(vec!["evil.example".into()], "pleiades://demo.db/node/1");
+    h.api.report(&[asking(0, &exact_csr(0)), asking(1, &csr)]);
+    h.reconcile().await.unwrap();
+
+    let cert = h.api.certificate(1).expect("demo-1 got a certificate");
+    let info = crate::tls::inspect_certificate(&cert).unwrap();
+    assert_eq!(info.uris, ["pleiades://demo.db/node/2"], "the ordinal decides, not the CSR");
+    assert_eq!(info.public_key, crate::tls::parse_csr(&csr).unwrap().public_key);
+    assert!(!cert.contains("evil"));
+    assert!(h.api.certificate(0).is_some());
+    let entry = h.api.get(CST).unwrap()["status"]["members"][1].clone();
+    assert_eq!(
+        (entry["nodeId"].as_i64(), entry["csr"].as_str()),
+        (Some(2), Some(csr.as_str())),
+        "the pod's fields stay"
+    );
+    assert_eq!(h.api.condition("CertificatesReady").0, "True");
+    assert!(h.api.event_reasons().contains(&"IssuedCertificate".to_string()));
+
+    // Nothing new asked: nothing reissued.
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.certificate(1), Some(cert));
+
+    // The admin client certificate is the user's, from the same CA.
+    let admin = h.api.get(ADMIN_SECRET).unwrap();
+    let data: std::collections::BTreeMap<String, k8s_openapi::ByteString> =
+        serde_json::from_value(admin["data"].clone()).unwrap();
+    let admin_cert = String::from_utf8(data["tls.crt"].0.clone()).unwrap();
+    assert_eq!(crate::tls::inspect_certificate(&admin_cert).unwrap().uris, ["pleiades://demo.db/user/admin"]);
+    assert_eq!(data["ca.crt"].0, h.api.get(CA_CONFIG).unwrap()["data"]["ca.crt"].as_str().unwrap().as_bytes());
+}
+
+#[tokio::test]
+async fn a_csr_with_a_bad_signature_gets_no_certificate() {
+    let h = Harness::created(ConstellationSpec::default()).await;
+    let csr = exact_csr(0);
+    let mut lines: Vec<String> = csr.lines().map(str::to_string).collect();
+    let body = lines.len() - 2;
+    let flip = lines[body].trim_end_matches('=').len() - 2;
+    let replacement = if &lines[body][flip..=flip] == "A" { "B" } else { "A" };
+    lines[body].replace_range(flip..=flip, replacement);
+    h.api.report(&[asking(0, &lines.join("\n")), asking(1, &exact_csr(1))]);
+    h.reconcile().await.unwrap();
+
+    assert!(h.api.certificate(0).is_none());
+    assert!(h.api.certificate(1).is_some(), "one bad request does not hold up the others");
+    let (status, reason, message) = h.api.condition("CertificatesReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "CSRRefused"));
+    assert!(message.contains("demo-0") && message.contains("not a valid signed CSR"), "{message}");
+    let events = h.api.0.lock().unwrap().events.clone();
+    assert!(events.iter().any(|e| e["reason"] == "CertificateRefused" && e["type"] == "Warning"));
+}
+
+#[tokio::test]
+async fn a_renewal_csr_replaces_a_certificate_past_two_thirds() {
+    let h = Harness::created(ConstellationSpec::default()).await;
+    // demo-0 holds a certificate issued 70 days into a 90-day lifetime ago.
+    let names = Names { constellation: "demo".into(), namespace: "db".into() };
+    let ca = crate::tls::Ca::from_secret(&serde_json::from_value(h.api.get(CA_SECRET).unwrap()).unwrap(), "demo-ca")
+        .unwrap();
+    let old_csr = exact_csr(0);
+    let subject = crate::tls::node_subject(&names, "demo-0", 3).unwrap();
+    let issued_at = time::OffsetDateTime::now_utc() - time::Duration::days(70);
+    let old = ca
+        .issue_node(&subject, &crate::tls::parse_csr(&old_csr).unwrap(), time::Duration::days(90), issued_at)
+        .unwrap();
+    assert!(crate::tls::renewal_due(&crate::tls::inspect_certificate(&old).unwrap(), time::OffsetDateTime::now_utc()));
+    h.api.report(&[MemberStatus { certificate: Some(old.clone()), ..asking(0, &old_csr) }]);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.certificate(0), Some(old.clone()), "the node renews; the operator answers what it asks");
+
+    // The node's new key and CSR: a new certificate for that key.
+    let new_csr = exact_csr(0);
+    h.api.update(CST, |cst| cst["status"]["members"][0]["csr"] = json!(new_csr));
+    h.reconcile().await.unwrap();
+    let new = h.api.certificate(0).unwrap();
+    assert_ne!(new, old);
+    let info = crate::tls::inspect_certificate(&new).unwrap();
+    assert_eq!(info.public_key, crate::tls::parse_csr(&new_csr).unwrap().public_key);
+    assert!(!crate::tls::renewal_due(&info, time::OffsetDateTime::now_utc()));
+}
+
+fn with_cert_manager() -> ConstellationSpec {
+    let mut spec = ConstellationSpec::default();
+    spec.tls.cert_manager = Some(pleiades_crds::CertManagerSpec {
+        issuer_ref: pleiades_crds::IssuerRef {
+            name: "ca".into(),
+            kind: "ClusterIssuer".into(),
+            group: "cert-manager.io".into(),
+        },
+    });
+    spec
+}
+
+#[tokio::test]
+async fn cert_manager_signs_through_a_certificate_request_and_the_result_is_copied() {
+    let h = Harness::new(with_cert_manager());
+    h.api.0.lock().unwrap().cert_manager_installed = true;
+    h.reconcile().await.unwrap();
+    h.reconcile().await.unwrap();
+    assert!(h.api.get(CA_SECRET).is_none(), "cert-manager's issuer signs; the operator keeps no CA");
+    let admin = h.api.get("/apis/cert-manager.io/v1/namespaces/db/certificates/demo-admin-tls").unwrap();
+    assert_eq!(admin["spec"]["uris"], json!(["pleiades://demo.db/user/admin"]));
+    assert_eq!(admin["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    assert_eq!(admin["spec"]["renewBefore"], "720h");
+
+    let csr = exact_csr(0);
+    let (wrong, _) = crate::tls::tests::csr(vec!["demo".into()], "pleiades://demo.db/node/1");
+    h.api.report(&[asking(0, &csr), asking(1, &wrong)]);
+    h.reconcile().await.unwrap();
+    let name = crate::tls::certificate_request_name("demo-0", &csr);
+    let path = format!("{REQUESTS}/{name}");
+    let request = h.api.get(&path).expect("a CertificateRequest for demo-0");
+    let sent: k8s_openapi::ByteString = serde_json::from_value(request["spec"]["request"].clone()).unwrap();
+    assert_eq!(sent.0, csr.as_bytes());
+    assert_eq!(request["spec"]["duration"], "2160h");
+    assert_eq!(request["metadata"]["labels"]["pleiades.io/member"], "demo-0");
+    assert!(
+        h.api.get(&format!("{REQUESTS}/{}", crate::tls::certificate_request_name("demo-1", &wrong))).is_none(),
+        "cert-manager would sign the CSR as given: one asking for the wrong names is refused"
+    );
+    let (_, reason, message) = h.api.condition("CertificatesReady");
+    assert_eq!(reason, "CSRRefused");
+    assert!(message.contains("demo-1") && message.contains("URIs"), "{message}");
+
+    // cert-manager's CA issuer answers; the operator copies the result and publishes the CA.
+    let names = Names { constellation: "demo".into(), namespace: "db".into() };
+    let issuer = crate::tls::Ca::generate(&names, time::OffsetDateTime::now_utc()).unwrap();
+    let subject = crate::tls::node_subject(&names, "demo-0", 3).unwrap();
+    let cert = issuer
+        .issue_node(
+            &subject,
+            &crate::tls::parse_csr(&csr).unwrap(),
+            time::Duration::days(90),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    let base64 = |text: &str| serde_json::to_value(k8s_openapi::ByteString(text.as_bytes().to_vec())).unwrap();
+    h.api.update(&path, |request| {
+        request["status"] = json!({
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Issued"}],
+            "certificate": base64(&cert),
+            "ca": base64(issuer.cert_pem()),
+        })
+    });
+    h.api.report(&[asking(0, &csr)]);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.certificate(0), Some(cert));
+    assert_eq!(h.api.get(CA_CONFIG).unwrap()["data"]["ca.crt"], issuer.cert_pem());
+    assert!(h.api.get(&path).is_none(), "a request that served is removed");
+    assert_eq!(h.api.condition("CertificatesReady").0, "True");
+}
+
+#[tokio::test]
+async fn a_failed_certificate_request_is_reported_and_retried() {
+    let h = Harness::created(with_cert_manager()).await;
+    h.api.0.lock().unwrap().cert_manager_installed = true;
+    let csr = exact_csr(0);
+    h.api.report(&[asking(0, &csr)]);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.condition("CertificatesReady").1, "Issuing");
+    let path = format!("{REQUESTS}/{}", crate::tls::certificate_request_name("demo-0", &csr));
+    h.api.update(&path, |request| {
+        request["status"] = json!({"conditions": [{"type": "Ready", "status": "False", "reason": "Failed",
+            "message": "issuer ca not found"}]})
+    });
+    h.reconcile().await.unwrap();
+    let (_, reason, message) = h.api.condition("CertificatesReady");
+    assert_eq!(reason, "IssuerFailed");
+    assert!(message.contains("issuer ca not found"), "{message}");
+    assert!(h.api.certificate(0).is_none());
+    h.reconcile().await.unwrap();
+    assert!(h.api.get(&path).unwrap()["status"].is_null(), "a fresh request replaces the failed one");
+}
+
+#[tokio::test]
+async fn without_cert_manager_in_the_cluster_the_condition_says_so() {
+    let h = Harness::created(with_cert_manager()).await;
+    h.api.report(&[asking(0, &exact_csr(0))]);
+    h.reconcile().await.unwrap();
+    let (status, reason, message) = h.api.condition("CertificatesReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "CertManagerMissing"));
+    assert!(message.contains("cert-manager"), "{message}");
+    assert!(h.api.certificate(0).is_none());
+    assert!(h.api.get(STS).is_some(), "the rest of the constellation is still reconciled");
 }

@@ -33,7 +33,7 @@ fn production() -> ConstellationSpec {
     spec.node_pool.zone_spread = ZoneSpread::DoNotSchedule;
     spec.realtime.enabled = true;
     spec.realtime.priority = 70;
-    spec.tls = TlsSpec { mode: TlsMode::Secret, secret_name: Some("pleiades-certs".into()) };
+    spec.tls = TlsSpec { mode: TlsMode::Secret, secret_name: Some("pleiades-certs".into()), ..Default::default() };
     spec.monitoring.labels.insert("release".into(), "kube-prometheus".into());
     spec.network_policy.client_from = vec![pods_labelled("app", "checkout")];
     spec.network_policy.metrics_from = vec![NetworkPolicyPeer {
@@ -154,15 +154,22 @@ fn pods_are_locked_down() {
 }
 
 #[test]
-fn tls_comes_from_the_self_signed_secret_or_the_named_one() {
-    let secret = |desired: &Desired| {
+fn per_pod_certificates_mount_only_the_ca_and_a_named_secret_mounts_the_secret() {
+    let tls = |desired: &Desired| {
         let volumes = pod(desired).volumes.clone().unwrap();
-        volumes.into_iter().find(|v| v.name == "tls").unwrap().secret.unwrap().secret_name.unwrap()
+        volumes.into_iter().find(|v| v.name == "tls").unwrap()
     };
-    assert_eq!(secret(&desired(&constellation(ConstellationSpec::default()))), "demo-tls");
-    assert_eq!(secret(&desired(&constellation(production()))), "pleiades-certs");
-    let names = Names::of(&constellation(ConstellationSpec::default()));
-    assert!(names.dns_names().contains(&"*.demo-peers.db.svc".to_string()));
+    let own = desired(&constellation(ConstellationSpec::default()));
+    let ca = tls(&own).config_map.unwrap();
+    assert_eq!((ca.name.as_str(), ca.optional), ("demo-ca", Some(true)));
+    let node_toml = &own.config_map.data.as_ref().unwrap()["node.toml"];
+    assert!(node_toml.contains("request-certificate = true"), "{node_toml}");
+    assert!(!node_toml.contains("tls.key"), "the pod's key is its own: {node_toml}");
+
+    let shared = desired(&constellation(production()));
+    assert_eq!(tls(&shared).secret.unwrap().secret_name.as_deref(), Some("pleiades-certs"));
+    let node_toml = &shared.config_map.data.as_ref().unwrap()["node.toml"];
+    assert!(node_toml.contains("request-certificate = false") && node_toml.contains("tls.key"), "{node_toml}");
 }
 
 #[test]
