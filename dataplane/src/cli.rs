@@ -451,10 +451,11 @@ pub struct ClientArgs {
     pub server_name: String,
     /// Client certificate naming the user (default: admin.crt beside the CA certificate, which
     /// `pleiades up` and a lone node generate).
-    #[arg(long, env = "PLEIADES_CERT", global = true)]
+    // Own ids: `key` is also the name of the kv commands' positional argument.
+    #[arg(id = "client_cert", long = "cert", env = "PLEIADES_CERT", global = true)]
     pub cert: Option<PathBuf>,
     /// The client certificate's key (default: admin.key beside the CA certificate).
-    #[arg(long, env = "PLEIADES_KEY", global = true)]
+    #[arg(id = "client_key", long = "key", env = "PLEIADES_KEY", global = true)]
     pub key: Option<PathBuf>,
     /// Give up on a request after this many milliseconds.
     #[arg(long, env = "PLEIADES_TIMEOUT_MS", default_value_t = 5_000, global = true)]
@@ -552,4 +553,22 @@ pub enum KvCommand {
     Versions { key: String },
     /// Show a key's descriptor.
     Describe { key: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Clap checks argument definitions only when a command is parsed: a clash (such as a global
+    /// `--key` against the kv commands' `key`) would otherwise surface as a panic at a user's prompt.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+        let parsed = Cli::try_parse_from(["pleiades", "kv", "put", "k", "v", "--cert", "a.crt", "--key", "a.key"]);
+        let Ok(Cli { command: Command::Kv(args) }) = parsed else { panic!("{parsed:?}") };
+        assert_eq!(args.client.key, Some(PathBuf::from("a.key")));
+        assert!(matches!(args.command, KvCommand::Put { ref key, .. } if key == "k"));
+    }
 }
