@@ -42,6 +42,28 @@ struct Answers {
 }
 
 impl Answers {
+    /// The members' CSRs that need a certificate, each with what the operator issues that pod.
+    /// Current certificates are kept as they are; CSRs from outside the StatefulSet are refused.
+    fn sort_requests<'a>(
+        &mut self,
+        cst: &'a Constellation,
+        names: &Names,
+        pods: i32,
+        forget: &'a [String],
+    ) -> Vec<(&'a str, &'a str, tls::NodeSubject)> {
+        let mut to_sign = Vec::new();
+        for (pod, csr, current) in requests(cst, forget) {
+            if let Some(cert) = current {
+                self.certificates.push((pod.into(), cert.into()));
+            } else if let Some(subject) = tls::node_subject(names, pod, pods) {
+                to_sign.push((pod, csr, subject));
+            } else {
+                self.refused.push(format!("{pod} is not a pod of this constellation"));
+            }
+        }
+        to_sign
+    }
+
     fn outcome(&self, what: &str) -> Outcome {
         let list = |pods: &[String]| pods.join("; ");
         if !self.refused.is_empty() {
@@ -116,15 +138,7 @@ async fn with_own_ca(
     ensure_admin_secret(cst, ctx, names, &ca, now).await?;
 
     let mut answers = Answers::default();
-    for (pod, csr, current) in requests(cst, forget) {
-        if let Some(cert) = current {
-            answers.certificates.push((pod.into(), cert.into()));
-            continue;
-        }
-        let Some(subject) = tls::node_subject(names, pod, pods) else {
-            answers.refused.push(format!("{pod} is not a pod of this constellation"));
-            continue;
-        };
+    for (pod, csr, subject) in answers.sort_requests(cst, names, pods, forget) {
         match tls::parse_csr(csr) {
             Ok(request) => {
                 let cert = ca.issue_node(&subject, &request, tls::lifetime(cst), now)?;
@@ -217,15 +231,7 @@ async fn with_cert_manager(
     let mut answers = Answers::default();
     let mut done = Vec::new();
     let mut ca_pem = None;
-    for (pod, csr, current) in requests(cst, forget) {
-        if let Some(cert) = current {
-            answers.certificates.push((pod.into(), cert.into()));
-            continue;
-        }
-        let Some(subject) = tls::node_subject(names, pod, pods) else {
-            answers.refused.push(format!("{pod} is not a pod of this constellation"));
-            continue;
-        };
+    for (pod, csr, subject) in answers.sort_requests(cst, names, pods, forget) {
         // cert-manager signs the CSR as it stands: it must already name exactly this pod.
         if let Err(why) = tls::parse_csr(csr).and_then(|request| request.asks_for_exactly(&subject)) {
             answers.refused.push(format!("{pod}: {why}"));
