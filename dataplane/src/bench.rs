@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::cli::{BenchArgs, Consistency, Workload};
 use crate::client::cluster::Cluster;
+use crate::client::{Client, ClientConfig, ClientError};
 
 /// Latency percentiles of one operation kind, in microseconds.
 #[derive(Debug, Serialize)]
@@ -36,6 +37,8 @@ pub struct BenchReport {
     pub errors: u64,
     pub writes: Option<LatencySummary>,
     pub reads: Option<LatencySummary>,
+    /// New connections: QUIC and TLS 1.3 handshake, with the client certificate if one is given.
+    pub connects: Option<LatencySummary>,
     /// The first few error messages, for diagnosis.
     pub sample_errors: Vec<String>,
 }
@@ -94,10 +97,18 @@ impl Zipfian {
     }
 }
 
+/// What one request of the workload is.
+#[derive(Clone, Copy)]
+enum Operation {
+    Write = 0,
+    Read = 1,
+    Connect = 2,
+}
+
 /// Share of reads in the workload.
 fn read_share(workload: Workload) -> f64 {
     match workload {
-        Workload::Write => 0.0,
+        Workload::Write | Workload::Connect => 0.0,
         Workload::Read | Workload::YcsbC => 1.0,
         Workload::Mixed | Workload::YcsbA => 0.5,
         Workload::YcsbB => 0.95,
@@ -127,6 +138,12 @@ pub async fn load(cluster: &Cluster, keys: u64, value_size: usize, concurrency: 
     Ok(())
 }
 
+/// Opens one connection as `config` says and closes it again.
+async fn connect_once(config: &ClientConfig) -> Result<(), ClientError> {
+    Client::connect(config).await?.close().await;
+    Ok(())
+}
+
 pub async fn run(cluster: &Cluster, args: &BenchArgs, progress: bool) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.keys > 0, "--keys must be at least 1");
@@ -147,15 +164,16 @@ pub async fn run(cluster: &Cluster, args: &BenchArgs, progress: bool) -> anyhow:
     let stop = Arc::new(AtomicBool::new(false));
     let done_ops = Arc::new(AtomicU64::new(0));
     let value = Arc::new(vec![b'x'; args.value_size]);
+    let connect = Arc::new(args.client.client_config());
     let mut workers = Vec::new();
     for worker in 0..args.concurrency {
-        let (cluster, stop, done_ops, value, zipfian) =
-            (cluster.clone(), stop.clone(), done_ops.clone(), value.clone(), zipfian.clone());
-        let keys = args.keys;
+        let (cluster, stop, done_ops, value, zipfian, connect) =
+            (cluster.clone(), stop.clone(), done_ops.clone(), value.clone(), zipfian.clone(), connect.clone());
+        let (keys, workload) = (args.keys, args.workload);
         workers.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(0x5EED ^ u64::from(worker));
-            let mut write_latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
-            let mut read_latency = write_latency.clone();
+            let histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
+            let mut latency = [histogram.clone(), histogram.clone(), histogram];
             let (mut errors, mut sample_errors) = (0u64, Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 let index = match &zipfian {
@@ -163,18 +181,21 @@ pub async fn run(cluster: &Cluster, args: &BenchArgs, progress: bool) -> anyhow:
                     None => rng.random_range(0..keys),
                 };
                 let key = bench_key(index);
-                let is_read = rng.random::<f64>() < reads;
+                let operation = match workload {
+                    Workload::Connect => Operation::Connect,
+                    _ if rng.random::<f64>() < reads => Operation::Read,
+                    _ => Operation::Write,
+                };
                 let started = Instant::now();
-                let result = if is_read {
-                    cluster.get(&key, 0, consistency).await.map(|_| ())
-                } else {
-                    cluster.put(&key, &value).await.map(|_| ())
+                let result = match operation {
+                    Operation::Read => cluster.get(&key, 0, consistency).await.map(|_| ()),
+                    Operation::Write => cluster.put(&key, &value).await.map(|_| ()),
+                    Operation::Connect => connect_once(&connect).await,
                 };
                 let micros = started.elapsed().as_micros().max(1) as u64;
                 match result {
                     Ok(()) => {
-                        let histogram = if is_read { &mut read_latency } else { &mut write_latency };
-                        histogram.saturating_record(micros);
+                        latency[operation as usize].saturating_record(micros);
                         done_ops.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
@@ -185,7 +206,7 @@ pub async fn run(cluster: &Cluster, args: &BenchArgs, progress: bool) -> anyhow:
                     }
                 }
             }
-            (write_latency, read_latency, errors, sample_errors)
+            (latency, errors, sample_errors)
         }));
     }
     let bar = if progress {
@@ -208,13 +229,14 @@ pub async fn run(cluster: &Cluster, args: &BenchArgs, progress: bool) -> anyhow:
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let mut writes = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut reads_histogram = writes.clone();
+    let histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut latency = [histogram.clone(), histogram.clone(), histogram];
     let (mut errors, mut sample_errors) = (0, Vec::new());
     for worker in workers {
-        let (w, r, e, samples) = worker.await?;
-        writes.add(&w)?;
-        reads_histogram.add(&r)?;
+        let (worker_latency, e, samples) = worker.await?;
+        for (total, part) in latency.iter_mut().zip(&worker_latency) {
+            total.add(part)?;
+        }
         errors += e;
         sample_errors.extend(samples);
     }
@@ -230,10 +252,11 @@ pub async fn run(cluster: &Cluster, args: &BenchArgs, progress: bool) -> anyhow:
         keys: args.keys,
         value_size: args.value_size,
         seconds,
-        ops_per_second: (writes.len() + reads_histogram.len()) as f64 / seconds,
+        ops_per_second: latency.iter().map(Histogram::len).sum::<u64>() as f64 / seconds,
         errors,
-        writes: summary(&writes),
-        reads: summary(&reads_histogram),
+        writes: summary(&latency[Operation::Write as usize]),
+        reads: summary(&latency[Operation::Read as usize]),
+        connects: summary(&latency[Operation::Connect as usize]),
         sample_errors,
     })
 }

@@ -269,6 +269,9 @@ pub enum Workload {
     YcsbB,
     /// YCSB-C: reads only, zipfian keys.
     YcsbC,
+    /// A new connection per request, closed again: the cost of the QUIC and TLS handshake
+    /// (with the client certificate, if one is given).
+    Connect,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -339,9 +342,10 @@ pub struct NodeArgs {
     /// Largest PWP message payload accepted, in bytes.
     #[arg(long, env = "PLEIADES_MAX_PAYLOAD_BYTES")]
     pub max_payload_bytes: Option<u64>,
-    /// Close a stream that stops mid-frame for this many milliseconds.
-    #[arg(long, env = "PLEIADES_STALL_TIMEOUT_MS")]
-    pub stall_timeout_ms: Option<u64>,
+    /// Close a stream whose frame does not arrive whole within this many milliseconds of its
+    /// first byte.
+    #[arg(long, env = "PLEIADES_FRAME_TIMEOUT_MS")]
+    pub frame_timeout_ms: Option<u64>,
     /// CA certificate(s) trusted for connections to other nodes.
     #[arg(long, env = "PLEIADES_TLS_CA_CERT")]
     pub tls_ca_cert: Option<PathBuf>,
@@ -394,7 +398,7 @@ impl NodeArgs {
             log_format => log_format,
             log_level => log_level,
             max_payload_bytes => wire.max_payload_bytes,
-            stall_timeout_ms => wire.stall_timeout_ms,
+            frame_timeout_ms => wire.frame_timeout_ms,
         }
         if self.tls_cert.is_some() {
             config.tls.cert = self.tls_cert;

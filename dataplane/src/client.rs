@@ -47,7 +47,7 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(config: &ClientConfig) -> Result<Self, ClientError> {
-        let limits = QuicLimits { max_streams: 64, idle_timeout: Duration::from_secs(30) };
+        let limits = QuicLimits::dialler(Duration::from_secs(30));
         let quic = quic_config(&config.ca_cert, config.identity.as_ref(), &limits)?;
         let connect_error = |detail: String| ClientError::Connect { addr: config.addr, detail };
         let bind: SocketAddr = if config.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -108,10 +107,23 @@ pub struct TlsConfig {
 pub struct WireConfig {
     /// Largest PWP message payload accepted.
     pub max_payload_bytes: u64,
-    /// A stream that stops sending in the middle of a frame for this long is closed.
-    pub stall_timeout_ms: u64,
-    /// Concurrent PWP streams per QUIC connection.
+    /// A frame must arrive whole within this from its first byte, however slowly it trickles.
+    pub frame_timeout_ms: u64,
+    /// A stream with no frame for this long is closed (heartbeats count as frames).
+    pub stream_idle_timeout_ms: u64,
+    /// Concurrent PWP streams on one user's QUIC connection. Each allowed stream costs the
+    /// connection memory for its whole life (QUIC stream credit), used or not.
     pub max_streams_per_connection: u32,
+    /// The same on another node's connection, which carries every range's raft traffic.
+    pub max_streams_per_node_connection: u32,
+    /// Concurrent PWP streams on the node, over all connections; more are refused.
+    pub max_streams: usize,
+    /// Received bytes not yet handled (and answers not yet sent) one peer — a node or user
+    /// identity, over all its connections — may hold; its streams stop reading past it. At
+    /// least one maximal message.
+    pub max_buffered_bytes_per_peer: usize,
+    /// The same over all peers of the node.
+    pub max_buffered_bytes: usize,
     /// Open connections (and handshakes) the node accepts in all.
     pub max_connections: usize,
     /// Open connections (and handshakes) the node accepts from one IP address.
@@ -124,8 +136,13 @@ impl Default for WireConfig {
     fn default() -> Self {
         WireConfig {
             max_payload_bytes: 16 << 20,
-            stall_timeout_ms: 10_000,
-            max_streams_per_connection: 1_024,
+            frame_timeout_ms: 10_000,
+            stream_idle_timeout_ms: 120_000,
+            max_streams_per_connection: 128,
+            max_streams_per_node_connection: 4_096,
+            max_streams: 16_384,
+            max_buffered_bytes_per_peer: 24 << 20,
+            max_buffered_bytes: 32 << 20,
             max_connections: 4_096,
             max_connections_per_address: 256,
             idle_timeout_ms: 30_000,
@@ -153,11 +170,46 @@ pub struct KvLimits {
     pub max_value_bytes: usize,
     /// Most entries one scan returns.
     pub max_scan_limit: u32,
+    /// Most bytes of keys and values one scan answer carries (its first entry comes back
+    /// whatever its size); below wire.max-payload-bytes, so every answer fits a message.
+    /// Default: three quarters of wire.max-payload-bytes.
+    pub max_scan_bytes: Option<usize>,
 }
 
 impl Default for KvLimits {
     fn default() -> Self {
-        KvLimits { max_key_bytes: 64 << 10, max_value_bytes: 8 << 20, max_scan_limit: 10_000 }
+        KvLimits { max_key_bytes: 64 << 10, max_value_bytes: 8 << 20, max_scan_limit: 10_000, max_scan_bytes: None }
+    }
+}
+
+/// Room in a message for everything around the keys and values of an answer.
+const ANSWER_FRAMING: u64 = 4 << 10;
+
+impl KvLimits {
+    /// The scan answer bound for messages of `max_payload` bytes.
+    pub fn scan_bytes(&self, max_payload: u64) -> usize {
+        self.max_scan_bytes.unwrap_or((max_payload / 4 * 3) as usize)
+    }
+
+    /// Whether these limits let every request and answer fit a message of `max_payload` bytes.
+    pub fn check(&self, max_payload: u64) -> Result<(), String> {
+        let scan_bytes = self.scan_bytes(max_payload);
+        if self.max_key_bytes == 0 || self.max_value_bytes == 0 || self.max_scan_limit == 0 || scan_bytes == 0 {
+            return Err("kv.max-key-bytes, max-value-bytes, max-scan-limit and max-scan-bytes must be positive".into());
+        }
+        let largest_entry = (self.max_key_bytes as u64).saturating_add(self.max_value_bytes as u64);
+        if largest_entry.saturating_add(ANSWER_FRAMING) > max_payload {
+            return Err(format!(
+                "kv.max-key-bytes plus kv.max-value-bytes ({largest_entry}) must leave {ANSWER_FRAMING} bytes of \
+                 wire.max-payload-bytes ({max_payload}) so a maximal entry fits in a message"
+            ));
+        }
+        if (scan_bytes as u64).saturating_add(ANSWER_FRAMING) > max_payload {
+            return Err(format!(
+                "kv.max-scan-bytes ({scan_bytes}) must leave {ANSWER_FRAMING} bytes of wire.max-payload-bytes ({max_payload})"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -241,7 +293,7 @@ pub enum GossipProfile {
 
 /// SWIM/Lifeguard membership: the timing profile, any value of it overridden, the nodes to
 /// join through, and the tags this node announces.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct GossipConfig {
     pub profile: GossipProfile,
@@ -259,6 +311,30 @@ pub struct GossipConfig {
     pub gossip_nodes: Option<usize>,
     pub retransmit_mult: Option<u32>,
     pub push_pull_interval_ms: Option<u64>,
+    /// Gossip messages a second one member may send this node, on average (bursts of twice
+    /// that); more are dropped, so a flooding member cannot crowd out the others' probes.
+    pub max_messages_per_peer: u32,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig {
+            profile: GossipProfile::default(),
+            seeds: Vec::new(),
+            tags: Default::default(),
+            probe_interval_ms: None,
+            probe_timeout_ms: None,
+            indirect_checks: None,
+            suspicion_mult: None,
+            suspicion_max_timeout_mult: None,
+            gossip_interval_ms: None,
+            gossip_nodes: None,
+            retransmit_mult: None,
+            push_pull_interval_ms: None,
+            // SWIM sends a member a few messages a second; queries and joins come in bursts.
+            max_messages_per_peer: 200,
+        }
+    }
 }
 
 impl GossipConfig {
@@ -383,21 +459,28 @@ impl NodeConfig {
         if self.wire.max_payload_bytes == 0 {
             return invalid("wire.max-payload-bytes must be positive".into());
         }
-        if self.wire.stall_timeout_ms == 0 {
-            return invalid("wire.stall-timeout-ms must be positive".into());
+        let wire = &self.wire;
+        if wire.frame_timeout_ms == 0 || wire.stream_idle_timeout_ms == 0 {
+            return invalid("wire.frame-timeout-ms and wire.stream-idle-timeout-ms must be positive".into());
         }
-        if self.wire.max_streams_per_connection == 0 {
-            return invalid("wire.max-streams-per-connection must be positive".into());
+        if wire.max_streams_per_connection == 0 || wire.max_streams_per_node_connection == 0 || wire.max_streams == 0 {
+            return invalid(
+                "wire.max-streams-per-connection, max-streams-per-node-connection and max-streams must be positive"
+                    .into(),
+            );
         }
-        if (self.kv.max_value_bytes as u64) >= self.wire.max_payload_bytes {
+        // A maximal message and the read in progress beside it must fit, or it could never arrive.
+        let least_buffer = wire.max_payload_bytes.saturating_add(1 << 20);
+        if (wire.max_buffered_bytes_per_peer as u64) < least_buffer {
             return invalid(format!(
-                "kv.max-value-bytes ({}) must be below wire.max-payload-bytes ({}) so a maximal value fits in a message",
-                self.kv.max_value_bytes, self.wire.max_payload_bytes
+                "wire.max-buffered-bytes-per-peer ({}) must be at least wire.max-payload-bytes plus 1 MiB ({least_buffer})",
+                wire.max_buffered_bytes_per_peer
             ));
         }
-        if self.kv.max_key_bytes == 0 || self.kv.max_scan_limit == 0 {
-            return invalid("kv.max-key-bytes and kv.max-scan-limit must be positive".into());
+        if wire.max_buffered_bytes < wire.max_buffered_bytes_per_peer {
+            return invalid("wire.max-buffered-bytes must be at least wire.max-buffered-bytes-per-peer".into());
         }
+        self.kv.check(self.wire.max_payload_bytes).map_err(ConfigError::Invalid)?;
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls.cert and tls.key must be given together".into());
         }
@@ -417,6 +500,9 @@ impl NodeConfig {
             return invalid("raft.snapshot-after-entries and raft.max-entries-per-append must be positive".into());
         }
         self.gossip.swim_config()?;
+        if self.gossip.max_messages_per_peer == 0 {
+            return invalid("gossip.max-messages-per-peer must be positive".into());
+        }
         let constellation = &self.constellation;
         if !(1..=1024).contains(&constellation.initial_ranges) {
             return invalid("constellation.initial-ranges must be 1 to 1024".into());
@@ -454,10 +540,6 @@ impl NodeConfig {
             }
         }
         self.storage.validate().map_err(|e| ConfigError::Invalid(e.to_string()))
-    }
-
-    pub fn stall_timeout(&self) -> Duration {
-        Duration::from_millis(self.wire.stall_timeout_ms)
     }
 }
 

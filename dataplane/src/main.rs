@@ -579,10 +579,10 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         report.ops_per_second,
         report.errors
     );
-    for (name, summary) in [("writes", &report.writes), ("reads", &report.reads)] {
+    for (name, summary) in [("writes", &report.writes), ("reads", &report.reads), ("connects", &report.connects)] {
         if let Some(s) = summary {
             println!(
-                "  {name:<6} {:>9} ops  p50 {:>7} µs  p90 {:>7} µs  p99 {:>7} µs  p99.9 {:>7} µs  max {:>8} µs",
+                "  {name:<8} {:>9} ops  p50 {:>7} µs  p90 {:>7} µs  p99 {:>7} µs  p99.9 {:>7} µs  max {:>8} µs",
                 s.count, s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us
             );
         }

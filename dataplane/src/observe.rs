@@ -31,6 +31,18 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// Which bound was reached, for `pleiades_limit_reached_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
+impl LimitLabels {
+    pub const NODE_STREAMS: LimitLabels = LimitLabels { limit: "node_streams" };
+    pub const CONNECTION_STREAMS: LimitLabels = LimitLabels { limit: "connection_streams" };
+    pub const SCAN_BYTES: LimitLabels = LimitLabels { limit: "scan_bytes" };
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
     pub op: &'static str,
@@ -96,6 +108,8 @@ pub struct Metrics {
     pub rocksdb_pending_compaction_bytes: Gauge,
     pub permission_denied: Family<ServiceLabels, Counter>,
     pub connections_refused: Family<KindLabels, Counter>,
+    pub limits_reached: Family<LimitLabels, Counter>,
+    pub wire_buffered_bytes: Gauge,
     pub tls_certificate_expiry_seconds: Family<CertificateLabels, Gauge>,
     pub tls_reloads: Counter,
 }
@@ -131,6 +145,8 @@ impl Metrics {
             rocksdb_pending_compaction_bytes: Gauge::default(),
             permission_denied: Family::default(),
             connections_refused: Family::default(),
+            limits_reached: Family::default(),
+            wire_buffered_bytes: Gauge::default(),
             tls_certificate_expiry_seconds: Family::default(),
             tls_reloads: Counter::default(),
         };
@@ -205,12 +221,31 @@ impl Metrics {
             metrics.connections_refused.clone(),
         );
         r.register(
+            "limit_reached",
+            "Times a bound on what a peer may cost was reached: connection and node buffer budgets \
+             (the reader waited), node streams (refused), streams per connection, frame, idle and \
+             answer timeouts, scan bytes (pleiades_gossip_rate_limited counts the gossip rate)",
+            metrics.limits_reached.clone(),
+        );
+        r.register(
+            "wire_buffered_bytes",
+            "Received bytes not yet handled and answers not yet sent, reserved from the node's budget",
+            metrics.wire_buffered_bytes.clone(),
+        );
+        r.register(
             "tls_certificate_expiry_seconds",
             "Seconds until the certificate expires (negative once expired)",
             metrics.tls_certificate_expiry_seconds.clone(),
         );
         r.register("tls_reloads", "Certificate files reloaded after they changed on disk", metrics.tls_reloads.clone());
         Arc::new(metrics)
+    }
+}
+
+impl Metrics {
+    /// Counts one hit of a bound in `pleiades_limit_reached_total{limit}`.
+    pub fn limit_reached(&self, labels: LimitLabels) {
+        self.limits_reached.get_or_create(&labels).inc();
     }
 }
 

@@ -321,6 +321,12 @@ impl Decoder {
         self.pending.is_some() || self.partial
     }
 
+    /// Bytes of the message payload in progress still to arrive beyond the `buffered` ones;
+    /// `None` unless a message header has arrived. Readers size their reads by it.
+    pub fn payload_remaining(&self, buffered: usize) -> Option<usize> {
+        self.pending.map(|pending| pending.size.saturating_sub(buffered))
+    }
+
     /// The next complete frame, `None` if more bytes are needed. After an error the decoder stays
     /// failed: a byte stream has no resynchronisation point.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
@@ -351,8 +357,8 @@ impl Decoder {
     fn decode_inner(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
         use magic::*;
         if let Some(pending) = self.pending {
+            // Memory grows as the payload arrives, never to the size the header claims.
             if buf.len() < pending.size {
-                buf.reserve(pending.size - buf.len());
                 return Ok(None);
             }
             let payload = buf.split_to(pending.size).freeze();
@@ -535,6 +541,11 @@ impl ServerSession {
 
     pub fn is_mid_frame(&self) -> bool {
         self.decoder.is_mid_frame()
+    }
+
+    /// See [`Decoder::payload_remaining`].
+    pub fn payload_remaining(&self, buffered: usize) -> Option<usize> {
+        self.decoder.payload_remaining(buffered)
     }
 
     /// Decodes and handles every complete frame in `buf`.

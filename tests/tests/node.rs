@@ -360,3 +360,37 @@ async fn realtime_scheduling_is_applied_or_clearly_refused() {
     client.kv().await.unwrap().put(b"rt", b"ok").await.unwrap();
     client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_larger_than_a_message_comes_back_in_pages_that_the_cli_prints_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]).unwrap();
+    let client = node.client().await.unwrap();
+    let mut kv = client.kv().await.unwrap();
+    const VALUE: usize = 5 << 20;
+    for i in 0..4u8 {
+        kv.put(format!("big/{i}").as_bytes(), &vec![b'a' + i; VALUE]).await.unwrap();
+    }
+    // 20 MiB of values, messages of at most 16 MiB, answers of at most 12 MiB: pages of two,
+    // each ending with the exact key to resume from.
+    let first = kv.scan(b"big/", b"big0", 0).await.unwrap();
+    let keys = |page: &pleiades_proto::v1::ScanResponse| page.entries.iter().map(|e| e.key.clone()).collect::<Vec<_>>();
+    assert_eq!(keys(&first), [b"big/0".to_vec(), b"big/1".to_vec()]);
+    assert_eq!(first.resume_key, b"big/2");
+    let second = kv.scan(&first.resume_key, b"big0", 0).await.unwrap();
+    assert_eq!(keys(&second), [b"big/2".to_vec(), b"big/3".to_vec()]);
+    assert!(second.resume_key.is_empty(), "the last page");
+    let (_, metrics) = node.http_get("/metrics").unwrap();
+    assert!(metrics.contains("pleiades_limit_reached_total{limit=\"scan_bytes\"} 1"), "the bound is counted");
+    client.close().await;
+
+    let (ok, out, err) = cli(&node, &["kv", "scan", "big/", "big0"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "every page is printed");
+    for (i, line) in lines.iter().enumerate() {
+        let (key, value) = line.split_once('\t').unwrap();
+        assert_eq!(key, format!("big/{i}"));
+        assert_eq!(value.len(), VALUE);
+    }
+}

@@ -114,7 +114,7 @@ async fn the_seeds_18_byte_pipelined_setup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_costs_only_its_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path(), &["--stall-timeout-ms", "500"]).unwrap();
+    let node = TestNode::start(dir.path(), &["--frame-timeout-ms", "500"]).unwrap();
     let (_endpoint, connection) = connect(&node).await;
 
     // Garbage (an HTTP request sent to the QUIC port's stream).
@@ -166,11 +166,30 @@ async fn every_bad_input_costs_only_its_stream() {
     assert_protocol_error(&frames, "truncated");
     still_serves(&connection).await;
 
-    // A stream that stalls mid-frame is closed after the stall timeout.
+    // A stream that stalls mid-frame is closed after the frame timeout.
     let started = Instant::now();
     let frames = exchange(&connection, &truncated, false).await;
-    assert_protocol_error(&frames, "stalled");
-    assert!(started.elapsed() >= Duration::from_millis(450), "closed before the stall timeout");
+    assert_protocol_error(&frames, "whole within");
+    assert!(started.elapsed() >= Duration::from_millis(450), "closed before the frame timeout");
+    still_serves(&connection).await;
+
+    // A trickle of one byte every 100 ms does not restart the frame timeout: it runs from the
+    // frame's first byte.
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(&truncated[..truncated.len() - 50]).await.unwrap();
+    let started = Instant::now();
+    let trickle = async {
+        for byte in &truncated[truncated.len() - 50..] {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if send.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+        }
+    };
+    let answer = async { recv.read_to_end(1 << 20).await.unwrap_or_default() };
+    let (_, answer) = tokio::join!(trickle, answer);
+    assert_protocol_error(&decode_all(BytesMut::from(&answer[..])), "whole within");
+    assert!(started.elapsed() < Duration::from_millis(2_000), "the trickle kept the frame open");
     still_serves(&connection).await;
 
     // A message before any service is bound.
@@ -221,7 +240,7 @@ async fn every_bad_input_costs_only_its_stream() {
         ("checksum_mismatch", 1),
         ("payload_too_large", 1),
         ("truncated", 1),
-        ("stalled", 1),
+        ("frame_timeout", 2),
         ("unexpected_frame", 1),
         ("unknown_payload_type", 1),
     ] {

@@ -40,7 +40,14 @@ enum Kind {
 struct Node {
     connection: quinn::Connection,
     streams: Mutex<Vec<PwpStream>>,
+    /// Requests in flight on the connection, each on its own stream: at most what a node grants
+    /// a user's connection (`wire.max-streams-per-connection`, 128 by default). More wait here
+    /// for a pooled stream rather than for stream credit that pooled streams never give back.
+    lanes: tokio::sync::Semaphore,
 }
+
+/// Streams a node grants one user connection by default.
+const STREAMS_PER_CONNECTION: usize = 128;
 
 #[derive(Default)]
 struct Routing {
@@ -80,7 +87,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Cluster {
     pub async fn connect(config: ClusterConfig) -> Result<Self, ClientError> {
         // Keep-alives every third of the idle timeout: a dead node's connection closes quickly.
-        let limits = QuicLimits { max_streams: 1024, idle_timeout: Duration::from_secs(5) };
+        let limits = QuicLimits::dialler(Duration::from_secs(5));
         let bind: std::net::SocketAddr =
             "0.0.0.0:0".parse().map_err(|e| ClientError::Read(format!("bind address: {e}")))?;
         let endpoint =
@@ -115,7 +122,11 @@ impl Cluster {
         }
         let connection =
             super::dial(&self.inner.endpoint, self.inner.quic.clone(), addr, self.inner.attempt_timeout).await?;
-        let node = Arc::new(Node { connection, streams: Mutex::new(Vec::new()) });
+        let node = Arc::new(Node {
+            connection,
+            streams: Mutex::new(Vec::new()),
+            lanes: tokio::sync::Semaphore::new(STREAMS_PER_CONNECTION),
+        });
         self.inner.connections.lock().await.insert(addr.to_string(), node.clone());
         Ok(node)
     }
@@ -126,7 +137,7 @@ impl Cluster {
         let result = self.exchange(&node, request).await;
         // A broken connection is dialled afresh next time. A slow answer (timeout) leaves it be:
         // other requests share it, and a dead node's connection idles out within seconds.
-        if result.as_ref().is_err_and(|e| !matches!(e, ClientError::Timeout(_))) {
+        if result.as_ref().is_err_and(|e| !matches!(e, ClientError::Timeout(_) | ClientError::Overloaded(_))) {
             let mut connections = self.inner.connections.lock().await;
             if connections.get(addr).is_some_and(|n| n.connection.stable_id() == node.connection.stable_id()) {
                 connections.remove(addr);
@@ -137,7 +148,11 @@ impl Cluster {
     }
 
     async fn exchange(&self, node: &Node, request: &KvRequest) -> Result<KvResponse, ClientError> {
-        let pooled = lock(&node.streams).pop();
+        let Ok(_lane) = node.lanes.acquire().await else { return Err(ClientError::Closed) };
+        let pooled = {
+            let mut streams = lock(&node.streams);
+            std::iter::from_fn(|| streams.pop()).find(PwpStream::is_fresh)
+        };
         let mut stream = match pooled {
             Some(stream) => stream,
             None => PwpStream::open(&node.connection, Service::Kv, self.inner.attempt_timeout).await?,
@@ -299,6 +314,13 @@ impl Cluster {
                 // Not connected, so not sent: any request may go elsewhere.
                 Err(e @ (ClientError::Connect { .. } | ClientError::Tls(_))) => {
                     self.mark_failed(range.range_id, &target);
+                    last_error = e;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    continue;
+                }
+                // Refused before it was read: not sent either, and the node is alive.
+                Err(e @ ClientError::Overloaded(_)) => {
                     last_error = e;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));

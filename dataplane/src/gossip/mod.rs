@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod epidemic;
 pub mod events;
+pub mod rate;
 pub mod report;
 pub mod sim;
 pub mod swim;

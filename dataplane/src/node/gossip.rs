@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use super::replicas::Replicas;
 use crate::gossip::codec;
 use crate::gossip::events::{Cre, CreKind, QueryAnswer, Tags};
+use crate::gossip::rate::PeerRateLimit;
 use crate::gossip::swim::{Envelope, Event, Message, Millis, NodeId, Output, State, Swim, SwimConfig};
 use crate::observe::KindLabels;
 use crate::transport::pool::Peers;
@@ -61,6 +62,7 @@ pub struct GossipMetrics {
     bytes: Family<TransportLabels, Counter>,
     malformed: Counter,
     dropped: Counter,
+    rate_limited: Counter,
     health_score: Gauge,
     coordinate_error: Gauge<f64, AtomicU64>,
     events: Family<KindLabels, Counter>,
@@ -80,6 +82,7 @@ impl GossipMetrics {
             bytes: Family::default(),
             malformed: Counter::default(),
             dropped: Counter::default(),
+            rate_limited: Counter::default(),
             health_score: Gauge::default(),
             coordinate_error: Gauge::default(),
             events: Family::default(),
@@ -109,6 +112,11 @@ impl GossipMetrics {
         r.register("bytes", "Gossip bytes by direction and transport", metrics.bytes.clone());
         r.register("malformed", "Gossip messages dropped as malformed", metrics.malformed.clone());
         r.register("dropped", "Gossip messages dropped: inbound queue full", metrics.dropped.clone());
+        r.register(
+            "rate_limited",
+            "Gossip messages dropped: the sending member exceeded gossip.max-messages-per-peer",
+            metrics.rate_limited.clone(),
+        );
         r.register("health_score", "Lifeguard local health score (0 healthy, up to 7)", metrics.health_score.clone());
         r.register(
             "coordinate_error",
@@ -137,6 +145,8 @@ enum Command {
 #[derive(Clone)]
 pub struct Gossip {
     inbound: mpsc::Sender<Envelope>,
+    /// Per sending node; an `--insecure` node, whose callers name no node, has none.
+    rate_limit: Option<Arc<std::sync::Mutex<PeerRateLimit<NodeId>>>>,
     commands: mpsc::Sender<Command>,
     metrics: Arc<GossipMetrics>,
     last_malformed_log: Arc<AtomicU64>,
@@ -166,6 +176,13 @@ impl Gossip {
 
     fn receive(&self, bytes: &[u8], transport: &'static str, sender: Option<NodeId>) -> Result<(), String> {
         self.metrics.count("in", transport, bytes.len());
+        if let (Some(limit), Some(sender)) = (&self.rate_limit, sender) {
+            let now = self.started.elapsed().as_millis() as Millis;
+            if !limit.lock().unwrap_or_else(|p| p.into_inner()).allow(&sender, now) {
+                self.metrics.rate_limited.inc();
+                return Ok(());
+            }
+        }
         match codec::decode(bytes) {
             Ok(envelope) => {
                 if let Some(sender) = sender.filter(|sender| *sender != envelope.from) {
@@ -218,7 +235,12 @@ pub struct GossipSettings {
     pub swim: SwimConfig,
     pub seeds: Vec<String>,
     pub tags: Tags,
+    /// Messages a second one member may send this node, on average (bursts of twice that).
+    pub max_messages_per_peer: Option<u32>,
 }
+
+/// Members whose rate is tracked at once; idle ones are forgotten past it.
+const RATE_LIMITED_PEERS: usize = 8_192;
 
 /// Starts the gossip task; it runs until the returned handle's task is aborted.
 pub fn start(
@@ -235,6 +257,9 @@ pub fn start(
     let started = Instant::now();
     let gossip = Gossip {
         inbound: inbound_tx,
+        rate_limit: settings.max_messages_per_peer.map(|rate| {
+            Arc::new(std::sync::Mutex::new(PeerRateLimit::new(rate, rate.saturating_mul(2), RATE_LIMITED_PEERS)))
+        }),
         commands: commands_tx,
         metrics: metrics.clone(),
         last_malformed_log: Arc::new(AtomicU64::new(0)),

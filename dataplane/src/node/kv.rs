@@ -20,9 +20,9 @@ use super::auth::{check_auth_record, is_auth_key, Authorizer};
 use super::live::LiveKvLimits;
 use super::replicas::{Replica, Replicas};
 use crate::clock::{Hlc, Timestamp};
-use crate::observe::{KvLabels, Metrics, RangeLabels};
+use crate::observe::{KvLabels, LimitLabels, Metrics, RangeLabels};
 use crate::raft::Outcome;
-use crate::storage::{StorageError, VersionedValue};
+use crate::storage::{ScanCut, ScanLimit, ScanPage, StorageError, VersionedValue};
 use crate::transport::peer::{Denials, Peer};
 
 /// How long a write waits for its outcome before answering `UNCERTAIN`.
@@ -251,18 +251,8 @@ impl KvService {
                 let cut_by_range = !range_end.is_empty() && (scan.end.is_empty() || range_end < scan.end);
                 let end = if cut_by_range { range_end.clone() } else { scan.end.clone() };
                 let end = (!end.is_empty()).then_some(end.as_slice());
-                // One extra entry tells whether the limit cut the scan short.
-                let mut rows = self.replicas.storage().scan(&scan.start, end, limit as usize + 1, at)?;
-                let resume_key = if rows.len() > limit as usize {
-                    rows.pop().map(|(key, _)| key).unwrap_or_default()
-                } else if cut_by_range {
-                    range_end
-                } else {
-                    Vec::new()
-                };
-                let entries =
-                    rows.into_iter().map(|(key, value)| v1::KeyValue { key, value: Some(versioned(value)) }).collect();
-                Ok(KvResult::Scan(v1::ScanResponse { entries, resume_key, read_at: Some(at.into()) }))
+                let page = self.replicas.storage().scan(&scan.start, end, self.scan_limit(limit), at)?;
+                Ok(self.scan_response(page, cut_by_range.then_some(range_end), at))
             }
             Op::ListVersions(list) => {
                 self.check_key(&list.key)?;
@@ -312,19 +302,26 @@ impl KvService {
         let cut_by_range = range_start > scan.start;
         let start = if cut_by_range { range_start.clone() } else { scan.start.clone() };
         let end = (!scan.end.is_empty()).then_some(scan.end.as_slice());
-        let mut rows = self.replicas.storage().scan_reverse(&start, end, limit as usize + 1, at)?;
-        let resume_key = if rows.len() > limit as usize {
-            // The next page ends (exclusively) after the last key returned here.
-            rows.pop();
-            rows.last().map(|(key, _)| key.clone()).unwrap_or_default()
-        } else if cut_by_range {
-            range_start
-        } else {
-            Vec::new()
-        };
+        let page = self.replicas.storage().scan_reverse(&start, end, self.scan_limit(limit), at)?;
+        Ok(self.scan_response(page, cut_by_range.then_some(range_start), at))
+    }
+
+    /// A scan answer stays within the payload limit: its bytes are bounded as well as its
+    /// entries, and the client continues from the resume key.
+    fn scan_limit(&self, entries: u32) -> ScanLimit {
+        ScanLimit { entries: entries as usize, bytes: self.limits.get().max_scan_bytes.unwrap_or(usize::MAX) }
+    }
+
+    /// The answer for one page; `range_edge` is where this range's part of the scan ends, if
+    /// the range ends before the scan does.
+    fn scan_response(&self, page: ScanPage, range_edge: Option<Vec<u8>>, at: Timestamp) -> KvResult {
+        if page.cut == Some(ScanCut::Bytes) {
+            self.metrics.limit_reached(LimitLabels::SCAN_BYTES);
+        }
+        let resume_key = page.resume.or(range_edge).unwrap_or_default();
         let entries =
-            rows.into_iter().map(|(key, value)| v1::KeyValue { key, value: Some(versioned(value)) }).collect();
-        Ok(KvResult::Scan(v1::ScanResponse { entries, resume_key, read_at: Some(at.into()) }))
+            page.rows.into_iter().map(|(key, value)| v1::KeyValue { key, value: Some(versioned(value)) }).collect();
+        KvResult::Scan(v1::ScanResponse { entries, resume_key, read_at: Some(at.into()) })
     }
 
     /// The local replica holding the keys just below `end` (the last range for an empty end).

@@ -18,14 +18,19 @@ pub struct LiveKvLimits {
     max_key_bytes: AtomicUsize,
     max_value_bytes: AtomicUsize,
     max_scan_limit: AtomicU32,
+    max_scan_bytes: AtomicUsize,
+    /// The wire's payload limit (not live) that new limits are checked against.
+    max_payload: u64,
 }
 
 impl LiveKvLimits {
-    pub fn new(limits: &KvLimits) -> LiveKvLimits {
+    pub fn new(limits: &KvLimits, max_payload: u64) -> LiveKvLimits {
         LiveKvLimits {
             max_key_bytes: AtomicUsize::new(limits.max_key_bytes),
             max_value_bytes: AtomicUsize::new(limits.max_value_bytes),
             max_scan_limit: AtomicU32::new(limits.max_scan_limit),
+            max_scan_bytes: AtomicUsize::new(limits.scan_bytes(max_payload)),
+            max_payload,
         }
     }
 
@@ -34,6 +39,7 @@ impl LiveKvLimits {
             max_key_bytes: self.max_key_bytes.load(Ordering::Relaxed),
             max_value_bytes: self.max_value_bytes.load(Ordering::Relaxed),
             max_scan_limit: self.max_scan_limit.load(Ordering::Relaxed),
+            max_scan_bytes: Some(self.max_scan_bytes.load(Ordering::Relaxed)),
         }
     }
 
@@ -41,6 +47,7 @@ impl LiveKvLimits {
         self.max_key_bytes.store(limits.max_key_bytes, Ordering::Relaxed);
         self.max_value_bytes.store(limits.max_value_bytes, Ordering::Relaxed);
         self.max_scan_limit.store(limits.max_scan_limit, Ordering::Relaxed);
+        self.max_scan_bytes.store(limits.scan_bytes(self.max_payload), Ordering::Relaxed);
     }
 }
 
@@ -65,9 +72,7 @@ pub async fn watch(path: PathBuf, kv: Arc<LiveKvLimits>) {
 fn apply(path: &std::path::Path, text: &str, kv: &LiveKvLimits) -> Result<(), String> {
     let live = LiveConfig::parse(path, text).map_err(|e| e.to_string())?;
     if let Some(limits) = &live.kv {
-        if limits.max_key_bytes == 0 || limits.max_value_bytes == 0 || limits.max_scan_limit == 0 {
-            return Err("kv limits must be positive".into());
-        }
+        limits.check(kv.max_payload)?;
     }
     if let Some(level) = &live.log_level {
         crate::observe::set_log_filter(level)?;
@@ -84,11 +89,14 @@ mod tests {
 
     #[test]
     fn a_valid_file_replaces_the_limits_and_a_bad_one_changes_nothing() {
-        let kv = LiveKvLimits::new(&KvLimits::default());
+        let kv = LiveKvLimits::new(&KvLimits::default(), 16 << 20);
         let path = std::path::Path::new("live.toml");
         apply(path, "[kv]\nmax-key-bytes = 10\nmax-value-bytes = 20\nmax-scan-limit = 30\n", &kv).unwrap();
         assert_eq!((kv.get().max_key_bytes, kv.get().max_value_bytes, kv.get().max_scan_limit), (10, 20, 30));
-        for bad in ["[kv]\nmax-key-bytes = 0\nmax-value-bytes = 1\nmax-scan-limit = 1\n", "surprise = 1", "[kv"] {
+        let too_big = "[kv]\nmax-value-bytes = 16777216\n";
+        for bad in
+            ["[kv]\nmax-key-bytes = 0\nmax-value-bytes = 1\nmax-scan-limit = 1\n", too_big, "surprise = 1", "[kv"]
+        {
             assert!(apply(path, bad, &kv).is_err(), "{bad}");
         }
         assert_eq!(kv.get().max_key_bytes, 10);

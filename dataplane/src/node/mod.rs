@@ -367,7 +367,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     // The same endpoint dials the other nodes with this node's certificate. Peer connections
     // idle out after a few seconds of silence (keep-alives flow every third of that), so a
     // peer that died or restarted is redialled quickly.
-    let peer_limits = QuicLimits { max_streams: limits.max_streams, idle_timeout: PEER_IDLE_TIMEOUT };
+    let peer_limits = QuicLimits::dialler(PEER_IDLE_TIMEOUT);
     let node_tls = NodeTls::resolve(&config, node_id, limits, peer_limits)?;
     let material = node_tls.load()?;
     node_tls.export_expiry(&metrics);
@@ -399,6 +399,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         metrics.clone(),
         (config.constellation.replace_dead_after_ms > 0)
             .then(|| Duration::from_millis(config.constellation.replace_dead_after_ms)),
+        config.wire.max_payload_bytes,
     )?;
     let gossip_metrics = gossip::GossipMetrics::new(&mut registry);
     let seeds = if config.gossip.seeds.is_empty() {
@@ -413,6 +414,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         swim: config.gossip.swim_config()?,
         seeds,
         tags: config.gossip.tags.clone(),
+        max_messages_per_peer: (!config.insecure).then_some(config.gossip.max_messages_per_peer),
     };
     let (gossip, gossip_task) = gossip::start(gossip_settings, peers.clone(), replicas.clone(), gossip_metrics);
 
@@ -462,7 +464,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         })
     };
 
-    let kv_limits = Arc::new(live::LiveKvLimits::new(&config.kv));
+    let kv_limits = Arc::new(live::LiveKvLimits::new(&config.kv, config.wire.max_payload_bytes));
     let authorizer = Arc::new(auth::Authorizer::new(config.insecure));
     let services = Arc::new(NodeServices {
         system: SystemService {
@@ -483,8 +485,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         denials: Denials::default(),
         insecure: config.insecure,
     });
-    let settings =
-        Arc::new(StreamSettings { max_payload: config.wire.max_payload_bytes, stall_timeout: config.stall_timeout() });
+    let settings = Arc::new(StreamSettings::new(&config.wire));
     let accept = Arc::new(AcceptSettings {
         constellation: config.constellation.name.clone(),
         insecure: config.insecure,

@@ -171,6 +171,8 @@ pub struct Replicas {
     syncer: WalSyncer,
     pub peers: Arc<Peers>,
     raft_config: Arc<openraft::Config>,
+    /// The wire's payload limit, which replication messages must fit.
+    max_payload: u64,
     snapshot_root: PathBuf,
     metrics: Arc<Metrics>,
     hosted: RwLock<BTreeMap<u64, Arc<Replica>>>,
@@ -201,6 +203,7 @@ impl Replicas {
         snapshot_root: PathBuf,
         metrics: Arc<Metrics>,
         replace_dead_after: Option<Duration>,
+        max_payload: u64,
     ) -> Result<Arc<Self>, ReplicaError> {
         let syncer = WalSyncer::start(storage.clone())
             .map_err(|e| ReplicaError::Raft(format!("cannot start the WAL sync thread: {e}")))?;
@@ -212,6 +215,7 @@ impl Replicas {
             hlc,
             peers,
             raft_config: Arc::new(raft_config),
+            max_payload,
             snapshot_root,
             metrics,
             hosted: RwLock::new(BTreeMap::new()),
@@ -318,6 +322,7 @@ impl Replicas {
             local_node: self.node_id,
             peers: self.peers.clone(),
             metrics: self.metrics.clone(),
+            max_payload: self.max_payload,
         };
         let raft = Raft::new(self.node_id, self.raft_config.clone(), network, log.clone(), machine)
             .await

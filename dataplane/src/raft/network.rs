@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, SnapshotMismatch,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -101,6 +102,9 @@ pub struct RangeNetworkFactory {
     pub local_node: NodeId,
     pub peers: Arc<Peers>,
     pub metrics: Arc<Metrics>,
+    /// The wire's payload limit: an append that would exceed it is split (openraft resends
+    /// fewer entries on `PayloadTooLarge`), or the follower would refuse it forever.
+    pub max_payload: u64,
 }
 
 impl RaftNetworkFactory<TypeConfig> for RangeNetworkFactory {
@@ -114,6 +118,7 @@ impl RaftNetworkFactory<TypeConfig> for RangeNetworkFactory {
             addr: node.addr.clone(),
             peers: self.peers.clone(),
             metrics: self.metrics.clone(),
+            max_payload: self.max_payload,
             stream: None,
         }
     }
@@ -126,6 +131,7 @@ pub struct RangeNetwork {
     addr: String,
     peers: Arc<Peers>,
     metrics: Arc<Metrics>,
+    max_payload: u64,
     stream: Option<(PwpStream, quinn::Connection)>,
 }
 
@@ -134,7 +140,7 @@ type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, 
 impl RangeNetwork {
     async fn call(&mut self, rpc: Rpc, timeout: Duration) -> Result<RaftResult, RpcFailure> {
         let request = v1::RaftRequest { range_id: self.range_id, from_node: self.local_node, rpc: Some(rpc) };
-        let (mut stream, connection) = match self.stream.take() {
+        let (mut stream, connection) = match self.stream.take().filter(|(stream, _)| stream.is_fresh()) {
             Some(open) => open,
             None => {
                 let connection = self.peers.connection(&self.addr).await.map_err(RpcFailure::Unreachable)?;
@@ -191,6 +197,13 @@ impl RaftNetwork<TypeConfig> for RangeNetwork {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let request = Rpc::AppendEntries(codec::append_request_to_proto(&rpc));
+        // Room for the request's own fields beside its entries.
+        let size = request.encoded_len() as u64 + 1024;
+        let entries = rpc.entries.len() as u64;
+        if size > self.max_payload && entries > 1 {
+            let fitting = (entries * self.max_payload / size).clamp(1, entries - 1);
+            return Err(PayloadTooLarge::new_entries_hint(fitting).into());
+        }
         match self.call(request, option.hard_ttl().max(MIN_RPC_TIMEOUT)).await {
             Ok(RaftResult::AppendEntries(response)) => {
                 codec::append_response_from_proto(&response).map_err(|e| self.malformed(e))

@@ -115,6 +115,66 @@ pub struct VersionedValue {
     pub value: Vec<u8>,
 }
 
+/// How much one scan returns: entries and bytes (keys and values, plus a little per entry for
+/// their framing). The first entry is returned whatever its size, so a scan always advances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanLimit {
+    pub entries: usize,
+    pub bytes: usize,
+}
+
+impl ScanLimit {
+    /// Bytes counted per entry beyond its key and value: the version, timestamp and framing of
+    /// the answer.
+    pub const ENTRY_OVERHEAD: usize = 32;
+
+    pub fn entries(entries: usize) -> Self {
+        ScanLimit { entries, bytes: usize::MAX }
+    }
+}
+
+/// Which limit ended a scan page early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanCut {
+    Entries,
+    Bytes,
+}
+
+/// One page of a scan.
+#[derive(Debug, Default)]
+pub struct ScanPage {
+    pub rows: Vec<(Vec<u8>, VersionedValue)>,
+    /// Set when a limit cut the page and more keys follow: where the next page starts (forward)
+    /// or ends, exclusively (reverse).
+    pub resume: Option<Vec<u8>>,
+    pub cut: Option<ScanCut>,
+    bytes: usize,
+}
+
+impl ScanPage {
+    /// Whether a row of this key and value length would exceed `limit`, and which part of it.
+    fn full(&self, limit: &ScanLimit, key: &[u8], value_len: usize) -> Option<ScanCut> {
+        let size = key.len() + value_len + ScanLimit::ENTRY_OVERHEAD;
+        if self.rows.len() >= limit.entries {
+            Some(ScanCut::Entries)
+        } else if !self.rows.is_empty() && self.bytes.saturating_add(size) > limit.bytes {
+            Some(ScanCut::Bytes)
+        } else {
+            None
+        }
+    }
+
+    fn push(&mut self, key: Vec<u8>, value: VersionedValue) {
+        self.bytes += key.len() + value.value.len() + ScanLimit::ENTRY_OVERHEAD;
+        self.rows.push((key, value));
+    }
+
+    fn cut(&mut self, cut: ScanCut, resume: Vec<u8>) {
+        self.cut = Some(cut);
+        self.resume = Some(resume);
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionInfo {
     pub version: u32,
@@ -636,21 +696,20 @@ impl Storage {
         Ok(true)
     }
 
-    /// Keys in `[start, end)` with their newest version at or before `ts`, deleted keys skipped.
-    /// Older versions are skipped by seeking, never iterated.
+    /// Keys in `[start, end)` with their newest version at or before `ts`, deleted keys skipped,
+    /// up to `limit`. Older versions are skipped by seeking, never iterated.
     pub fn scan(
         &self,
         start: &[u8],
         end: Option<&[u8]>,
-        limit: usize,
+        limit: ScanLimit,
         ts: Timestamp,
-    ) -> Result<Vec<(Vec<u8>, VersionedValue)>, StorageError> {
+    ) -> Result<ScanPage, StorageError> {
         self.timed_read(|| {
-            let mut out = Vec::new();
+            let mut page = ScanPage::default();
             let mut it = self.data_iter();
             it.seek(keys::descriptor_key(start));
-            while out.len() < limit {
-                let Some(raw) = it.key() else { break };
+            while let Some(raw) = it.key() {
                 let decoded = decode(raw)?;
                 if end.is_some_and(|end| decoded.user_key.as_slice() >= end) {
                     break;
@@ -663,16 +722,21 @@ impl Storage {
                     if raw.starts_with(&prefix) && raw.len() == prefix.len() + Timestamp::ENCODED_LEN {
                         let (record, value) = VersionRecord::decode(value)?;
                         if !record.tombstone {
+                            if let Some(cut) = page.full(&limit, &decoded.user_key, value.len()) {
+                                // A forward scan resumes at the first key it did not return.
+                                page.cut(cut, decoded.user_key);
+                                break;
+                            }
                             let version =
                                 VersionedValue { version: record.version, ts: version_ts(raw)?, value: value.to_vec() };
-                            out.push((decoded.user_key, version));
+                            page.push(decoded.user_key, version);
                         }
                     }
                 }
                 it.seek(keys::after_versions(&prefix));
             }
             it.status()?;
-            Ok(out)
+            Ok(page)
         })
     }
 
@@ -681,12 +745,12 @@ impl Storage {
         &self,
         start: &[u8],
         end: Option<&[u8]>,
-        limit: usize,
+        limit: ScanLimit,
         ts: Timestamp,
-    ) -> Result<Vec<(Vec<u8>, VersionedValue)>, StorageError> {
+    ) -> Result<ScanPage, StorageError> {
         self.timed_read(|| {
             let lower = keys::descriptor_key(start);
-            let mut out = Vec::new();
+            let mut page = ScanPage::default();
             let mut it = self.data_iter();
             match end {
                 // The last record before `end`'s descriptor is a version of the key before `end`.
@@ -698,14 +762,19 @@ impl Storage {
                     it.prev();
                 }
             }
-            while out.len() < limit {
-                let Some(raw) = it.key() else { break };
+            while let Some(raw) = it.key() {
                 if raw < lower.as_slice() {
                     break;
                 }
                 let decoded = decode(raw)?;
                 if let Some(found) = self.get_at(&decoded.user_key, ts)? {
-                    out.push((decoded.user_key, found));
+                    if let Some(cut) = page.full(&limit, &decoded.user_key, found.value.len()) {
+                        // A reverse scan resumes below the last key it returned.
+                        let last = page.rows.last().map(|(key, _)| key.clone()).unwrap_or_default();
+                        page.cut(cut, last);
+                        break;
+                    }
+                    page.push(decoded.user_key, found);
                 }
                 // Step to the previous user key: before this key's descriptor.
                 let prefix = raw[..decoded.prefix_len].to_vec();
@@ -715,7 +784,7 @@ impl Storage {
                 }
             }
             it.status()?;
-            Ok(out)
+            Ok(page)
         })
     }
 

@@ -209,7 +209,7 @@ fn scan_sees_the_snapshot_at_ts_and_skips_deletes() {
         storage.put(b"b", format!("new{i}").as_bytes(), ts(100 + i)).unwrap();
     }
     storage.delete(b"c", ts(200)).unwrap();
-    let now = storage.scan(b"", None, 10, Timestamp::MAX).unwrap();
+    let now = storage.scan(b"", None, ScanLimit::entries(10), Timestamp::MAX).unwrap().rows;
     let keys: Vec<_> = now.iter().map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.value.clone())).collect();
     assert_eq!(
         keys,
@@ -220,11 +220,11 @@ fn scan_sees_the_snapshot_at_ts_and_skips_deletes() {
             ("e".into(), b"old".to_vec())
         ]
     );
-    let past = storage.scan(b"b", Some(b"e"), 10, ts(50)).unwrap();
+    let past = storage.scan(b"b", Some(b"e"), ScanLimit::entries(10), ts(50)).unwrap().rows;
     assert_eq!(past.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(), vec![&b"b"[..], b"c", b"d"]);
     assert_eq!(past[0].1.value, b"old");
-    assert_eq!(storage.scan(b"a", None, 2, Timestamp::MAX).unwrap().len(), 2);
-    assert!(storage.scan(b"f", None, 10, Timestamp::MAX).unwrap().is_empty());
+    assert_eq!(storage.scan(b"a", None, ScanLimit::entries(2), Timestamp::MAX).unwrap().rows.len(), 2);
+    assert!(storage.scan(b"f", None, ScanLimit::entries(10), Timestamp::MAX).unwrap().rows.is_empty());
 }
 
 #[test]
@@ -433,7 +433,7 @@ fn reverse_scans_walk_keys_down_from_the_end_at_a_timestamp() {
     storage.put(b"c", b"newer", ts(50)).unwrap();
     storage.delete(b"b", ts(51)).unwrap();
     let keys = |rows: Vec<(Vec<u8>, VersionedValue)>| rows.into_iter().map(|(k, v)| (k, v.value)).collect::<Vec<_>>();
-    let all = keys(storage.scan_reverse(b"", None, 10, Timestamp::MAX).unwrap());
+    let all = keys(storage.scan_reverse(b"", None, ScanLimit::entries(10), Timestamp::MAX).unwrap().rows);
     assert_eq!(
         all,
         vec![
@@ -443,9 +443,9 @@ fn reverse_scans_walk_keys_down_from_the_end_at_a_timestamp() {
             (b"a".to_vec(), b"v0".to_vec()),
         ]
     );
-    let bounded = keys(storage.scan_reverse(b"b", Some(b"d"), 2, ts(20)).unwrap());
+    let bounded = keys(storage.scan_reverse(b"b", Some(b"d"), ScanLimit::entries(2), ts(20)).unwrap().rows);
     assert_eq!(bounded, vec![(b"c".to_vec(), b"v3".to_vec()), (b"b\0".to_vec(), b"v2".to_vec())], "end is exclusive");
-    let past = keys(storage.scan_reverse(b"a", Some(b"b\0"), 10, ts(20)).unwrap());
+    let past = keys(storage.scan_reverse(b"a", Some(b"b\0"), ScanLimit::entries(10), ts(20)).unwrap().rows);
     assert_eq!(past, vec![(b"b".to_vec(), b"v1".to_vec()), (b"a".to_vec(), b"v0".to_vec())], "b before its delete");
 }
 
@@ -466,4 +466,30 @@ fn replicated_writes_at_a_past_time_land_just_after_the_latest_version() {
     assert_eq!(versions, vec![2]);
     assert_eq!(storage.get_latest(b"k").unwrap().unwrap().value, b"second");
     assert!(matches!(storage.put(b"k", b"x", ts(5)), Err(StorageError::TimestampNotAfterLatest { .. })));
+}
+
+#[test]
+fn scans_stop_at_their_byte_limit_with_the_exact_resume_key_and_always_advance() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    for key in ["a", "b", "c", "d"] {
+        storage.put(key.as_bytes(), &[7u8; 1000], ts(1)).unwrap();
+    }
+    storage.delete(b"c", ts(2)).unwrap();
+    let limit = ScanLimit { entries: 100, bytes: 2_100 };
+    let page = storage.scan(b"", None, limit, Timestamp::MAX).unwrap();
+    assert_eq!(page.rows.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(), [&b"a"[..], b"b"]);
+    assert_eq!((page.resume.as_deref(), page.cut), (Some(&b"d"[..]), Some(ScanCut::Bytes)), "c is deleted");
+    let reverse = storage.scan_reverse(b"", None, limit, Timestamp::MAX).unwrap();
+    assert_eq!(reverse.rows.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(), [&b"d"[..], b"b"]);
+    assert_eq!(reverse.resume.as_deref(), Some(&b"b"[..]), "the next page ends below b");
+    // One entry larger than the whole limit still comes back, alone.
+    let tiny = ScanLimit { entries: 100, bytes: 10 };
+    let page = storage.scan(b"b", None, tiny, Timestamp::MAX).unwrap();
+    assert_eq!((page.rows.len(), page.resume.as_deref()), (1, Some(&b"d"[..])));
+    // The entry limit reports itself; a page that reaches the end has no resume key.
+    let page = storage.scan(b"", None, ScanLimit::entries(1), Timestamp::MAX).unwrap();
+    assert_eq!((page.resume.as_deref(), page.cut), (Some(&b"b"[..]), Some(ScanCut::Entries)));
+    let page = storage.scan(b"b", None, ScanLimit::entries(2), Timestamp::MAX).unwrap();
+    assert_eq!((page.rows.len(), page.resume), (2, None));
 }

@@ -1,6 +1,8 @@
 //! QUIC transport (quinn) carrying the Pleiades Wire Protocol. The protocol itself is the sans-IO
 //! codec in `pleiades_proto::wire`; this layer only moves bytes and enforces time limits.
 
+pub mod budget;
+pub mod inbound;
 pub mod peer;
 pub mod pool;
 pub mod server;

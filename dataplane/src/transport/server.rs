@@ -7,22 +7,33 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pleiades_proto::wire::{Action, Frame, ServerSession, Service, ServiceDirectory, SessionConfig, WireError};
-use tokio::io::AsyncReadExt;
-use tracing::{debug, info, warn};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tracing::{debug, warn};
 
-use crate::observe::{KindLabels, Metrics};
+use crate::config::WireConfig;
+use crate::observe::{KindLabels, LimitLabels, Metrics};
+use crate::transport::budget::{PeerBudgets, PeerKey, Reservation};
 use crate::transport::count_frame;
+use crate::transport::inbound::Inbound;
 use crate::transport::peer::{authenticate, Denials, Peer};
 
 /// QUIC application error code used when a stream is abandoned after a protocol error.
 const STREAM_PROTOCOL_ERROR: u32 = 1;
-/// Read buffer growth step; most PWP requests fit in one.
-const READ_CHUNK: usize = 16 * 1024;
+/// QUIC application error code of a stream refused because the node serves its most streams.
+pub const STREAM_REFUSED: u32 = 2;
+/// Bytes read while no message payload is in progress: one message header.
+const HEADER_READ: usize = 16;
+/// First read of a payload; reads double while the sender keeps them full, so a trickle holds
+/// a small reservation and a fast sender soon reads in large chunks.
+const FIRST_PAYLOAD_READ: usize = 1024;
+const MAX_READ: usize = 64 * 1024;
 
 /// A bound service's application handler.
 pub trait Dispatch: ServiceDirectory + Send + Sync + 'static {
@@ -67,7 +78,62 @@ impl DispatchError {
 
 pub struct StreamSettings {
     pub max_payload: u64,
-    pub stall_timeout: Duration,
+    /// A frame must arrive whole within this from its first byte.
+    pub frame_timeout: Duration,
+    /// A stream with no frame for this long is closed.
+    pub idle_timeout: Duration,
+    /// Streams open on the node at once, over all connections.
+    pub max_streams: usize,
+    /// Streams one user's connection may open (the QUIC transport's initial credit).
+    pub max_streams_per_connection: u32,
+    /// Streams another node's connection may open; raised from the above once it authenticates.
+    pub max_streams_per_node_connection: u32,
+    /// Bytes received and not yet handled (and answers not yet sent), per peer identity.
+    pub peer_buffers: PeerBudgets,
+    /// The node's budget of received and not yet handled bytes, over all connections.
+    pub node_buffer: Arc<Semaphore>,
+    /// Streams open now, counted against `max_streams`.
+    pub open_streams: AtomicUsize,
+}
+
+impl StreamSettings {
+    pub fn new(wire: &WireConfig) -> Self {
+        StreamSettings {
+            max_payload: wire.max_payload_bytes,
+            frame_timeout: Duration::from_millis(wire.frame_timeout_ms),
+            idle_timeout: Duration::from_millis(wire.stream_idle_timeout_ms),
+            max_streams: wire.max_streams,
+            max_streams_per_connection: wire.max_streams_per_connection,
+            max_streams_per_node_connection: wire.max_streams_per_node_connection,
+            peer_buffers: PeerBudgets::new(wire.max_buffered_bytes_per_peer),
+            node_buffer: Arc::new(Semaphore::new(wire.max_buffered_bytes)),
+            open_streams: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// One stream's place in the node's count, given back when the stream ends.
+struct OpenStream<'a>(&'a StreamSettings, &'a Metrics);
+
+impl<'a> OpenStream<'a> {
+    fn admit(settings: &'a StreamSettings, metrics: &'a Metrics) -> Option<Self> {
+        let admitted = settings
+            .open_streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < settings.max_streams).then_some(n + 1))
+            .is_ok();
+        admitted.then(|| {
+            metrics.pwp_streams_accepted.inc();
+            metrics.pwp_streams_open.inc();
+            OpenStream(settings, metrics)
+        })
+    }
+}
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::AcqRel);
+        self.1.pwp_streams_open.dec();
+    }
 }
 
 /// Who may connect, and how many.
@@ -160,7 +226,22 @@ pub async fn accept_loop<D: Dispatch>(
             };
             match authenticate(&connection, &accept.constellation, accept.insecure) {
                 Ok(peer) => {
-                    let context = Context { peer, dispatch, settings, metrics, denials };
+                    let buffer = settings.peer_buffers.of(PeerKey::of(&peer, remote.ip()));
+                    let mut stream_limit = settings.max_streams_per_connection;
+                    if let Peer::Node(_) = peer {
+                        stream_limit = settings.max_streams_per_node_connection;
+                        connection.set_max_concurrent_bi_streams(stream_limit.into());
+                    }
+                    let context = Context {
+                        peer,
+                        dispatch,
+                        settings,
+                        metrics,
+                        denials,
+                        buffer,
+                        open_streams: AtomicUsize::new(0),
+                        stream_limit: stream_limit as usize,
+                    };
                     serve_connection(connection, Arc::new(context)).await
                 }
                 Err(e) => {
@@ -180,6 +261,11 @@ struct Context<D> {
     settings: Arc<StreamSettings>,
     metrics: Arc<Metrics>,
     denials: Arc<Denials>,
+    /// The peer's budget of received and not yet handled bytes, shared by its connections.
+    buffer: Arc<Semaphore>,
+    open_streams: AtomicUsize,
+    /// Streams this connection may have open at once.
+    stream_limit: usize,
 }
 
 async fn serve_connection<D: Dispatch>(connection: quinn::Connection, context: Arc<Context<D>>) {
@@ -198,13 +284,21 @@ async fn serve_connection<D: Dispatch>(connection: quinn::Connection, context: A
     });
     let reason = loop {
         match connection.accept_bi().await {
-            Ok((send, recv)) => {
+            Ok((mut send, mut recv)) => {
                 let context = context.clone();
                 tokio::spawn(async move {
-                    context.metrics.pwp_streams_accepted.inc();
-                    context.metrics.pwp_streams_open.inc();
+                    let Some(_open) = OpenStream::admit(&context.settings, &context.metrics) else {
+                        context.metrics.limit_reached(LimitLabels::NODE_STREAMS);
+                        let _ = send.reset(quinn::VarInt::from_u32(STREAM_REFUSED));
+                        let _ = recv.stop(quinn::VarInt::from_u32(STREAM_REFUSED));
+                        return;
+                    };
+                    let on_connection = context.open_streams.fetch_add(1, Ordering::AcqRel) + 1;
+                    if on_connection == context.stream_limit {
+                        context.metrics.limit_reached(LimitLabels::CONNECTION_STREAMS);
+                    }
                     serve_stream(send, recv, &context).await;
-                    context.metrics.pwp_streams_open.dec();
+                    context.open_streams.fetch_sub(1, Ordering::AcqRel);
                 });
             }
             Err(e) => break e,
@@ -219,10 +313,14 @@ async fn serve_connection<D: Dispatch>(connection: quinn::Connection, context: A
 enum StreamFault {
     Wire(WireError),
     Dispatch(DispatchError),
-    /// The peer stopped sending in the middle of a frame.
-    Stalled(Duration),
+    /// A frame did not arrive whole within the frame timeout of its first byte.
+    FrameTimeout(Duration),
     /// The peer was silent longer than its heartbeat promise allows.
     HeartbeatMissed(Duration),
+    /// No frame for the idle timeout.
+    Idle(Duration),
+    /// The peer did not take an answer within the frame timeout.
+    AnswerNotTaken(Duration),
 }
 
 impl StreamFault {
@@ -230,8 +328,10 @@ impl StreamFault {
         match self {
             StreamFault::Wire(e) => e.kind(),
             StreamFault::Dispatch(e) => e.kind(),
-            StreamFault::Stalled(_) => "stalled",
+            StreamFault::FrameTimeout(_) => "frame_timeout",
             StreamFault::HeartbeatMissed(_) => "heartbeat_missed",
+            StreamFault::Idle(_) => "idle_timeout",
+            StreamFault::AnswerNotTaken(_) => "answer_not_taken",
         }
     }
 
@@ -239,9 +339,29 @@ impl StreamFault {
         match self {
             StreamFault::Wire(e) => Frame::protocol_error(e),
             StreamFault::Dispatch(e) => Frame::application_error(e.to_string()),
-            StreamFault::Stalled(after) => Frame::timeout_error(format!("stream stalled mid-frame for {after:?}")),
+            StreamFault::FrameTimeout(after) => {
+                Frame::timeout_error(format!("a frame did not arrive whole within {after:?} of its first byte"))
+            }
             StreamFault::HeartbeatMissed(after) => Frame::timeout_error(format!("no heartbeat for {after:?}")),
+            StreamFault::Idle(after) => Frame::timeout_error(format!("no frame for {after:?}")),
+            StreamFault::AnswerNotTaken(after) => Frame::timeout_error(format!("an answer was not taken in {after:?}")),
         }
+    }
+}
+
+/// When the stream must next show progress, and what it is if it does not.
+fn deadline(
+    settings: &StreamSettings,
+    frame_started: Option<Instant>,
+    last_frame: Instant,
+    heartbeat_window: Option<Duration>,
+) -> (Instant, StreamFault) {
+    if let Some(started) = frame_started {
+        return (started + settings.frame_timeout, StreamFault::FrameTimeout(settings.frame_timeout));
+    }
+    match heartbeat_window {
+        Some(window) if window < settings.idle_timeout => (last_frame + window, StreamFault::HeartbeatMissed(window)),
+        _ => (last_frame + settings.idle_timeout, StreamFault::Idle(settings.idle_timeout)),
     }
 }
 
@@ -249,43 +369,58 @@ async fn serve_stream<D: Dispatch>(mut send: quinn::SendStream, mut recv: quinn:
     let (dispatch, settings, metrics) = (&*context.dispatch, &*context.settings, &*context.metrics);
     let stream_id = quinn::VarInt::from(send.id()).into_inner();
     let mut session = ServerSession::new(stream_id, SessionConfig::new(settings.max_payload));
-    let mut inbound = BytesMut::with_capacity(READ_CHUNK);
-    let mut outbound = BytesMut::with_capacity(READ_CHUNK);
+    // Both buffers start empty: an idle stream holds no memory of its own.
+    let mut inbound = Inbound::default();
+    let mut outbound = BytesMut::new();
+    let mut reservation =
+        Reservation::new(context.buffer.clone(), settings.node_buffer.clone(), metrics.wire_buffered_bytes.clone());
     let mut actions = Vec::new();
     let mut heartbeat_window: Option<Duration> = None;
+    let mut frame_started: Option<Instant> = None;
+    let mut last_frame = Instant::now();
+    let mut payload_read = FIRST_PAYLOAD_READ;
     let fault = 'stream: loop {
-        // Only a partly received frame is held to the stall timeout; an idle stream between
-        // frames is fine unless the peer promised heartbeats.
-        let limit = if session.is_mid_frame() {
-            Some((settings.stall_timeout, true))
-        } else {
-            heartbeat_window.map(|window| (window, false))
+        let remaining = session.payload_remaining(inbound.len());
+        let want = remaining.map_or(HEADER_READ, |remaining| remaining.clamp(1, payload_read));
+        let capacity = inbound.capacity_after(want, remaining);
+        let (deadline, timed_out) = deadline(settings, frame_started, last_frame, heartbeat_window);
+        // Waiting for budget counts against the same deadline as waiting for bytes: a frame
+        // that cannot be received in time fails either way, and gives its budget back.
+        let read = async {
+            reservation.grow_to(capacity, |budget| metrics.limit_reached(LimitLabels { limit: budget.label() })).await;
+            recv.read_chunk(want, true).await
         };
-        inbound.reserve(READ_CHUNK);
-        let read = recv.read_buf(&mut inbound);
-        let read = match limit {
-            Some((limit, mid_frame)) => match tokio::time::timeout(limit, read).await {
-                Ok(read) => read,
-                Err(_) if mid_frame => break StreamFault::Stalled(limit),
-                Err(_) => break StreamFault::HeartbeatMissed(limit),
-            },
-            None => read.await,
+        let read = match tokio::time::timeout_at(deadline, read).await {
+            Ok(read) => read,
+            Err(_) => break timed_out,
         };
-        let at_end = match read {
-            Ok(0) => true,
-            Ok(n) => {
+        let (at_end, complete) = match read {
+            Ok(None) => (true, true),
+            Ok(Some(chunk)) => {
+                let n = chunk.bytes.len();
                 metrics.bytes_received.inc_by(n as u64);
-                false
+                if remaining.is_some() {
+                    payload_read = if n == want { (payload_read * 2).min(MAX_READ) } else { FIRST_PAYLOAD_READ };
+                }
+                if frame_started.is_none() {
+                    frame_started = Some(Instant::now());
+                }
+                inbound.push(&chunk.bytes, remaining);
+                (false, remaining.is_none_or(|remaining| remaining == n))
             }
             Err(e) => {
                 debug!(stream_id, error = %e, "stream reset by peer");
                 return;
             }
         };
+        // A payload still arriving has nothing to decode yet.
+        if !complete {
+            continue;
+        }
         let result = if at_end {
-            session.receive_eof(&mut inbound, dispatch, &mut actions)
+            session.receive_eof(inbound.joined(), dispatch, &mut actions)
         } else {
-            session.receive(&mut inbound, dispatch, &mut actions)
+            session.receive(inbound.joined(), dispatch, &mut actions)
         };
         let mut closing = at_end;
         for action in actions.drain(..) {
@@ -294,9 +429,18 @@ async fn serve_stream<D: Dispatch>(mut send: quinn::SendStream, mut recv: quinn:
                     count_frame(metrics, "out", frame.name());
                     frame.encode(&mut outbound);
                 }
-                Action::Received(name) => count_frame(metrics, "in", name),
+                Action::Received(name) => {
+                    count_frame(metrics, "in", name);
+                    // Whatever is left in the buffer belongs to a frame that started in this read.
+                    last_frame = Instant::now();
+                    frame_started = None;
+                    payload_read = FIRST_PAYLOAD_READ;
+                }
                 Action::Message { service, payload_type, payload } => {
-                    let answer = match dispatch.dispatch(&context.peer, service, payload_type, payload).await {
+                    // Boxed: the services' futures are large, and an idle stream should not
+                    // carry room for one.
+                    let answer = match Box::pin(dispatch.dispatch(&context.peer, service, payload_type, payload)).await
+                    {
                         Err(DispatchError::PermissionDenied(reason)) => {
                             context.denials.record(metrics, service_name(service), &context.peer, &reason);
                             let denied = pleiades_proto::v1::PermissionDenied { reason };
@@ -312,24 +456,34 @@ async fn serve_stream<D: Dispatch>(mut send: quinn::SendStream, mut recv: quinn:
                             let frame = Frame::Message { payload_type: response_type, payload: response };
                             count_frame(metrics, "out", frame.name());
                             frame.encode(&mut outbound);
+                            // Each answer goes out before the next request is handled, so a
+                            // peer that pipelines requests and reads no answers holds one.
+                            match send_answers(&mut send, &mut outbound, &mut reservation, settings, metrics).await {
+                                Ok(()) => {}
+                                Err(Some(fault)) => break 'stream fault,
+                                Err(None) => return,
+                            }
                         }
-                        Err(e) => {
-                            // Flush the answers already produced before reporting the fault.
-                            let _ = write_out(&mut send, &mut outbound, metrics).await;
-                            break 'stream StreamFault::Dispatch(e);
-                        }
+                        Err(e) => break 'stream StreamFault::Dispatch(e),
                     }
                 }
                 Action::HeartbeatInterval(interval) => heartbeat_window = interval.map(|i| i * 3),
                 Action::Close => closing = true,
             }
         }
-        if let Err(e) = result {
-            let _ = write_out(&mut send, &mut outbound, metrics).await;
-            break StreamFault::Wire(e);
+        if session.is_mid_frame() && frame_started.is_none() {
+            frame_started = Some(Instant::now());
         }
-        if write_out(&mut send, &mut outbound, metrics).await.is_err() {
-            return;
+        // Handled frames are gone; the reservation keeps only the buffer still held.
+        inbound.release_if_empty();
+        reservation.shrink_to(inbound.capacity());
+        match send_answers(&mut send, &mut outbound, &mut reservation, settings, metrics).await {
+            Ok(()) => {}
+            Err(Some(fault)) => break fault,
+            Err(None) => return,
+        }
+        if let Err(e) = result {
+            break StreamFault::Wire(e);
         }
         if closing {
             let _ = send.finish();
@@ -341,16 +495,55 @@ async fn serve_stream<D: Dispatch>(mut send: quinn::SendStream, mut recv: quinn:
     match &fault {
         StreamFault::Wire(e) => warn!(stream_id, kind, error = %e, "closing stream after a protocol error"),
         StreamFault::Dispatch(e) => warn!(stream_id, kind, error = %e, "closing stream after a bad message"),
-        _ => info!(stream_id, kind, "closing a silent stream"),
+        _ => debug!(stream_id, kind, "closing a silent stream"),
+    }
+    if matches!(fault, StreamFault::FrameTimeout(_) | StreamFault::Idle(_) | StreamFault::AnswerNotTaken(_)) {
+        metrics.limit_reached(LimitLabels { limit: kind });
+    }
+    // We will not read the rest of what the peer sends on this stream.
+    let _ = recv.stop(quinn::VarInt::from_u32(STREAM_PROTOCOL_ERROR));
+    if let StreamFault::AnswerNotTaken(_) = fault {
+        let _ = send.reset(quinn::VarInt::from_u32(STREAM_PROTOCOL_ERROR));
+        return;
     }
     for frame in [fault.error_frame(), Frame::Close] {
         count_frame(metrics, "out", frame.name());
         frame.encode(&mut outbound);
     }
-    let _ = write_out(&mut send, &mut outbound, metrics).await;
-    let _ = send.finish();
-    // We will not read the rest of what the peer sends on this stream.
-    let _ = recv.stop(quinn::VarInt::from_u32(STREAM_PROTOCOL_ERROR));
+    if send_answers(&mut send, &mut outbound, &mut reservation, settings, metrics).await.is_ok() {
+        let _ = send.finish();
+    } else {
+        let _ = send.reset(quinn::VarInt::from_u32(STREAM_PROTOCOL_ERROR));
+    }
+}
+
+/// Writes what `outbound` holds. Its bytes count against the budgets until QUIC has taken
+/// them, and a peer must take them within the frame timeout. `Err(None)`: the peer is gone.
+async fn send_answers(
+    send: &mut quinn::SendStream,
+    outbound: &mut BytesMut,
+    reservation: &mut Reservation,
+    settings: &StreamSettings,
+    metrics: &Metrics,
+) -> Result<(), Option<StreamFault>> {
+    if outbound.is_empty() {
+        return Ok(());
+    }
+    let before = reservation.held();
+    let bytes = outbound.split().freeze();
+    let write = async {
+        let len = bytes.len();
+        reservation.grow_to(before + len, |budget| metrics.limit_reached(LimitLabels { limit: budget.label() })).await;
+        metrics.bytes_sent.inc_by(len as u64);
+        send.write_chunk(bytes).await
+    };
+    let written = tokio::time::timeout(settings.frame_timeout, write).await;
+    reservation.shrink_to(before);
+    match written {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(None),
+        Err(_) => Err(Some(StreamFault::AnswerNotTaken(settings.frame_timeout))),
+    }
 }
 
 /// The service's name as a metrics label.
@@ -362,17 +555,4 @@ pub fn service_name(service: Service) -> &'static str {
         Service::Messaging => "messaging",
         Service::System => "system",
     }
-}
-
-async fn write_out(
-    send: &mut quinn::SendStream,
-    outbound: &mut BytesMut,
-    metrics: &Metrics,
-) -> Result<(), quinn::WriteError> {
-    if outbound.is_empty() {
-        return Ok(());
-    }
-    let bytes = outbound.split().freeze();
-    metrics.bytes_sent.inc_by(bytes.len() as u64);
-    send.write_chunk(bytes).await
 }

@@ -5,13 +5,18 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::server::STREAM_REFUSED;
+use super::tls::TlsError;
 use bytes::{Bytes, BytesMut};
 use pleiades_proto::v1;
 use pleiades_proto::wire::{ClientEvent, ClientSession, Frame, Service, ServiceTypeStatus, WireError};
 use prost::Message;
-use tokio::io::AsyncReadExt;
 
-use super::tls::TlsError;
+/// Largest read from a stream at once.
+const READ_MAX: usize = 64 * 1024;
+/// A stream idle longer than this is not reused: the node may be closing it (its stream idle
+/// timeout is two minutes by default), and a fresh stream costs one round trip.
+const REUSE_WITHIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -33,6 +38,8 @@ pub enum ClientError {
     Remote { code: u8, reason: String },
     #[error("the node closed the stream")]
     Closed,
+    #[error("the node is overloaded: {0}")]
+    Overloaded(String),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("the node sent a malformed {message}: {detail}")]
@@ -80,6 +87,7 @@ pub struct PwpStream {
     session: ClientSession,
     timeout: Duration,
     events: Vec<ClientEvent>,
+    last_used: Instant,
 }
 
 impl PwpStream {
@@ -92,12 +100,25 @@ impl PwpStream {
         let (mut send, recv) = connection.open_bi().await?;
         let mut session = ClientSession::new();
         send.write_chunk(session.pipelined_setup(service, true).freeze()).await?;
-        let mut stream = PwpStream { send, recv, inbound: BytesMut::new(), session, timeout, events: Vec::new() };
+        let mut stream = PwpStream {
+            send,
+            recv,
+            inbound: BytesMut::new(),
+            session,
+            timeout,
+            events: Vec::new(),
+            last_used: Instant::now(),
+        };
         match stream.next_event().await? {
             ClientEvent::Ready { .. } => Ok(stream),
             ClientEvent::Refused(status) => Err(ClientError::Refused { service, status }),
             other => Err(stream.unexpected(other)),
         }
+    }
+
+    /// Whether the stream was used recently enough to be reused rather than replaced.
+    pub fn is_fresh(&self) -> bool {
+        self.last_used.elapsed() < REUSE_WITHIN
     }
 
     /// Changes the deadline of the answers that follow.
@@ -119,15 +140,20 @@ impl PwpStream {
                     event => Ok(event),
                 };
             }
-            self.inbound.reserve(16 * 1024);
-            let n = self.recv.read_buf(&mut self.inbound).await.map_err(|e| ClientError::Read(e.to_string()))?;
-            if n == 0 {
+            let chunk = self.recv.read_chunk(READ_MAX, true).await.map_err(|e| match e {
+                quinn::ReadError::Reset(code) if code.into_inner() == u64::from(STREAM_REFUSED) => {
+                    ClientError::Overloaded("the node serves its most streams; try again later".into())
+                }
+                e => ClientError::Read(e.to_string()),
+            })?;
+            if let Some(chunk) = chunk {
+                self.inbound.extend_from_slice(&chunk.bytes);
+                self.session.receive(&mut self.inbound, &mut self.events)?;
+            } else {
                 self.session.receive_eof(&mut self.inbound, &mut self.events)?;
                 if self.events.is_empty() {
                     return Err(ClientError::Closed);
                 }
-            } else {
-                self.session.receive(&mut self.inbound, &mut self.events)?;
             }
         }
     }
@@ -140,6 +166,7 @@ impl PwpStream {
     pub async fn call(&mut self, payload_type: u8, payload: Bytes) -> Result<(u8, Bytes), ClientError> {
         let mut out = BytesMut::with_capacity(payload.len() + 16);
         Frame::Message { payload_type, payload }.encode(&mut out);
+        self.last_used = Instant::now();
         self.send.write_chunk(out.freeze()).await?;
         loop {
             match self.next_event().await? {

@@ -307,14 +307,39 @@ fn root_store(trusted: &[CertificateDer<'static>]) -> Result<Arc<rustls::RootCer
 /// Transport settings shared by the node and its clients.
 #[derive(Debug, Clone, Copy)]
 pub struct QuicLimits {
+    /// Streams the other end may open at once. quinn keeps two table entries per allowed
+    /// stream for the connection's whole life, so this is most of a connection's memory.
     pub max_streams: u32,
     pub idle_timeout: Duration,
 }
+
+impl QuicLimits {
+    /// For the dialling end: PWP streams are opened only by the dialler, never towards it.
+    pub fn dialler(idle_timeout: Duration) -> Self {
+        QuicLimits { max_streams: 0, idle_timeout }
+    }
+}
+
+/// Received stream bytes QUIC buffers before the application reads them, per stream and per
+/// connection. quinn's connection window is unbounded by default, so one connection whose
+/// streams stop reading (the node's buffer budget is spent) could park any amount of data in
+/// the transport; these bound it, and are ample for loopback and LAN round trips.
+const STREAM_RECEIVE_WINDOW: u32 = 512 * 1024;
+const CONNECTION_RECEIVE_WINDOW: u32 = 2 * 1024 * 1024;
+/// Sent bytes not yet acknowledged, per connection (quinn's default is 10 MB).
+const SEND_WINDOW: u64 = 2 * 1024 * 1024;
+/// Datagrams buffered either way; gossip reads them at once and drops what it cannot take.
+const DATAGRAM_BUFFER: usize = 64 * 1024;
 
 fn transport_config(limits: &QuicLimits) -> Result<Arc<quinn::TransportConfig>, TlsError> {
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(limits.max_streams.into());
     transport.max_concurrent_uni_streams(0u32.into());
+    transport.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
+    transport.receive_window(CONNECTION_RECEIVE_WINDOW.into());
+    transport.send_window(SEND_WINDOW);
+    transport.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
+    transport.datagram_send_buffer_size(DATAGRAM_BUFFER);
     let idle = quinn::IdleTimeout::try_from(limits.idle_timeout).map_err(|e| TlsError::Quic(e.to_string()))?;
     transport.max_idle_timeout(Some(idle));
     transport.keep_alive_interval(Some(limits.idle_timeout / 3));
@@ -402,7 +427,7 @@ mod tests {
         let node = load_certified_key(&paths.node_cert, &paths.node_key).unwrap();
         server_config(node, &ca, ClientAuth::Required, &limits).unwrap();
         let admin = load_certified_key(&paths.admin_cert, &paths.admin_key).unwrap();
-        client_config(&ca, Some(admin), &limits).unwrap();
+        client_config(&ca, Some(admin), &QuicLimits::dialler(Duration::from_secs(5))).unwrap();
     }
 
     #[test]

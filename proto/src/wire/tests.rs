@@ -357,3 +357,21 @@ fn the_client_reports_refusals_errors_and_messages() {
     let mut reply = encode_all(&[Frame::Message { payload_type: 2, payload: Bytes::new() }]);
     assert_eq!(client.receive(&mut reply, &mut Vec::new()).unwrap_err().kind(), "unexpected_frame");
 }
+
+#[test]
+fn a_header_claiming_a_large_payload_costs_no_memory_until_the_bytes_arrive() {
+    let size = 16usize << 20;
+    let mut header = BytesMut::new();
+    Frame::Message { payload_type: 1, payload: Bytes::from(vec![0u8; size]) }.encode(&mut header);
+    header.truncate(MESSAGE_HEADER_LEN);
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&header);
+    let mut decoder = Decoder::new(DEFAULT_MAX_PAYLOAD);
+    assert_eq!(decoder.payload_remaining(0), None);
+    assert_eq!(decoder.decode(&mut buf).unwrap(), None);
+    assert!(buf.capacity() < 4096, "the decoder reserved {} bytes on a header's word", buf.capacity());
+    assert_eq!(decoder.payload_remaining(buf.len()), Some(size));
+    buf.extend_from_slice(&[0u8; 100]);
+    assert_eq!(decoder.decode(&mut buf).unwrap(), None);
+    assert_eq!(decoder.payload_remaining(buf.len()), Some(size - 100));
+}
