@@ -292,6 +292,8 @@ pub struct HttpState {
     pub registry: Registry,
     pub health: Arc<Health>,
     pub refresh: Box<dyn Fn() + Send + Sync>,
+    /// The ranges whose descriptors (as this node knows them) name a node among their replicas.
+    pub ranges_on: Box<dyn Fn(u64) -> Vec<u64> + Send + Sync>,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -299,7 +301,27 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/replicas/{node_id}", get(replicas_of))
         .with_state(state)
+}
+
+/// What one member says another holds: the operator asks a member other than the one it is
+/// about to remove, rather than trust that node's own report of being empty.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ReplicasOf {
+    pub node_id: u64,
+    pub ranges: Vec<u64>,
+}
+
+async fn replicas_of(
+    State(state): State<Arc<HttpState>>,
+    axum::extract::Path(node_id): axum::extract::Path<u64>,
+) -> impl IntoResponse {
+    let answer = ReplicasOf { node_id, ranges: (state.ranges_on)(node_id) };
+    match serde_json::to_string(&answer) {
+        Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], e.to_string()),
+    }
 }
 
 /// OpenMetrics for scrapers that ask for it (Prometheus does); the classic text format 0.0.4

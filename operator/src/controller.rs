@@ -23,9 +23,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::certificates;
-use crate::desired::{desired, service_monitor_resource, Names, CONFIG_HASH_ANNOTATION};
+use crate::desired::{allow_operator, desired, service_monitor_resource, Names, CONFIG_HASH_ANNOTATION, HTTP_PORT};
 use crate::metrics::Metrics;
-use crate::plan::{aggregate, plan, ObservedSet, Plan, Rollout, Scale};
+use crate::plan::{aggregate, plan, Confirmation, ObservedSet, Plan, Rollout, Scale};
 use crate::scope::{api, Scope};
 
 pub const FIELD_MANAGER: &str = "pleiades-operator";
@@ -64,6 +64,10 @@ impl Error {
 
 pub struct Context {
     pub client: Client,
+    /// The operator's own namespace, whose pods the constellations' NetworkPolicies admit.
+    pub namespace: String,
+    /// The members' HTTP port, where the operator asks one member about another.
+    pub member_http_port: u16,
     pub recorder: Recorder,
     pub metrics: Metrics,
     /// Consecutive failures per Constellation, for exponential backoff.
@@ -71,11 +75,13 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Metrics, instance: String) -> Arc<Context> {
+    pub fn new(client: Client, metrics: Metrics, instance: String, namespace: String) -> Arc<Context> {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(instance) };
         Arc::new(Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            namespace,
+            member_http_port: HTTP_PORT as u16,
             metrics,
             failures: Mutex::new(HashMap::new()),
         })
@@ -150,7 +156,10 @@ async fn apply(cst: &Constellation, ctx: &Context) -> Result<Action, Error> {
     let now = Timestamp::now();
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
     let existing = sets.get_opt(&names.stateful_set()).await?;
-    let observed = existing.as_ref().map(observe);
+    let mut observed = existing.as_ref().map(observe);
+    if let Some(set) = observed.as_mut() {
+        set.confirmation = confirm_decommission(cst, &names, set.replicas, ctx.member_http_port).await;
+    }
     let mut objects = desired(cst);
     let desired_hash = template_hash(&objects.stateful_set).unwrap_or_default();
     let plan = plan(cst, observed.as_ref(), &desired_hash, now);
@@ -183,6 +192,9 @@ async fn apply(cst: &Constellation, ctx: &Context) -> Result<Action, Error> {
     apply_object(Api::<ConfigMap>::namespaced(client.clone(), ns), &objects.config_map, &params).await?;
     apply_object(Api::<Service>::namespaced(client.clone(), ns), &objects.peer_service, &params).await?;
     apply_object(Api::<Service>::namespaced(client.clone(), ns), &objects.client_service, &params).await?;
+    if let Some(policy) = objects.network_policy.as_mut() {
+        allow_operator(policy, &ctx.namespace);
+    }
     match &objects.network_policy {
         Some(policy) => apply_object(Api::<NetworkPolicy>::namespaced(client.clone(), ns), policy, &params).await?,
         None => remove_network_policy(cst, ctx, &names).await?,
@@ -204,6 +216,31 @@ async fn apply(cst: &Constellation, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(if busy { BUSY_REQUEUE } else { IDLE_REQUEUE }))
 }
 
+/// Once the pod on its way out reports itself decommissioned, asks another member whether any
+/// range still names it; the plan removes the pod only on that member's word.
+async fn confirm_decommission(
+    cst: &Constellation,
+    names: &Names,
+    replicas: i32,
+    http_port: u16,
+) -> Option<Confirmation> {
+    let status = cst.status.as_ref()?;
+    let leaving = names.pod(replicas - 1);
+    if cst.spec.replicas >= replicas || !status.decommission.contains(&leaving) {
+        return None;
+    }
+    let member =
+        status.members.iter().find(|m| m.pod == leaving && m.state == pleiades_crds::MemberState::Decommissioned)?;
+    let answer = crate::probe::confirm_empty(&status.members, member, http_port).await.map_err(|errors| {
+        if errors.is_empty() {
+            "no other member is ready to ask".to_string()
+        } else {
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        }
+    });
+    Some(Confirmation { about: leaving, answer })
+}
+
 fn observe(set: &StatefulSet) -> ObservedSet {
     let spec = set.spec.as_ref();
     ObservedSet {
@@ -215,6 +252,7 @@ fn observe(set: &StatefulSet) -> ObservedSet {
             .unwrap_or(0),
         ready_replicas: set.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
         template_hash: template_hash(set),
+        confirmation: None,
     }
 }
 
@@ -351,7 +389,10 @@ async fn publish_decisions(cst: &Constellation, ctx: &Context, plan: &Plan) {
             .await
         }
         Scale::Blocked { reason } => publish(ctx, cst, EventType::Warning, "ScaleDownBlocked", reason.clone()).await,
-        Scale::Decommissioning { .. } | Scale::Stable => {}
+        Scale::Confirming { detail, .. } if detail.contains("still name it") => {
+            publish(ctx, cst, EventType::Warning, "DecommissionContradicted", detail.clone()).await
+        }
+        Scale::Decommissioning { .. } | Scale::Confirming { .. } | Scale::Stable => {}
     }
     if !previous.decommission.is_empty()
         && plan.decommission.is_empty()

@@ -35,6 +35,8 @@ use sha2::{Digest, Sha256};
 pub const QUIC_PORT: i32 = 7400;
 /// Observability HTTP port: `/metrics`, `/healthz`, `/readyz`.
 pub const HTTP_PORT: i32 = 7480;
+/// The operator chart's name, which labels the operator's pods `app.kubernetes.io/name`.
+pub const OPERATOR_NAME: &str = "pleiades-operator";
 pub const DATA_DIR: &str = "/var/lib/pleiades";
 pub const CONFIG_DIR: &str = "/etc/pleiades/config";
 pub const TLS_DIR: &str = "/etc/pleiades/tls";
@@ -386,6 +388,31 @@ fn network_policy(cst: &Constellation, names: &Names) -> NetworkPolicy {
             ..Default::default()
         }),
     }
+}
+
+/// Admits the operator's pods in `namespace` to the members' HTTP port: the operator asks a
+/// member before it removes another (see `probe`).
+pub fn allow_operator(policy: &mut NetworkPolicy, namespace: &str) {
+    let operator = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some([("kubernetes.io/metadata.name".to_string(), namespace.to_string())].into()),
+            ..Default::default()
+        }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some([("app.kubernetes.io/name".to_string(), OPERATOR_NAME.to_string())].into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let rule = NetworkPolicyIngressRule {
+        from: Some(vec![operator]),
+        ports: Some(vec![NetworkPolicyPort {
+            protocol: Some("TCP".into()),
+            port: Some(IntOrString::Int(HTTP_PORT)),
+            ..Default::default()
+        }]),
+    };
+    policy.spec.get_or_insert_default().ingress.get_or_insert_default().push(rule);
 }
 
 fn service_monitor(cst: &Constellation, names: &Names) -> DynamicObject {

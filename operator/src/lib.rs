@@ -6,5 +6,6 @@ pub mod desired;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod probe;
 pub mod scope;
 pub mod tls;

@@ -42,7 +42,8 @@ struct RunArgs {
     /// Elect a leader through a Lease so several replicas can run; only the leader reconciles.
     #[arg(long, env = "PLEIADES_OPERATOR_LEADER_ELECT")]
     leader_elect: bool,
-    /// Namespace of the leader Lease (the operator's own namespace).
+    /// The operator's own namespace: where its leader Lease lives, and whose operator pods the
+    /// constellations' NetworkPolicies admit to their members' HTTP port.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
     /// This replica's identity in the Lease.
@@ -97,7 +98,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
     };
-    let ctx = Context::new(client.clone(), metrics.clone(), args.identity.clone());
+    let ctx = Context::new(client.clone(), metrics.clone(), args.identity.clone(), args.lease_namespace.clone());
     metrics.set_ready(true);
     if !args.leader_elect {
         info!("reconciling (no leader election)");

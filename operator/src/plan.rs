@@ -23,6 +23,17 @@ pub struct ObservedSet {
     pub ready_replicas: i32,
     /// The configuration hash in the StatefulSet's current pod template.
     pub template_hash: Option<String>,
+    /// What a member other than the pod being removed said it still holds, asked once that pod
+    /// reports itself decommissioned: its own report is not trusted alone.
+    pub confirmation: Option<Confirmation>,
+}
+
+/// A member's answer about the pod on its way out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confirmation {
+    pub about: String,
+    /// The pod that answered, or why none could.
+    pub answer: Result<crate::probe::Testimony, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -36,7 +47,12 @@ pub enum Scale {
     Decommissioning {
         pod: String,
     },
-    /// `pod` reported decommissioned: the StatefulSet shrinks past it now.
+    /// `pod` reports itself decommissioned; a member is asked to confirm it holds nothing.
+    Confirming {
+        pod: String,
+        detail: String,
+    },
+    /// `pod` reported decommissioned and a member confirmed it: the StatefulSet shrinks past it.
     Removing {
         pod: String,
     },
@@ -155,13 +171,31 @@ pub fn plan(cst: &Constellation, observed: Option<&ObservedSet>, desired_hash: &
         // themselves on the way out.
         let victim = names.pod(current - 1);
         let member = status.members.iter().find(|m| m.pod == victim);
+        let testimony = set.confirmation.as_ref().filter(|c| c.about == victim).map(|c| &c.answer);
         match member {
-            Some(m) if m.state == MemberState::Decommissioned && decommission.contains(&victim) => {
-                stateful_set_replicas = current - 1;
-                decommission.retain(|pod| pod != &victim);
-                forget_members.push(victim.clone());
-                Scale::Removing { pod: victim }
-            }
+            Some(m) if m.state == MemberState::Decommissioned && decommission.contains(&victim) => match testimony {
+                Some(Ok(testimony)) if testimony.ranges.is_empty() => {
+                    stateful_set_replicas = current - 1;
+                    decommission.retain(|pod| pod != &victim);
+                    forget_members.push(victim.clone());
+                    Scale::Removing { pod: victim }
+                }
+                Some(Ok(testimony)) => Scale::Confirming {
+                    detail: format!(
+                        "{victim} reports itself decommissioned, but {} says ranges {:?} still name it",
+                        testimony.member, testimony.ranges
+                    ),
+                    pod: victim,
+                },
+                Some(Err(reason)) => Scale::Confirming {
+                    detail: format!("{victim} reports itself decommissioned; no member could confirm it: {reason}"),
+                    pod: victim,
+                },
+                None => Scale::Confirming {
+                    detail: format!("{victim} reports itself decommissioned; asking a member to confirm"),
+                    pod: victim,
+                },
+            },
             _ if decommission.contains(&victim) => Scale::Decommissioning { pod: victim },
             _ => match unhealthy(&status, &names, current, now) {
                 Some(reason) => Scale::Blocked { reason: format!("cannot decommission {victim}: {reason}") },
@@ -322,6 +356,9 @@ pub fn aggregate(cst: &Constellation, set: Option<&ObservedSet>, plan: &Plan, no
             "Decommissioning",
             format!("waiting for {pod} to move its replicas to the other nodes"),
         ),
+        (Scale::Confirming { detail, .. }, _) => {
+            condition("Progressing", true, "ConfirmingDecommission", detail.clone())
+        }
         (Scale::Removing { pod }, _) => {
             condition("Progressing", true, "RemovingPod", format!("{pod} is decommissioned; removing its pod"))
         }

@@ -394,3 +394,16 @@ async fn a_scan_larger_than_a_message_comes_back_in_pages_that_the_cli_prints_in
         assert_eq!(value.len(), VALUE);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_says_which_ranges_name_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]).unwrap();
+    let (status, body) = node.http_get(&format!("/replicas/{}", node.node_id)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["node_id"], node.node_id);
+    assert_eq!(answer["ranges"].as_array().unwrap().len(), 5, "a lone node holds the meta range and four data ranges");
+    let (_, stranger) = node.http_get("/replicas/999").unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&stranger).unwrap()["ranges"], serde_json::json!([]));
+}

@@ -436,7 +436,14 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
             metrics.hlc_offset_rejections.inc_by(rejections.saturating_sub(counted));
         })
     };
-    let http_state = Arc::new(HttpState { registry, health: health.clone(), refresh });
+    let ranges_on = {
+        let replicas = replicas.clone();
+        Box::new(move |node: u64| {
+            let descriptors = replicas.descriptors().into_iter();
+            descriptors.filter(|d| d.replicas.contains(&node)).map(|d| d.range_id).collect()
+        })
+    };
+    let http_state = Arc::new(HttpState { registry, health: health.clone(), refresh, ranges_on });
     let (http_addr, http_server) = crate::observe::serve_http(config.http, http_state, async {
         let _ = http_stopped.await;
     })

@@ -353,6 +353,24 @@ fn alive(pods: i32, hash: &str) -> Vec<MemberStatus> {
 struct Harness {
     api: FakeApi,
     ctx: Arc<Context>,
+    /// What the members' HTTP endpoint (one, on loopback) answers to `GET /replicas/<id>`.
+    member_answer: Arc<Mutex<String>>,
+}
+
+/// Serves `answer` to every request, as a member's HTTP port would its `/replicas` answer.
+fn member_endpoint(answer: Arc<Mutex<String>>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route(
+        "/replicas/{node}",
+        axum::routing::get(move || {
+            let answer = answer.clone();
+            async move { answer.lock().unwrap().clone() }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app).await });
+    port
 }
 
 impl Harness {
@@ -361,8 +379,13 @@ impl Harness {
         let mut cst = crate::desired::tests::constellation(spec);
         cst.metadata.resource_version = Some("1".into());
         api.0.lock().unwrap().objects.insert(CST.into(), serde_json::to_value(&cst).unwrap());
-        let ctx = Context::new(api.client(), Metrics::new(&mut Registry::default()), "test".into());
-        Harness { api, ctx }
+        let mut ctx =
+            Context::new(api.client(), Metrics::new(&mut Registry::default()), "test".into(), "pleiades-system".into());
+        let member_answer = Arc::new(Mutex::new(String::new()));
+        if let Some(ctx) = Arc::get_mut(&mut ctx) {
+            ctx.member_http_port = member_endpoint(member_answer.clone());
+        }
+        Harness { api, ctx, member_answer }
     }
 
     async fn reconcile(&self) -> Result<Action, Error> {
@@ -474,9 +497,26 @@ async fn scale_down_waits_for_decommission_then_resumes() {
     h.reconcile().await.unwrap();
     assert_eq!(h.api.statefulset_replicas_and_partition().0, 5);
 
-    // demo-4 is empty: its pod goes, its entry is dropped, and demo-3 is next.
+    // demo-4 says it is empty. No member can be asked yet (their addresses do not resolve
+    // here), so its word alone keeps it: the pod stays.
     members[4] = member(4, MemberState::Decommissioned, &hash);
     h.api.report(&members);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.statefulset_replicas_and_partition().0, 5);
+    assert_eq!(h.api.condition("Progressing").1, "ConfirmingDecommission");
+
+    // A member contradicts it: still no removal, and a warning.
+    for member in &mut members {
+        member.address = "127.0.0.1:7400".into();
+    }
+    h.api.report(&members);
+    *h.member_answer.lock().unwrap() = r#"{"node_id":5,"ranges":[2]}"#.into();
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.statefulset_replicas_and_partition().0, 5);
+    assert!(h.api.event_reasons().contains(&"DecommissionContradicted".to_string()));
+
+    // A member confirms no range names it: its pod goes, its entry is dropped, demo-3 is next.
+    *h.member_answer.lock().unwrap() = r#"{"node_id":5,"ranges":[]}"#.into();
     h.reconcile().await.unwrap();
     assert_eq!(h.api.statefulset_replicas_and_partition().0, 4);
     let status = h.api.get(CST).unwrap()["status"].clone();
@@ -666,7 +706,12 @@ async fn a_namespaced_operator_watches_and_reconciles_only_its_namespaces() {
 #[tokio::test]
 async fn turning_the_network_policy_off_removes_ours_but_not_someone_elses() {
     let h = Harness::created(ConstellationSpec::default()).await;
-    assert_eq!(h.api.get(NETPOL).unwrap()["spec"]["ingress"].as_array().unwrap().len(), 3);
+    let ingress = h.api.get(NETPOL).unwrap()["spec"]["ingress"].clone();
+    assert_eq!(ingress.as_array().unwrap().len(), 4, "peers, clients, scrapers and the operator");
+    assert_eq!(
+        ingress[3]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "pleiades-system"
+    );
     h.set_spec(|spec| spec.network_policy.enabled = false);
     h.reconcile().await.unwrap();
     assert!(h.api.get(NETPOL).is_none(), "enabled: false removes the policy");

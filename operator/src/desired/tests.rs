@@ -263,6 +263,21 @@ fn peers_come_only_from_the_constellation_and_clients_and_scrapers_from_the_name
 }
 
 #[test]
+fn the_operator_pods_may_ask_members_over_http_and_nothing_more() {
+    let mut desired = desired(&constellation(ConstellationSpec::default()));
+    if let Some(policy) = desired.network_policy.as_mut() {
+        allow_operator(policy, "pleiades-system");
+    }
+    let rules = ingress(&desired);
+    assert_eq!(rules.len(), 4);
+    let (protocol, port, from) = &rules[3];
+    assert_eq!((protocol.as_str(), *port), ("TCP", HTTP_PORT));
+    let labels = |selector: &Option<LabelSelector>| selector.clone().unwrap().match_labels.unwrap();
+    assert_eq!(labels(&from[0].namespace_selector)["kubernetes.io/metadata.name"], "pleiades-system");
+    assert_eq!(labels(&from[0].pod_selector)["app.kubernetes.io/name"], OPERATOR_NAME);
+}
+
+#[test]
 fn configured_sources_replace_the_namespace_default_but_never_the_peers() {
     let production = production();
     let cst = constellation(production.clone());

@@ -41,7 +41,7 @@ fn cst(replicas: i32, status: ConstellationStatus) -> Constellation {
 }
 
 fn set(replicas: i32, partition: i32, hash: &str) -> ObservedSet {
-    ObservedSet { replicas, partition, ready_replicas: replicas, template_hash: Some(hash.into()) }
+    ObservedSet { replicas, partition, ready_replicas: replicas, template_hash: Some(hash.into()), confirmation: None }
 }
 
 #[test]
@@ -71,8 +71,24 @@ fn scaling_down_decommissions_the_highest_ordinal_first_and_waits() {
     let waiting = plan(&cst(3, status.clone()), Some(&set(5, 0, OLD)), OLD, now());
     assert_eq!((waiting.stateful_set_replicas, waiting.decommission.clone()), (5, vec!["demo-4".to_string()]));
 
+    // Its own word is not enough: a member must say no range names it any more.
     status.members[4].state = MemberState::Decommissioned;
-    let removing = plan(&cst(3, status), Some(&set(5, 0, OLD)), OLD, now());
+    let unconfirmed = plan(&cst(3, status.clone()), Some(&set(5, 0, OLD)), OLD, now());
+    assert!(matches!(unconfirmed.scale, Scale::Confirming { .. }), "{:?}", unconfirmed.scale);
+    assert_eq!((unconfirmed.stateful_set_replicas, unconfirmed.decommission.len()), (5, 1));
+    let testimony = |ranges: Vec<u64>| ObservedSet {
+        confirmation: Some(Confirmation {
+            about: "demo-4".into(),
+            answer: Ok(crate::probe::Testimony { member: "demo-0".into(), ranges }),
+        }),
+        ..set(5, 0, OLD)
+    };
+    let contradicted = plan(&cst(3, status.clone()), Some(&testimony(vec![3])), OLD, now());
+    let Scale::Confirming { detail, .. } = &contradicted.scale else { panic!("{:?}", contradicted.scale) };
+    assert!(detail.contains("demo-0 says ranges [3] still name it"), "{detail}");
+    assert_eq!(contradicted.stateful_set_replicas, 5, "a pod that still holds a replica stays");
+
+    let removing = plan(&cst(3, status), Some(&testimony(vec![])), OLD, now());
     assert_eq!(removing.stateful_set_replicas, 4);
     assert_eq!(removing.scale, Scale::Removing { pod: "demo-4".into() });
     assert!(removing.decommission.is_empty());
