@@ -122,7 +122,8 @@ pub struct WireConfig {
     /// identity, over all its connections — may hold; its streams stop reading past it. At
     /// least one maximal message.
     pub max_buffered_bytes_per_peer: usize,
-    /// The same over all peers of the node.
+    /// The same over all peers of the node; a quarter of it is kept for peers that hold little,
+    /// so several identities flooding at once still leave everyone else served.
     pub max_buffered_bytes: usize,
     /// Open connections (and handshakes) the node accepts in all.
     pub max_connections: usize,
@@ -142,7 +143,7 @@ impl Default for WireConfig {
             max_streams_per_node_connection: 4_096,
             max_streams: 16_384,
             max_buffered_bytes_per_peer: 24 << 20,
-            max_buffered_bytes: 32 << 20,
+            max_buffered_bytes: 48 << 20,
             max_connections: 4_096,
             max_connections_per_address: 256,
             idle_timeout_ms: 30_000,
@@ -477,8 +478,11 @@ impl NodeConfig {
                 wire.max_buffered_bytes_per_peer
             ));
         }
-        if wire.max_buffered_bytes < wire.max_buffered_bytes_per_peer {
-            return invalid("wire.max-buffered-bytes must be at least wire.max-buffered-bytes-per-peer".into());
+        // A peer holding much draws only on the three quarters that are not the reserve.
+        if (wire.max_buffered_bytes - wire.max_buffered_bytes / 4) < wire.max_buffered_bytes_per_peer {
+            return invalid(
+                "three quarters of wire.max-buffered-bytes must be at least wire.max-buffered-bytes-per-peer".into(),
+            );
         }
         self.kv.check(self.wire.max_payload_bytes).map_err(ConfigError::Invalid)?;
         if self.tls.cert.is_some() != self.tls.key.is_some() {

@@ -1,7 +1,7 @@
 //! What a flood costs a real node process: an authenticated but hostile user opens a thousand
 //! connections, ten thousand streams, sixteen streams that send 15 MiB of a 16 MiB payload and
-//! then trickle, and a thousand frames that claim 16 MiB and stall. Meanwhile another user
-//! writes and reads. The node's memory stays within its budgets, the other user is served
+//! then trickle (as does a second hostile user beside it), and a thousand frames that claim
+//! 16 MiB and stall. Meanwhile another user writes and reads. The node's memory stays within its budgets, the other user is served
 //! throughout, and every bound that was reached shows in the metrics. Bounded in time: every
 //! phase ends by itself within the node's frame and idle timeouts.
 
@@ -143,8 +143,13 @@ async fn a_flood_costs_the_node_its_budgets_and_no_more_while_others_are_served(
     let pid = node.pid().unwrap();
     let tls = GeneratedPaths::in_data_dir(&data);
     let admin = CertFiles { cert: tls.admin_cert.clone(), key: tls.admin_key.clone() };
-    let flood_user = CertFiles { cert: dir.path().join("flood.crt"), key: dir.path().join("flood.key") };
-    tls.ca.issue(&Identity::user("local", "flood"), &[], 30, &flood_user.cert, &flood_user.key).unwrap();
+    let user_cert = |name: &str| {
+        let files =
+            CertFiles { cert: dir.path().join(format!("{name}.crt")), key: dir.path().join(format!("{name}.key")) };
+        tls.ca.issue(&Identity::user("local", name), &[], 30, &files.cert, &files.key).unwrap();
+        files
+    };
+    let (flood_user, second_flood_user) = (user_cert("flood"), user_cert("flood2"));
 
     // The well-behaved user: one write and one read after another, from 127.0.0.1.
     let cluster = Cluster::connect(ClusterConfig {
@@ -228,11 +233,14 @@ async fn a_flood_costs_the_node_its_budgets_and_no_more_while_others_are_served(
     assert!(metric(&node, "pleiades_limit_reached_total{limit=\"idle_timeout\"}") >= (NODE_MAX_STREAMS - 100) as f64);
     drop(streams);
 
-    // 3. Sixteen streams, each on its own connection, send 15 MiB of a 16 MiB payload as fast as
-    //    the node takes it, then a byte every two seconds; and a thousand frames claim 16 MiB
-    //    and stall.
+    // 3. Sixteen streams of each of two users, each on its own connection, send 15 MiB of a 16 MiB
+    //    payload as fast as the node takes it, then a byte every two seconds; and a thousand
+    //    frames claim 16 MiB and stall.
     let payload_size = 16 * MIB as u64 - 1024;
-    let slow = connections.iter().take(16).map(|connection| {
+    // A second flooding user, so that together they spend the node's budget, not just their own.
+    let second = endpoint([127, 0, 0, 8], &tls.ca.cert, &second_flood_user);
+    let (second_connections, _) = connect_many(&second, node.quic, 16).await;
+    let slow = connections.iter().take(16).chain(&second_connections).map(|connection| {
         let connection = connection.clone();
         let mut start = kv_setup();
         start.extend_from_slice(&claim(payload_size));
@@ -274,10 +282,10 @@ async fn a_flood_costs_the_node_its_budgets_and_no_more_while_others_are_served(
     .await
     .expect("the node ends every slow and stalled frame by itself");
     eprintln!("slow and stalled frames ended after {:?}", started.elapsed());
-    growth.end("16 slow and 1,000 stalled 16 MiB frames");
+    growth.end("32 slow and 1,000 stalled 16 MiB frames, from two users");
     // A frame that began is ended by the frame timeout; a stream that could not even read its
     // setup (its user's budget spent by the others) by the idle timeout.
-    for (what, answers, expected) in [("slow", &slow, 16), ("stalled", &stalled, 1_000)] {
+    for (what, answers, expected) in [("slow", &slow, 32), ("stalled", &stalled, 1_000)] {
         let ended = |a: &&String| a.contains("whole within") || a.contains("no frame for");
         let others: Vec<_> = answers.iter().filter(|a| !ended(a)).take(3).collect();
         assert_eq!(
@@ -308,7 +316,7 @@ async fn a_flood_costs_the_node_its_budgets_and_no_more_while_others_are_served(
     assert!(served.errors.is_empty(), "the other user was refused: {:?}", &served.errors[..served.errors.len().min(5)]);
     assert!(latencies.len() > 100, "the other user was served throughout");
     assert!(at(1.0) < FRAME_TIMEOUT / 2, "the other user waited for the flood's frames to time out: {:?}", at(1.0));
-    for bound in ["peer_buffer", "frame_timeout"] {
+    for bound in ["peer_buffer", "node_buffer", "frame_timeout"] {
         assert!(
             metric(&node, &format!("pleiades_limit_reached_total{{limit=\"{bound}\"}}")) > 0.0,
             "the {bound} bound shows in the metrics"

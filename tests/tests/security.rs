@@ -136,7 +136,30 @@ async fn only_nodes_may_speak_raft_and_gossip_and_only_for_themselves() {
     assert_eq!(error.kind(), v1::RaftErrorKind::PermissionDenied, "{error:?}");
     let mut gossip = node2.open(Service::Gossip).await.unwrap();
     assert!(is_denied(&gossip.call(payload_type::gossip::ENVELOPE, forged_death(3, "x:1", 1).into()).await));
+    // Even a real member may not flood: past its rate, its gossip is dropped, and the other
+    // members' probes still get through (nobody is suspected).
+    let chatter = v1::GossipEnvelope {
+        from: 2,
+        from_addr: cluster.nodes[1].quic.to_string(),
+        message: Some(v1::gossip_envelope::Message::Gossip(v1::GossipOnly {})),
+        updates: Vec::new(),
+    };
+    let mut datagram = vec![u8::from(Service::Gossip)];
+    datagram.extend(chatter.encode_to_vec());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(node1, "pleiades_gossip_rate_limited_total") == 0.0 {
+        assert!(Instant::now() < deadline, "a flood of a member's gossip was never limited");
+        for _ in 0..200 {
+            let _ = node2.connection().send_datagram(datagram.clone().into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     node2.close().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let admin = connect_as(node1, Some(cluster.admin.clone())).await.unwrap();
+    let members = admin.system().await.unwrap().members().await.unwrap();
+    assert!(members.members.iter().all(|m| m.state == "alive"), "{:?}", members.members);
+    admin.close().await;
     assert!(metric(node1, "pleiades_permission_denied_total") >= 8.0);
 
     // Leadership was never disturbed by the forged votes (term 1,000,000 would depose anyone).

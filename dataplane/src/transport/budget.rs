@@ -2,7 +2,8 @@
 //! are read — never the size a frame header claims — from the caller's budget and the node's.
 //! A stream that finds a budget spent stops reading; QUIC flow control then stops its sender,
 //! so a flood costs the budget and no more. The caller's budget is per identity, shared by all
-//! its connections, so one user or node (or a bug in one) cannot spend what the others need.
+//! its connections, so one user or node (or a bug in one) cannot spend what the others need;
+//! a part of the node's is kept for identities that hold little, so neither can several.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -46,10 +47,27 @@ impl PeerKey {
     }
 }
 
+/// One identity's budget, shared by its connections.
+pub struct PeerBudget {
+    semaphore: Semaphore,
+    capacity: usize,
+}
+
+impl PeerBudget {
+    fn new(capacity: usize) -> Self {
+        PeerBudget { semaphore: Semaphore::new(capacity), capacity }
+    }
+
+    /// Bytes the peer holds now, over all its streams.
+    fn held(&self) -> usize {
+        self.capacity.saturating_sub(self.semaphore.available_permits())
+    }
+}
+
 /// One budget per peer with connections open; a peer's budget goes when its last connection does.
 pub struct PeerBudgets {
     per_peer: usize,
-    budgets: Mutex<HashMap<PeerKey, Weak<Semaphore>>>,
+    budgets: Mutex<HashMap<PeerKey, Weak<PeerBudget>>>,
 }
 
 impl PeerBudgets {
@@ -58,32 +76,52 @@ impl PeerBudgets {
     }
 
     /// The budget `key` shares among its connections.
-    pub fn of(&self, key: PeerKey) -> Arc<Semaphore> {
+    pub fn of(&self, key: PeerKey) -> Arc<PeerBudget> {
         let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(budget) = budgets.get(&key).and_then(Weak::upgrade) {
             return budget;
         }
         // Connections are bounded, so peers are; forget those whose connections all closed.
         budgets.retain(|_, budget| budget.strong_count() > 0);
-        let budget = Arc::new(Semaphore::new(self.per_peer));
+        let budget = Arc::new(PeerBudget::new(self.per_peer));
         budgets.insert(key, Arc::downgrade(&budget));
         budget
+    }
+}
+
+/// A peer holding at most this much may draw on the node's reserve.
+const SMALL_HOLDER: usize = 1 << 20;
+
+/// The node's budget. A quarter of it is kept for peers that hold little, so that when several
+/// identities flood at once and spend the rest, everyone else's small requests still get read
+/// instead of queueing behind the flood until its frames time out.
+pub struct NodeBudget {
+    main: Semaphore,
+    reserve: Semaphore,
+}
+
+impl NodeBudget {
+    pub fn new(total: usize) -> Self {
+        let reserve = total / 4;
+        NodeBudget { main: Semaphore::new(total - reserve), reserve: Semaphore::new(reserve) }
     }
 }
 
 /// The bytes one stream holds against its peer's and the node's budgets; given back as the
 /// stream consumes them and in full when it ends.
 pub struct Reservation {
-    peer: Arc<Semaphore>,
-    node: Arc<Semaphore>,
+    peer: Arc<PeerBudget>,
+    node: Arc<NodeBudget>,
     held: usize,
+    /// The part of `held` drawn from the node's reserve, given back there first.
+    from_reserve: usize,
     /// The node's reserved bytes, for `pleiades_wire_buffered_bytes`.
     gauge: Gauge,
 }
 
 impl Reservation {
-    pub fn new(peer: Arc<Semaphore>, node: Arc<Semaphore>, gauge: Gauge) -> Self {
-        Reservation { peer, node, held: 0, gauge }
+    pub fn new(peer: Arc<PeerBudget>, node: Arc<NodeBudget>, gauge: Gauge) -> Self {
+        Reservation { peer, node, held: 0, from_reserve: 0, gauge }
     }
 
     pub fn held(&self) -> usize {
@@ -96,37 +134,48 @@ impl Reservation {
         let Some(more) = bytes.checked_sub(self.held).filter(|more| *more > 0) else { return };
         // Callers read at most a bounded chunk at a time, far below u32::MAX.
         let more_u32 = u32::try_from(more).unwrap_or(u32::MAX);
-        let peer = match self.peer.try_acquire_many(more_u32) {
+        let peer = match self.peer.semaphore.try_acquire_many(more_u32) {
             Ok(permit) => permit,
             Err(_) => {
                 waited(Budget::Peer);
-                match self.peer.acquire_many(more_u32).await {
+                match self.peer.semaphore.acquire_many(more_u32).await {
                     Ok(permit) => permit,
                     Err(_) => return, // never closed
                 }
             }
         };
-        let node = match self.node.try_acquire_many(more_u32) {
-            Ok(permit) => permit,
-            Err(_) => {
-                waited(Budget::Node);
-                match self.node.acquire_many(more_u32).await {
-                    Ok(permit) => permit,
-                    Err(_) => return,
+        let small = self.peer.held() <= SMALL_HOLDER;
+        let (node, from_reserve) = match self.node.main.try_acquire_many(more_u32) {
+            Ok(permit) => (permit, false),
+            Err(_) => match self.node.reserve.try_acquire_many(more_u32) {
+                Ok(permit) if small => (permit, true),
+                _ => {
+                    waited(Budget::Node);
+                    match self.node.main.acquire_many(more_u32).await {
+                        Ok(permit) => (permit, false),
+                        Err(_) => return,
+                    }
                 }
-            }
+            },
         };
         peer.forget();
         node.forget();
-        self.held += more_u32 as usize;
-        self.gauge.inc_by(more_u32 as i64);
+        let more = more_u32 as usize;
+        self.held += more;
+        if from_reserve {
+            self.from_reserve += more;
+        }
+        self.gauge.inc_by(more as i64);
     }
 
     /// Gives back all but `bytes`.
     pub fn shrink_to(&mut self, bytes: usize) {
         if let Some(freed) = self.held.checked_sub(bytes).filter(|freed| *freed > 0) {
-            self.peer.add_permits(freed);
-            self.node.add_permits(freed);
+            let to_reserve = freed.min(self.from_reserve);
+            self.peer.semaphore.add_permits(freed);
+            self.node.reserve.add_permits(to_reserve);
+            self.node.main.add_permits(freed - to_reserve);
+            self.from_reserve -= to_reserve;
             self.held = bytes;
             self.gauge.dec_by(freed as i64);
         }
@@ -145,47 +194,57 @@ mod tests {
 
     use super::*;
 
-    fn budgets(peer: usize, node: usize) -> (Arc<Semaphore>, Arc<Semaphore>) {
-        (Arc::new(Semaphore::new(peer)), Arc::new(Semaphore::new(node)))
+    fn peer(capacity: usize) -> Arc<PeerBudget> {
+        Arc::new(PeerBudget::new(capacity))
+    }
+
+    fn available(node: &NodeBudget) -> (usize, usize) {
+        (node.main.available_permits(), node.reserve.available_permits())
     }
 
     #[tokio::test]
     async fn a_reservation_takes_from_both_budgets_and_gives_back_on_drop() {
-        let (peer, node) = budgets(100, 150);
+        let (alice, node) = (peer(100), Arc::new(NodeBudget::new(200)));
         let gauge = Gauge::default();
-        let mut reservation = Reservation::new(peer.clone(), node.clone(), gauge.clone());
+        let mut reservation = Reservation::new(alice.clone(), node.clone(), gauge.clone());
         reservation.grow_to(60, |_| panic!("no wait expected")).await;
-        assert_eq!((peer.available_permits(), node.available_permits(), gauge.get()), (40, 90, 60));
+        assert_eq!((alice.held(), available(&node), gauge.get()), (60, (90, 50), 60));
         reservation.shrink_to(10);
-        assert_eq!((peer.available_permits(), node.available_permits(), gauge.get()), (90, 140, 10));
+        assert_eq!((alice.held(), available(&node), gauge.get()), (10, (140, 50), 10));
         drop(reservation);
-        assert_eq!((peer.available_permits(), node.available_permits(), gauge.get()), (100, 150, 0));
+        assert_eq!((alice.held(), available(&node), gauge.get()), (0, (150, 50), 0));
     }
 
     #[tokio::test]
-    async fn a_spent_node_budget_blocks_other_peers_until_bytes_are_given_back() {
-        let node = Arc::new(Semaphore::new(100));
-        let gauge = Gauge::default();
-        let mut first = Reservation::new(Arc::new(Semaphore::new(100)), node.clone(), gauge.clone());
-        first.grow_to(100, |_| {}).await;
-        let mut second = Reservation::new(Arc::new(Semaphore::new(100)), node.clone(), gauge.clone());
+    async fn when_big_holders_spend_the_node_budget_small_ones_draw_on_the_reserve() {
+        let node = Arc::new(NodeBudget::new(8 << 20)); // 6 MiB main, 2 MiB reserve
+        let (flood, other_flood) = (peer(4 << 20), peer(4 << 20));
+        let mut first = Reservation::new(flood.clone(), node.clone(), Gauge::default());
+        first.grow_to(4 << 20, |_| {}).await;
+        let mut second = Reservation::new(other_flood.clone(), node.clone(), Gauge::default());
+        second.grow_to(2 << 20, |_| {}).await;
+        // The main budget is spent; a big holder waits for it, and does not touch the reserve.
         let mut waits = Vec::new();
-        let blocked = tokio::time::timeout(Duration::from_millis(50), second.grow_to(10, |b| waits.push(b))).await;
-        assert!(blocked.is_err(), "the node budget is spent");
-        assert_eq!(waits, [Budget::Node]);
-        assert_eq!(second.held(), 0, "a cancelled wait holds nothing");
-        first.shrink_to(50);
-        second.grow_to(10, |_| {}).await;
-        assert_eq!((second.held(), node.available_permits()), (10, 40));
+        let blocked = tokio::time::timeout(Duration::from_millis(50), second.grow_to(3 << 20, |b| waits.push(b))).await;
+        assert!(blocked.is_err());
+        assert_eq!((waits, available(&node)), (vec![Budget::Node], (0, 2 << 20)));
+        // Someone holding little is still served, from the reserve, which it gives back first.
+        let mut small = Reservation::new(peer(4 << 20), node.clone(), Gauge::default());
+        small.grow_to(16 << 10, |_| panic!("a small holder must not wait")).await;
+        assert_eq!(available(&node), (0, (2 << 20) - (16 << 10)));
+        drop(small);
+        assert_eq!(available(&node), (0, 2 << 20));
+        drop(first);
+        second.grow_to(3 << 20, |_| {}).await;
     }
 
     #[tokio::test]
     async fn a_cancelled_wait_for_the_node_gives_back_what_the_peer_lent() {
-        let (peer, node) = budgets(100, 5);
-        let mut reservation = Reservation::new(peer.clone(), node, Gauge::default());
+        let (alice, node) = (peer(100), Arc::new(NodeBudget::new(8)));
+        let mut reservation = Reservation::new(alice.clone(), node, Gauge::default());
         let blocked = tokio::time::timeout(Duration::from_millis(20), reservation.grow_to(10, |_| {})).await;
         assert!(blocked.is_err());
-        assert_eq!(peer.available_permits(), 100);
+        assert_eq!(alice.held(), 0);
     }
 
     #[test]

@@ -13,13 +13,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pleiades_proto::wire::{Action, Frame, ServerSession, Service, ServiceDirectory, SessionConfig, WireError};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::config::WireConfig;
 use crate::observe::{KindLabels, LimitLabels, Metrics};
-use crate::transport::budget::{PeerBudgets, PeerKey, Reservation};
+use crate::transport::budget::{NodeBudget, PeerBudget, PeerBudgets, PeerKey, Reservation};
 use crate::transport::count_frame;
 use crate::transport::inbound::Inbound;
 use crate::transport::peer::{authenticate, Denials, Peer};
@@ -91,7 +90,7 @@ pub struct StreamSettings {
     /// Bytes received and not yet handled (and answers not yet sent), per peer identity.
     pub peer_buffers: PeerBudgets,
     /// The node's budget of received and not yet handled bytes, over all connections.
-    pub node_buffer: Arc<Semaphore>,
+    pub node_buffer: Arc<NodeBudget>,
     /// Streams open now, counted against `max_streams`.
     pub open_streams: AtomicUsize,
 }
@@ -106,7 +105,7 @@ impl StreamSettings {
             max_streams_per_connection: wire.max_streams_per_connection,
             max_streams_per_node_connection: wire.max_streams_per_node_connection,
             peer_buffers: PeerBudgets::new(wire.max_buffered_bytes_per_peer),
-            node_buffer: Arc::new(Semaphore::new(wire.max_buffered_bytes)),
+            node_buffer: Arc::new(NodeBudget::new(wire.max_buffered_bytes)),
             open_streams: AtomicUsize::new(0),
         }
     }
@@ -262,7 +261,7 @@ struct Context<D> {
     metrics: Arc<Metrics>,
     denials: Arc<Denials>,
     /// The peer's budget of received and not yet handled bytes, shared by its connections.
-    buffer: Arc<Semaphore>,
+    buffer: Arc<PeerBudget>,
     open_streams: AtomicUsize,
     /// Streams this connection may have open at once.
     stream_limit: usize,
