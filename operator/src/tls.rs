@@ -19,7 +19,7 @@ use rcgen::{
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
-use x509_parser::prelude::{FromDer, GeneralName, X509CertificationRequest};
+use x509_parser::prelude::{FromDer, X509CertificationRequest};
 
 use crate::desired::{meta, Names};
 
@@ -105,44 +105,15 @@ impl Csr {
 }
 
 /// The parts of an issued certificate the operator decides on.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CertInfo {
-    pub public_key: Vec<u8>,
-    pub uris: Vec<String>,
-    pub not_before: i64,
-    pub not_after: i64,
-}
+pub type CertInfo = pleiades_proto::certificate::Certified;
 
 pub fn inspect_certificate(pem: &str) -> Option<CertInfo> {
-    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
-    let cert = block.parse_x509().ok()?;
-    let uris = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    GeneralName::URI(uri) => Some(uri.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Some(CertInfo {
-        public_key: cert.public_key().raw.to_vec(),
-        uris,
-        not_before: cert.validity().not_before.timestamp(),
-        not_after: cert.validity().not_after.timestamp(),
-    })
+    CertInfo::from_pem(pem).ok()
 }
 
 /// Renew at two thirds of the lifetime: a third is left to retry through an outage.
 pub fn renewal_due(info: &CertInfo, now: OffsetDateTime) -> bool {
-    let lifetime = info.not_after - info.not_before;
-    now.unix_timestamp() >= info.not_before + lifetime * 2 / 3
+    now.unix_timestamp() >= info.renew_at()
 }
 
 pub fn lifetime(cst: &Constellation) -> Duration {
@@ -342,6 +313,7 @@ pub fn admin_certificate(cst: &Constellation, names: &Names, issuer_ref: &Issuer
 #[cfg(test)]
 pub(crate) mod tests {
     use pleiades_crds::ConstellationSpec;
+    use x509_parser::prelude::GeneralName;
 
     use super::*;
 

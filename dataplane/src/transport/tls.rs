@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use pleiades_proto::certificate::Certified;
 use pleiades_proto::identity::{Identity, Subject};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -53,32 +54,20 @@ pub struct CertifiedKey {
 pub struct CertificateInfo {
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    pub renew_at: SystemTime,
     /// Every `pleiades://` SAN URI, parsed.
     pub identities: Vec<Identity>,
 }
 
 impl CertificateInfo {
     pub fn parse(der: &[u8]) -> Result<Self, String> {
-        use x509_parser::extensions::GeneralName;
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
-        let at = |t: x509_parser::time::ASN1Time| {
-            SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or_default())
-        };
-        let mut identities = Vec::new();
-        if let Ok(Some(san)) = cert.subject_alternative_name() {
-            for name in &san.value.general_names {
-                if let GeneralName::URI(uri) = name {
-                    if uri.starts_with(pleiades_proto::identity::SCHEME) {
-                        identities.push(Identity::parse(uri).map_err(|e| e.to_string())?);
-                    }
-                }
-            }
-        }
+        let certified = Certified::from_der(der)?;
+        let at = |unix: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or_default());
         Ok(CertificateInfo {
-            not_before: at(cert.validity().not_before),
-            not_after: at(cert.validity().not_after),
-            identities,
+            not_before: at(certified.not_before),
+            not_after: at(certified.not_after),
+            renew_at: at(certified.renew_at()),
+            identities: certified.identities()?,
         })
     }
 
@@ -93,8 +82,7 @@ impl CertificateInfo {
 
     /// Past two thirds of its lifetime (or already expired): time to issue a new one.
     pub fn due_for_renewal(&self, now: SystemTime) -> bool {
-        let lifetime = self.not_after.duration_since(self.not_before).unwrap_or_default();
-        now >= self.not_before + lifetime * 2 / 3
+        now >= self.renew_at
     }
 
     /// Seconds until expiry; negative once expired.
@@ -431,11 +419,12 @@ mod tests {
     }
 
     #[test]
-    fn renewal_is_due_at_two_thirds_of_the_lifetime() {
+    fn renewal_comes_before_expiry_which_counts_down_past_zero() {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let info = CertificateInfo {
             not_before: start,
             not_after: start + Duration::from_secs(90),
+            renew_at: start + Duration::from_secs(60),
             identities: vec![Identity::node("c", 1)],
         };
         assert!(!info.due_for_renewal(start + Duration::from_secs(59)));

@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
 use pleiades_crds::Constellation;
+use pleiades_proto::certificate::{signed_by, Certified};
 use pleiades_proto::identity::Identity;
 use rcgen::{CertificateParams, KeyPair, PublicKeyData, SanType};
 use tracing::{info, warn};
-use x509_parser::prelude::GeneralName;
 
 use super::Pod;
 use crate::config::{KubernetesConfig, NodeConfig};
@@ -63,59 +63,21 @@ impl CertPaths {
     }
 }
 
-/// The parts of a certificate the node checks.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CertInfo {
-    pub not_before: i64,
-    pub not_after: i64,
-}
-
-impl CertInfo {
-    /// Two thirds into the lifetime: a third is left to get a new one through an outage.
-    pub fn renew_at(&self) -> i64 {
-        self.not_before + (self.not_after - self.not_before) * 2 / 3
-    }
-}
-
 /// Checks that `cert_pem` certifies `key`, names `uri`, is valid at `now` (unix seconds) and,
 /// when the CA is known, was signed by it.
-pub fn check(cert_pem: &str, key: &KeyPair, uri: &str, ca_pem: Option<&str>, now: i64) -> Result<CertInfo, String> {
-    let (_, block) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| format!("not PEM: {e}"))?;
-    let cert = block.parse_x509().map_err(|e| format!("not a certificate: {e}"))?;
-    if cert.public_key().raw != key.subject_public_key_info().as_slice() {
+pub fn check(cert_pem: &str, key: &KeyPair, uri: &str, ca_pem: Option<&str>, now: i64) -> Result<Certified, String> {
+    let info = Certified::from_pem(cert_pem)?;
+    if info.public_key != key.subject_public_key_info() {
         return Err("it certifies another key".into());
     }
-    let names: Vec<String> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some(u.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if names != [uri] {
-        return Err(format!("it names {names:?}, not {uri}"));
+    if info.uris != [uri] {
+        return Err(format!("it names {:?}, not {uri}", info.uris));
     }
-    let info = CertInfo {
-        not_before: cert.validity().not_before.timestamp(),
-        not_after: cert.validity().not_after.timestamp(),
-    };
     if now < info.not_before || now >= info.not_after {
         return Err("it is not valid now".into());
     }
     if let Some(ca_pem) = ca_pem {
-        let (_, ca_block) =
-            x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()).map_err(|e| format!("the CA is not PEM: {e}"))?;
-        let ca = ca_block.parse_x509().map_err(|e| format!("the CA is not a certificate: {e}"))?;
-        cert.verify_signature(Some(ca.public_key()))
-            .map_err(|_| "the constellation's CA did not sign it".to_string())?;
+        signed_by(cert_pem, ca_pem)?;
     }
     Ok(info)
 }
@@ -274,7 +236,7 @@ impl Store {
     }
 
     /// The installed certificate, if it still fits this pod.
-    fn installed(&self, uri: &str) -> Result<CertInfo, String> {
+    fn installed(&self, uri: &str) -> Result<Certified, String> {
         let cert = read(&self.paths.cert).ok_or("no certificate")?;
         let key = read(&self.paths.key).ok_or("no key")?;
         let key = KeyPair::from_pem(&key).map_err(|e| format!("unreadable key: {e}"))?;
@@ -374,12 +336,6 @@ mod tests {
         let expired = issue(&ca, &key, URI, start - time::Duration::days(100), 90);
         assert!(check(&expired, &key, URI, Some(&ca.pem), now()).unwrap_err().contains("not valid now"));
         assert!(check("junk", &key, URI, None, now()).is_err());
-    }
-
-    #[test]
-    fn renewal_is_due_at_two_thirds_of_the_lifetime() {
-        let info = CertInfo { not_before: 1_000, not_after: 1_000 + 90 * 86400 };
-        assert_eq!(info.renew_at(), 1_000 + 60 * 86400);
     }
 
     #[test]
