@@ -551,6 +551,15 @@ impl NodeConfig {
 mod tests {
     use super::*;
 
+    /// The annotated example in the README is what users copy: it must parse and be valid.
+    #[test]
+    fn the_readme_example_config_parses_and_validates() {
+        let readme = include_str!("../../README.md");
+        let example = readme.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next()).unwrap();
+        let config: NodeConfig = toml::from_str(example).unwrap_or_else(|e| panic!("README example: {e}"));
+        config.validate().unwrap();
+    }
+
     #[test]
     fn a_full_file_parses_with_kebab_case_keys() {
         let config: NodeConfig = toml::from_str(
