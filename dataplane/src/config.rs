@@ -133,13 +133,17 @@ pub struct WireConfig {
     pub idle_timeout_ms: u64,
 }
 
+/// Streams a node grants one user connection unless configured otherwise; clients keep no more
+/// requests in flight on a connection.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
 impl Default for WireConfig {
     fn default() -> Self {
         WireConfig {
             max_payload_bytes: 16 << 20,
             frame_timeout_ms: 10_000,
             stream_idle_timeout_ms: 120_000,
-            max_streams_per_connection: 128,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             max_streams_per_node_connection: 4_096,
             max_streams: 16_384,
             max_buffered_bytes_per_peer: 24 << 20,

@@ -46,9 +46,6 @@ struct Node {
     lanes: tokio::sync::Semaphore,
 }
 
-/// Streams a node grants one user connection by default.
-const STREAMS_PER_CONNECTION: usize = 128;
-
 #[derive(Default)]
 struct Routing {
     /// Data ranges by start key.
@@ -125,7 +122,7 @@ impl Cluster {
         let node = Arc::new(Node {
             connection,
             streams: Mutex::new(Vec::new()),
-            lanes: tokio::sync::Semaphore::new(STREAMS_PER_CONNECTION),
+            lanes: tokio::sync::Semaphore::new(crate::config::DEFAULT_MAX_STREAMS_PER_CONNECTION as usize),
         });
         self.inner.connections.lock().await.insert(addr.to_string(), node.clone());
         Ok(node)

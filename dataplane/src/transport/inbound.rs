@@ -42,26 +42,28 @@ impl Inbound {
                     remaining.min(BLOCK).max(want)
                 }
             }
-            None => {
-                let needed = self.head.len() + want;
-                let capacity = self.head.capacity();
-                if needed <= capacity {
-                    0
-                } else {
-                    (capacity + capacity / 2).max(needed) - capacity
-                }
-            }
+            None => self.head_capacity_for(want) - self.head.capacity(),
         };
         self.capacity() + extra
+    }
+
+    /// The head's capacity once `more` bytes are in it: as it is if they fit, else grown by half
+    /// again (copies stay amortised) or to what they need.
+    fn head_capacity_for(&self, more: usize) -> usize {
+        let (needed, capacity) = (self.head.len() + more, self.head.capacity());
+        if needed <= capacity {
+            capacity
+        } else {
+            (capacity + capacity / 2).max(needed)
+        }
     }
 
     /// Appends received bytes; `remaining` as for [`Inbound::capacity_after`], before them.
     pub fn push(&mut self, bytes: &[u8], remaining: Option<usize>) {
         let Some(remaining) = remaining else {
-            let needed = self.head.len() + bytes.len();
-            if needed > self.head.capacity() {
-                let capacity = self.head.capacity();
-                let mut grown = BytesMut::with_capacity((capacity + capacity / 2).max(needed));
+            let capacity = self.head_capacity_for(bytes.len());
+            if capacity > self.head.capacity() {
+                let mut grown = BytesMut::with_capacity(capacity);
                 grown.extend_from_slice(&self.head);
                 self.head = grown;
             }
