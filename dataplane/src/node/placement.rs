@@ -2,13 +2,14 @@
 //! joining node takes over and where a leaving node's replicas go. Sans-IO, so they are tested
 //! exhaustively here; the node carries the moves out one at a time through the ranges' leaders.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use pleiades_proto::v1::RangeDescriptor;
 
 use crate::raft::NodeId;
 
-/// Replace `remove` by `add` in one range's voters (`remove == 0`: only add).
+/// Replace `remove` by `add` in one range's voters (`remove == 0`: only add; `add == 0`: only
+/// remove, from a range above its factor).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Move {
     pub range_id: u64,
@@ -70,12 +71,13 @@ pub fn plan_join(ranges: &[RangeDescriptor], nodes: &[NodeId], new_node: NodeId)
     moves
 }
 
-/// Moves that take every replica off `leaving`, each to the least loaded node not already
-/// holding that range.
+/// Moves that take every replica off `leaving`: a range above `replication_factor` only loses
+/// that replica; any other range gets a new one on the least loaded node not already holding it.
 pub fn plan_decommission(
     ranges: &[RangeDescriptor],
     nodes: &[NodeId],
     leaving: NodeId,
+    replication_factor: u32,
 ) -> Result<Vec<Move>, PlanError> {
     if !nodes.contains(&leaving) && !ranges.iter().any(|r| r.replicas.contains(&leaving)) {
         return Err(PlanError::UnknownNode(leaving));
@@ -84,6 +86,10 @@ pub fn plan_decommission(
     load.remove(&leaving);
     let mut moves = Vec::new();
     for range in ranges.iter().filter(|r| r.replicas.contains(&leaving)) {
+        if range.replicas.len() > replication_factor as usize {
+            moves.push(Move { range_id: range.range_id, add: 0, remove: leaving });
+            continue;
+        }
         let target = load
             .iter()
             // Only listed nodes take replicas: a holder that is not listed may be dead.
@@ -128,6 +134,76 @@ pub fn plan_up_replicate(ranges: &[RangeDescriptor], living: &[NodeId], replicat
     moves
 }
 
+/// Removals that bring every range above `replication_factor` back down to it (two joins that
+/// raced, or a move interrupted half-way, can leave one). A replica on a node gossip does not
+/// know as living goes first, then the one on the most loaded node.
+pub fn plan_down_replicate(ranges: &[RangeDescriptor], living: &[NodeId], replication_factor: u32) -> Vec<Move> {
+    let want = (replication_factor as usize).max(1);
+    let mut load = load(ranges, living);
+    let mut moves = Vec::new();
+    for range in ranges {
+        let mut holders = range.replicas.clone();
+        while holders.len() > want {
+            let Some(victim) = holders
+                .iter()
+                .copied()
+                .max_by_key(|node| (!living.contains(node), load.get(node).copied().unwrap_or(0), *node))
+            else {
+                break;
+            };
+            holders.retain(|node| *node != victim);
+            if let Some(count) = load.get_mut(&victim) {
+                *count = count.saturating_sub(1);
+            }
+            moves.push(Move { range_id: range.range_id, add: 0, remove: victim });
+        }
+    }
+    moves
+}
+
+/// The voters `step` leaves a range with, given the voters it has now, or why it may not
+/// happen. The range's leader applies moves one at a time through this, so moves planned from
+/// the same (soon stale) view — two nodes joining together — cannot both take effect and push
+/// the range above its factor. A move already carried out changes nothing, so retries are safe.
+pub fn voters_after(
+    voters: &BTreeSet<NodeId>,
+    step: &Move,
+    replication_factor: usize,
+) -> Result<BTreeSet<NodeId>, String> {
+    let range_id = step.range_id;
+    let (has_add, has_remove) = (voters.contains(&step.add), voters.contains(&step.remove));
+    let mut after = voters.clone();
+    match (step.add, step.remove) {
+        (0, 0) => return Err("a move must add or remove a replica".into()),
+        (0, remove) => {
+            if has_remove && voters.len() <= replication_factor {
+                return Err(format!(
+                    "range {range_id} has {} replicas; removing node {remove}'s would leave it under-replicated",
+                    voters.len()
+                ));
+            }
+            after.remove(&remove);
+        }
+        (add, 0) => {
+            if !has_add && voters.len() >= replication_factor {
+                return Err(format!("range {range_id} already has {} replicas", voters.len()));
+            }
+            after.insert(add);
+        }
+        (add, remove) => {
+            if !has_remove && !has_add {
+                return Err(format!("node {remove} holds no replica of range {range_id} any more"));
+            }
+            after.remove(&remove);
+            after.insert(add);
+        }
+    }
+    if after.is_empty() {
+        return Err(format!("the move would leave range {range_id} without a voter"));
+    }
+    Ok(after)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,8 +213,10 @@ mod tests {
         for m in moves {
             let range = ranges.iter_mut().find(|r| r.range_id == m.range_id).unwrap();
             range.replicas.retain(|n| m.remove == 0 || *n != m.remove);
-            assert!(!range.replicas.contains(&m.add), "a range never holds two replicas on one node");
-            range.replicas.push(m.add);
+            if m.add != 0 {
+                assert!(!range.replicas.contains(&m.add), "a range never holds two replicas on one node");
+                range.replicas.push(m.add);
+            }
         }
     }
 
@@ -158,12 +236,12 @@ mod tests {
     #[test]
     fn decommission_moves_every_replica_off_or_refuses() {
         let mut ranges = initial_layout(&[1, 2, 3, 4], 4, 3);
-        let moves = plan_decommission(&ranges, &[1, 2, 3, 4], 2).unwrap();
+        let moves = plan_decommission(&ranges, &[1, 2, 3, 4], 2, 3).unwrap();
         apply(&mut ranges, &moves);
         assert!(ranges.iter().all(|r| r.replicas.len() == 3 && !r.replicas.contains(&2)));
         let three = initial_layout(&[1, 2, 3], 4, 3);
-        assert!(matches!(plan_decommission(&three, &[1, 2, 3], 3), Err(PlanError::NoTarget { .. })));
-        assert_eq!(plan_decommission(&three, &[1, 2, 3], 9), Err(PlanError::UnknownNode(9)));
+        assert!(matches!(plan_decommission(&three, &[1, 2, 3], 3, 3), Err(PlanError::NoTarget { .. })));
+        assert_eq!(plan_decommission(&three, &[1, 2, 3], 9, 3), Err(PlanError::UnknownNode(9)));
     }
 
     #[test]
@@ -183,5 +261,55 @@ mod tests {
             plan_up_replicate(&ranges, &[1, 2, 3, 4], 3).iter().all(|m| m.add != 5),
             "a dead node never receives a replica"
         );
+    }
+
+    /// Two nodes that joined together each took a replica of the meta range from node 3.
+    fn over_replicated_meta() -> Vec<RangeDescriptor> {
+        let mut ranges = initial_layout(&[1, 2, 3], 4, 3);
+        let meta = ranges.iter_mut().find(|r| r.meta).unwrap();
+        meta.replicas = vec![1, 2, 3, 4];
+        ranges
+    }
+
+    #[test]
+    fn decommission_only_removes_a_replica_the_range_can_spare() {
+        // 5 -> 3: node 4 leaves with the others full; the meta range keeps three replicas.
+        let mut ranges = over_replicated_meta();
+        let moves = plan_decommission(&ranges, &[1, 2, 3, 4], 4, 3).unwrap();
+        assert_eq!(moves, vec![Move { range_id: ranges.iter().find(|r| r.meta).unwrap().range_id, add: 0, remove: 4 }]);
+        apply(&mut ranges, &moves);
+        assert!(ranges.iter().all(|r| r.replicas.len() == 3 && !r.replicas.contains(&4)), "{ranges:?}");
+    }
+
+    #[test]
+    fn an_over_replicated_range_is_trimmed_to_its_factor_dead_holders_first() {
+        let mut ranges = over_replicated_meta();
+        let moves = plan_down_replicate(&ranges, &[1, 2, 3, 4], 3);
+        assert_eq!(moves.len(), 1, "{moves:?}");
+        apply(&mut ranges, &moves);
+        assert!(ranges.iter().all(|r| r.replicas.len() == 3), "{ranges:?}");
+        assert!(plan_down_replicate(&ranges, &[1, 2, 3, 4], 3).is_empty(), "ranges at their factor keep all");
+        // Node 2 is dead: its replica is the one to drop, however loaded the others are.
+        let ranges = over_replicated_meta();
+        let moves = plan_down_replicate(&ranges, &[1, 3, 4], 3);
+        assert_eq!(moves.iter().map(|m| m.remove).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn joins_racing_on_one_range_never_add_a_replica_beyond_the_factor() {
+        // Two nodes plan their joins from the same descriptors and both take range 1 from node 3;
+        // the leader applies the moves one at a time to the voters it has.
+        let ranges = initial_layout(&[1, 2, 3], 4, 3);
+        let meta = ranges.iter().find(|r| r.replicas.contains(&3)).unwrap();
+        let mut voters: BTreeSet<NodeId> = meta.replicas.iter().copied().collect();
+        let first = Move { range_id: meta.range_id, add: 4, remove: 3 };
+        let second = Move { range_id: meta.range_id, add: 5, remove: 3 };
+        voters = voters_after(&voters, &first, 3).unwrap();
+        assert!(voters_after(&voters, &second, 3).is_err(), "node 3 no longer holds it: the second plan is stale");
+        assert_eq!(voters_after(&voters, &first, 3).unwrap(), voters, "a retried move changes nothing");
+        assert!(voters_after(&voters, &Move { range_id: 1, add: 5, remove: 0 }, 3).is_err(), "full: no addition");
+        assert!(voters_after(&voters, &Move { range_id: 1, add: 0, remove: 4 }, 3).is_err(), "no removal below it");
+        let four: BTreeSet<NodeId> = [1, 2, 4, 5].into();
+        assert_eq!(voters_after(&four, &Move { range_id: 1, add: 0, remove: 5 }, 3).unwrap(), [1, 2, 4].into());
     }
 }
