@@ -37,6 +37,8 @@ pub struct KvService {
     metrics: Arc<Metrics>,
     authorizer: Arc<Authorizer>,
     denials: Denials,
+    /// Set when the node starts leaving: new requests are refused as not served.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// A request not served, with what the client needs to act on it.
@@ -105,7 +107,22 @@ impl KvService {
         metrics: Arc<Metrics>,
         authorizer: Arc<Authorizer>,
     ) -> Self {
-        KvService { replicas, hlc, limits, metrics, authorizer, denials: Denials::default() }
+        KvService {
+            replicas,
+            hlc,
+            limits,
+            metrics,
+            authorizer,
+            denials: Denials::default(),
+            draining: Default::default(),
+        }
+    }
+
+    /// From now on every request that reads or writes data is answered `UNAVAILABLE` without
+    /// being served, so the client sends it elsewhere knowing it had no effect. Routing
+    /// questions are still answered.
+    pub fn start_draining(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Decodes one request from `peer` and answers it; a malformed request gets an
@@ -127,6 +144,12 @@ impl KvService {
         if let Err(reason) = self.authorizer.authorize_kv(peer, &mut op) {
             self.denials.record(&self.metrics, "kv", peer, &reason);
             return error_response(request_id, Refusal::new(ErrorCode::PermissionDenied, reason));
+        }
+        if self.draining.load(std::sync::atomic::Ordering::Acquire) && !matches!(op, Op::Ranges(_)) {
+            return error_response(
+                request_id,
+                Refusal::new(ErrorCode::Unavailable, "the node is draining: not served"),
+            );
         }
         let (name, consistency) = labels(&op);
         let started = Instant::now();

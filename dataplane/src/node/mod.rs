@@ -2,6 +2,7 @@
 //! observability endpoints, and shuts down cleanly.
 
 pub mod auth;
+pub mod drain;
 pub mod gossip;
 pub mod kubernetes;
 mod kv;
@@ -44,6 +45,9 @@ pub use system::SystemService;
 
 /// QUIC idle timeout of connections to other nodes.
 const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping node tries to hand its leaderships over before it drains anyway: two
+/// tries of one follower each, well inside Kubernetes' default 30 s grace.
+const LEADERSHIP_HANDOVER_LIMIT: Duration = Duration::from_secs(3);
 
 /// Node-local keys.
 const NODE_ID_KEY: &[u8] = b"node_id";
@@ -499,7 +503,13 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         max_connections: config.wire.max_connections,
         max_connections_per_address: config.wire.max_connections_per_address,
     });
-    let accept_task = tokio::spawn(server::accept_loop(endpoint.clone(), services, accept, settings, metrics.clone()));
+    let accept_task = tokio::spawn(server::accept_loop(
+        endpoint.clone(),
+        services.clone(),
+        accept,
+        settings.clone(),
+        metrics.clone(),
+    ));
     let reload_task = tokio::spawn(node_tls.watch(material, endpoint.clone(), peers.clone(), metrics.clone()));
     let auth_task = tokio::spawn(auth::refresh(authorizer, replicas.clone(), peers.clone()));
 
@@ -535,11 +545,22 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     });
 
     shutdown.await;
-    info!("shutting down: leaving the gossip, refusing new connections, draining streams");
+    let stopping = Instant::now();
+    info!("shutting down: handing leaderships over, then draining streams and leaving the gossip");
     health.set_not_ready("shutting down");
+    // Nothing new is proposed or moved from here on: writes go to the ranges' next leaders.
+    upkeep_task.abort();
+    repair_task.abort();
+    for task in [join_task, live_task, reporter_task, certificate_task].into_iter().flatten() {
+        task.abort();
+    }
+    services.kv.start_draining();
+    let handed = drain::hand_over_leaderships(&replicas, &peers, node_id, LEADERSHIP_HANDOVER_LIMIT).await;
+    info!(handed = handed.handed, kept = ?handed.kept, "leaderships handed over");
     gossip.leave().await;
     gossip_task.abort();
     endpoint.set_server_config(None);
+    settings.start_draining();
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let deadline = Instant::now() + grace;
     while metrics.pwp_streams_open.get() > 0 && Instant::now() < deadline {
@@ -552,13 +573,8 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
             "closing streams still open after the grace period"
         );
     }
-    upkeep_task.abort();
-    repair_task.abort();
     reload_task.abort();
     auth_task.abort();
-    for task in [join_task, live_task, reporter_task, certificate_task].into_iter().flatten() {
-        task.abort();
-    }
     replicas.shutdown().await;
     endpoint.close(quinn::VarInt::from_u32(0), b"node shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
@@ -570,7 +586,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     drop(hlc);
     drop(replicas);
     blocking(move || storage.close()).await??;
-    info!("node stopped");
+    info!(took = ?stopping.elapsed(), "node stopped");
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use pleiades_proto::v1::{self, raft_request::Rpc, raft_response::Result as RaftR
 use prost::Message;
 use tracing::{info, warn};
 
-use super::placement::{plan_decommission, plan_join, plan_up_replicate, Move};
+use super::placement::{plan_decommission, plan_down_replicate, plan_join, plan_up_replicate, voters_after, Move};
 use crate::clock::Hlc;
 use crate::config::RaftSettings;
 use crate::observe::{Metrics, RangeLabels};
@@ -110,6 +110,9 @@ pub struct Replica {
     pub raft: Raft,
     pub descriptor: RwLock<v1::RangeDescriptor>,
     pub read_barrier: ReadBarrier,
+    /// Held by a move from its check of the voters to its membership change, so concurrent
+    /// moves are judged against the voters the previous one left.
+    changing_membership: tokio::sync::Mutex<()>,
 }
 
 /// Shares ReadIndex confirmations between concurrent linearizable reads of one range: a read
@@ -332,6 +335,7 @@ impl Replicas {
             raft,
             descriptor: RwLock::new(descriptor.clone()),
             read_barrier: ReadBarrier::default(),
+            changing_membership: tokio::sync::Mutex::new(()),
         });
         write(&self.hosted).insert(descriptor.range_id, replica.clone());
         tokio::spawn(count_leader_changes(replica.raft.metrics(), self.metrics.clone(), descriptor.range_id));
@@ -429,13 +433,23 @@ impl Replicas {
         let (ranges, members) = self.survey(None).await;
         let living: Vec<NodeId> = members.keys().copied().filter(|id| self.is_living(*id)).collect();
         let factor = self.replication_factor.load(std::sync::atomic::Ordering::Relaxed);
-        for step in plan_up_replicate(&ranges, &living, factor) {
+        let steps = plan_up_replicate(&ranges, &living, factor)
+            .into_iter()
+            .chain(plan_down_replicate(&ranges, &living, factor));
+        for step in steps {
             match self.execute_move(&step, &members).await {
+                Ok(_) if step.add == 0 => {
+                    info!(
+                        range_id = step.range_id,
+                        node_id = step.remove,
+                        "removed a replica from an over-replicated range"
+                    )
+                }
                 Ok(_) => {
                     info!(range_id = step.range_id, node_id = step.add, "added a replica to an under-replicated range")
                 }
                 Err(e) => {
-                    warn!(range_id = step.range_id, error = %e, "cannot add a replica yet");
+                    warn!(range_id = step.range_id, error = %e, "cannot repair the range's replication yet");
                     return;
                 }
             }
@@ -595,6 +609,18 @@ impl Replicas {
                 self.record_in_meta(&replica, descriptor).await?;
                 Ok(RaftResult::Done(true))
             }
+            Rpc::Campaign(_) => {
+                // Only the leader may hand its range over; anyone else would just disrupt it.
+                let leader = replica.raft.metrics().borrow().current_leader;
+                if caller.is_some() && caller != leader {
+                    return Err(error(
+                        v1::RaftErrorKind::PermissionDenied,
+                        format!("node {caller:?} does not lead range {}; its leader is {leader:?}", request.range_id),
+                    ));
+                }
+                replica.raft.trigger().elect().await.map_err(|e| fatal(e.to_string()))?;
+                Ok(RaftResult::Done(true))
+            }
             Rpc::CreateReplica(_) => Ok(RaftResult::Done(true)),
         }
     }
@@ -641,23 +667,23 @@ impl Replicas {
             |message: String| v1::RaftError { kind: v1::RaftErrorKind::Refused.into(), message, ..Default::default() };
         let failed =
             |message: String| v1::RaftError { kind: v1::RaftErrorKind::Fatal.into(), message, ..Default::default() };
+        let _one_at_a_time = replica.changing_membership.lock().await;
         if replica.raft.metrics().borrow().state != ServerState::Leader {
             return Err(Self::not_leader(replica));
         }
         let range_id = replica.span.range_id;
-        let mut voters: BTreeSet<NodeId> = replica.raft.metrics().borrow().membership_config.voter_ids().collect();
-        if request.add_node == 0 || request.add_addr.is_empty() {
-            return Err(refused("the node to add needs an id and an address".into()));
+        let membership = replica.raft.metrics().borrow().membership_config.clone();
+        if membership.membership().get_joint_config().len() > 1 {
+            return Err(refused(format!("range {range_id} is changing its membership; try again")));
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if request.add_node != 0 && request.add_addr.is_empty() {
+            return Err(refused("the node to add needs an address".into()));
         }
         let factor = self.replication_factor.load(std::sync::atomic::Ordering::Relaxed) as usize;
-        if request.remove_node == 0 && !voters.contains(&request.add_node) && voters.len() >= factor {
-            // Two coordinators with different views must not both add a replica.
-            return Err(refused(format!("range {range_id} already has {} replicas", voters.len())));
-        }
-        if request.remove_node != 0 && !voters.contains(&request.remove_node) && !voters.contains(&request.add_node) {
-            return Err(refused(format!("node {} holds no replica of range {range_id}", request.remove_node)));
-        }
-        if !voters.contains(&request.add_node) {
+        let step = Move { range_id, add: request.add_node, remove: request.remove_node };
+        let after = voters_after(&voters, &step, factor).map_err(refused)?;
+        if request.add_node != 0 && !voters.contains(&request.add_node) {
             let create = v1::RaftRequest {
                 range_id,
                 from_node: self.node_id,
@@ -672,18 +698,15 @@ impl Replicas {
                 .add_learner(request.add_node, learner, true)
                 .await
                 .map_err(|e| failed(format!("cannot add node {} as a learner: {e}", request.add_node)))?;
-            voters.insert(request.add_node);
         }
         let removed_addr = self.address_of(request.remove_node);
-        voters.remove(&request.remove_node);
-        if voters.is_empty() {
-            return Err(refused("the move would leave the range without a voter".into()));
+        if after != voters {
+            replica
+                .raft
+                .change_membership(after, false)
+                .await
+                .map_err(|e| failed(format!("membership change of range {range_id} failed: {e}")))?;
         }
-        replica
-            .raft
-            .change_membership(voters, false)
-            .await
-            .map_err(|e| failed(format!("membership change of range {range_id} failed: {e}")))?;
         info!(range_id, added = request.add_node, removed = request.remove_node, "replica moved");
         let descriptor = replica.descriptor();
         // The removed replica stops and forgets the range; if it is down, it is simply gone.
@@ -775,8 +798,10 @@ impl Replicas {
         step: &Move,
         members: &BTreeMap<NodeId, String>,
     ) -> Result<v1::RangeDescriptor, String> {
-        let add_addr =
-            members.get(&step.add).cloned().ok_or_else(|| format!("node {} has no known address", step.add))?;
+        let add_addr = match step.add {
+            0 => String::new(),
+            add => members.get(&add).cloned().ok_or_else(|| format!("node {add} has no known address"))?,
+        };
         let request = v1::RaftRequest {
             range_id: step.range_id,
             from_node: self.node_id,
@@ -840,10 +865,14 @@ impl Replicas {
     pub async fn decommission(&self, leaving: NodeId) -> Result<Vec<Move>, String> {
         let (ranges, members) = self.survey(None).await;
         let nodes: Vec<NodeId> = members.keys().copied().filter(|id| *id == leaving || self.is_living(*id)).collect();
-        let moves = plan_decommission(&ranges, &nodes, leaving).map_err(|e| e.to_string())?;
+        let factor = self.replication_factor.load(std::sync::atomic::Ordering::Relaxed);
+        let moves = plan_decommission(&ranges, &nodes, leaving, factor).map_err(|e| e.to_string())?;
         for step in &moves {
             self.execute_move(step, &members).await?;
-            info!(range_id = step.range_id, to = step.add, "moved a replica off node {leaving}");
+            match step.add {
+                0 => info!(range_id = step.range_id, "removed node {leaving}'s replica, which the range could spare"),
+                to => info!(range_id = step.range_id, to, "moved a replica off node {leaving}"),
+            }
         }
         Ok(moves)
     }

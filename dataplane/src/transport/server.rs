@@ -27,6 +27,9 @@ use crate::transport::peer::{authenticate, Denials, Peer};
 const STREAM_PROTOCOL_ERROR: u32 = 1;
 /// QUIC application error code of a stream refused because the node serves its most streams.
 pub const STREAM_REFUSED: u32 = 2;
+/// QUIC application error code of a stream closed because the node is shutting down; nothing
+/// on it was handled after its last answer.
+pub const STREAM_DRAINING: u32 = 3;
 /// Bytes read while no message payload is in progress: one message header.
 const HEADER_READ: usize = 16;
 /// First read of a payload; reads double while the sender keeps them full, so a trickle holds
@@ -93,6 +96,8 @@ pub struct StreamSettings {
     pub node_buffer: Arc<NodeBudget>,
     /// Streams open now, counted against `max_streams`.
     pub open_streams: AtomicUsize,
+    /// Set when the node starts shutting down (see `start_draining`).
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl StreamSettings {
@@ -107,7 +112,16 @@ impl StreamSettings {
             peer_buffers: PeerBudgets::new(wire.max_buffered_bytes_per_peer),
             node_buffer: Arc::new(NodeBudget::new(wire.max_buffered_bytes)),
             open_streams: AtomicUsize::new(0),
+            draining: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Closes every stream waiting for its next frame, and each other stream once its current
+    /// request is answered; refuses new streams. All with `STREAM_DRAINING`, so callers know
+    /// nothing was left half-handled. The node can then exit as soon as its open streams reach
+    /// zero.
+    pub fn start_draining(&self) {
+        self.draining.send_replace(true);
     }
 }
 
@@ -286,6 +300,11 @@ async fn serve_connection<D: Dispatch>(connection: quinn::Connection, context: A
             Ok((mut send, mut recv)) => {
                 let context = context.clone();
                 tokio::spawn(async move {
+                    if *context.settings.draining.borrow() {
+                        let _ = send.reset(quinn::VarInt::from_u32(STREAM_DRAINING));
+                        let _ = recv.stop(quinn::VarInt::from_u32(STREAM_DRAINING));
+                        return;
+                    }
                     let Some(_open) = OpenStream::admit(&context.settings, &context.metrics) else {
                         context.metrics.limit_reached(LimitLabels::NODE_STREAMS);
                         let _ = send.reset(quinn::VarInt::from_u32(STREAM_REFUSED));
@@ -378,6 +397,7 @@ async fn serve_stream<D: Dispatch>(mut send: quinn::SendStream, mut recv: quinn:
     let mut frame_started: Option<Instant> = None;
     let mut last_frame = Instant::now();
     let mut payload_read = FIRST_PAYLOAD_READ;
+    let mut draining = settings.draining.subscribe();
     let fault = 'stream: loop {
         let remaining = session.payload_remaining(inbound.len());
         let want = remaining.map_or(HEADER_READ, |remaining| remaining.clamp(1, payload_read));
@@ -389,9 +409,25 @@ async fn serve_stream<D: Dispatch>(mut send: quinn::SendStream, mut recv: quinn:
             reservation.grow_to(capacity, |budget| metrics.limit_reached(LimitLabels { limit: budget.label() })).await;
             recv.read_chunk(want, true).await
         };
-        let read = match tokio::time::timeout_at(deadline, read).await {
-            Ok(read) => read,
-            Err(_) => break timed_out,
+        // Between frames, a drain closes the stream: what the peer may have sent since is
+        // discarded unread, which the drain code tells it. The send half finishes rather than
+        // resets, so the last answer still arrives.
+        let between_frames = frame_started.is_none() && inbound.is_empty();
+        let drained = async {
+            if !between_frames || draining.wait_for(|draining| *draining).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(deadline, read) => match read {
+                Ok(read) => read,
+                Err(_) => break timed_out,
+            },
+            () = drained => {
+                let _ = recv.stop(quinn::VarInt::from_u32(STREAM_DRAINING));
+                let _ = send.finish();
+                return;
+            }
         };
         let (at_end, complete) = match read {
             Ok(None) => (true, true),
