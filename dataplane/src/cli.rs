@@ -441,18 +441,43 @@ impl NodeArgs {
     }
 }
 
+/// Checks `host:port` (resolved only when dialled): a port, and a host that is a DNS name or
+/// an IP address (IPv6 in brackets).
+fn parse_host_port(value: &str) -> Result<String, String> {
+    let (host, port) =
+        value.rsplit_once(':').ok_or_else(|| format!("{value:?} is not host:port (e.g. demo.db.svc:7400)"))?;
+    port.parse::<u16>().map_err(|e| format!("{value:?}: the port {port:?} is not a port number: {e}"))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let is_ip = bare.parse::<std::net::IpAddr>().is_ok();
+    let is_name = !bare.is_empty()
+        && bare.len() <= 253
+        && bare.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if !is_ip && !is_name || bare.contains(':') && !host.starts_with('[') {
+        return Err(format!("{value:?}: {host:?} is neither a DNS name nor an IP address (IPv6 goes in brackets)"));
+    }
+    Ok(value.to_string())
+}
+
 /// How to reach a node.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// The node's QUIC (PWP) address.
-    #[arg(long, env = "PLEIADES_ADDR", default_value = "127.0.0.1:7400", global = true)]
-    pub addr: SocketAddr,
+    /// The node's QUIC (PWP) address, `host:port`: a DNS name (a Kubernetes Service, a pod's
+    /// stable name) or an IP address.
+    #[arg(long, env = "PLEIADES_ADDR", default_value = "127.0.0.1:7400", global = true, value_parser = parse_host_port)]
+    pub addr: String,
     /// CA certificate that signed the node's certificate (a generated one is <data-dir>/tls/ca.crt).
     #[arg(long, env = "PLEIADES_CA_CERT", default_value = "pleiades-data/tls/ca.crt", global = true)]
     pub ca_cert: PathBuf,
-    /// Name the node's certificate must carry.
-    #[arg(long, env = "PLEIADES_SERVER_NAME", default_value = "localhost", global = true)]
-    pub server_name: String,
+    /// Name the node's certificate must carry (default: the host of `--addr` when it is a DNS
+    /// name, else `localhost`, which locally generated certificates name).
+    #[arg(long, env = "PLEIADES_SERVER_NAME", global = true)]
+    pub server_name: Option<String>,
     /// Client certificate naming the user (default: admin.crt beside the CA certificate, which
     /// `pleiades up` and a lone node generate).
     // Own ids: `key` is also the name of the kv commands' positional argument.
@@ -469,11 +494,21 @@ pub struct ClientArgs {
 impl ClientArgs {
     pub fn client_config(&self) -> crate::client::ClientConfig {
         crate::client::ClientConfig {
-            addr: self.addr,
-            server_name: self.server_name.clone(),
+            addr: self.addr.clone(),
+            server_name: Some(self.server_name()),
             ca_cert: self.ca_cert.clone(),
             identity: self.identity(),
             timeout: Duration::from_millis(self.timeout_ms),
+        }
+    }
+
+    /// The name the node's certificate must carry.
+    pub fn server_name(&self) -> String {
+        let host = crate::transport::stream::host_of(&self.addr);
+        match &self.server_name {
+            Some(name) => name.clone(),
+            None if host.parse::<std::net::IpAddr>().is_err() => host.to_string(),
+            None => "localhost".to_string(),
         }
     }
 
@@ -574,5 +609,24 @@ mod tests {
         let Ok(Cli { command: Command::Kv(args) }) = parsed else { panic!("{parsed:?}") };
         assert_eq!(args.client.key, Some(PathBuf::from("a.key")));
         assert!(matches!(args.command, KvCommand::Put { ref key, .. } if key == "k"));
+    }
+
+    #[test]
+    fn addresses_take_host_names_and_the_server_name_follows_them() {
+        let args = |argv: &[&str]| match Cli::try_parse_from(argv) {
+            Ok(Cli { command: Command::Kv(args) }) => Ok(args.client),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        let by_name = args(&["pleiades", "kv", "get", "k", "--addr", "demo.db.svc:7400"]).unwrap();
+        assert_eq!(by_name.client_config().server_name.as_deref(), Some("demo.db.svc"));
+        let by_ip = args(&["pleiades", "kv", "get", "k", "--addr", "127.0.0.1:7400"]).unwrap();
+        assert_eq!(by_ip.server_name(), "localhost", "local certificates name localhost");
+        let v6 = args(&["pleiades", "kv", "get", "k", "--addr", "[::1]:7400", "--server-name", "demo.db.svc"]).unwrap();
+        assert_eq!(v6.server_name(), "demo.db.svc");
+        for bad in ["demo.db.svc", "demo.db.svc:http", "::1:7400", "de mo:7400", ":7400", "x-.svc:1"] {
+            let error = args(&["pleiades", "kv", "get", "k", "--addr", bad]).unwrap_err();
+            assert!(error.contains("--addr"), "{bad}: {error}");
+        }
     }
 }

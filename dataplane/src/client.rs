@@ -15,9 +15,10 @@ pub use crate::transport::stream::{dial, ClientError, PwpStream};
 use crate::transport::tls::{self, CertFiles, QuicLimits};
 
 pub struct ClientConfig {
-    pub addr: SocketAddr,
-    /// Name the node's certificate must carry.
-    pub server_name: String,
+    /// The node, as `host:port`.
+    pub addr: String,
+    /// Name the node's certificate must carry (default: the host part of `addr`).
+    pub server_name: Option<String>,
     /// CA certificate(s) to trust, PEM.
     pub ca_cert: PathBuf,
     /// The client certificate naming the user, and its key; none only for a node run with
@@ -38,6 +39,14 @@ pub fn quic_config(
     Ok(tls::client_config(&trusted, identity, limits)?)
 }
 
+/// A client endpoint on an ephemeral port, of the address family `addr` is most likely in.
+pub fn client_endpoint(addr: &str) -> Result<quinn::Endpoint, ClientError> {
+    let ipv6 = addr.starts_with('[');
+    let bind: SocketAddr = if ipv6 { ([0u16; 8], 0).into() } else { ([0, 0, 0, 0], 0).into() };
+    quinn::Endpoint::client(bind)
+        .map_err(|e| ClientError::Connect { addr: addr.to_string(), detail: format!("no local endpoint: {e}") })
+}
+
 /// A connection to one node.
 pub struct Client {
     endpoint: quinn::Endpoint,
@@ -49,18 +58,8 @@ impl Client {
     pub async fn connect(config: &ClientConfig) -> Result<Self, ClientError> {
         let limits = QuicLimits::dialler(Duration::from_secs(30));
         let quic = quic_config(&config.ca_cert, config.identity.as_ref(), &limits)?;
-        let connect_error = |detail: String| ClientError::Connect { addr: config.addr, detail };
-        let bind: SocketAddr = if config.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-            .parse()
-            .map_err(|e| connect_error(format!("{e}")))?;
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_error(e.to_string()))?;
-        endpoint.set_default_client_config(quic);
-        let connecting =
-            endpoint.connect(config.addr, &config.server_name).map_err(|e| connect_error(e.to_string()))?;
-        let connection = tokio::time::timeout(config.timeout, connecting)
-            .await
-            .map_err(|_| ClientError::Timeout(config.timeout))?
-            .map_err(|e| connect_error(e.to_string()))?;
+        let endpoint = client_endpoint(&config.addr)?;
+        let connection = dial(&endpoint, quic, &config.addr, config.server_name.as_deref(), config.timeout).await?;
         Ok(Client { endpoint, connection, timeout: config.timeout })
     }
 

@@ -227,7 +227,8 @@ fn show_ts(ts: Option<v1::Timestamp>) -> String {
 
 async fn cluster(args: &ClientArgs) -> anyhow::Result<Cluster> {
     let config = ClusterConfig {
-        seeds: vec![args.addr.to_string()],
+        seeds: vec![args.addr.clone()],
+        server_name: Some(args.server_name()),
         ca_cert: args.ca_cert.clone(),
         identity: args.identity(),
         attempt_timeout: Duration::from_millis(args.timeout_ms),
@@ -434,7 +435,7 @@ fn merge(entry: &mut serde_json::Value, extra: &serde_json::Value) {
 async fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let cluster = cluster(&args.client).await?;
     // Gossip's view from the node asked: every member, dead ones included.
-    let gossip = match cluster.system(&args.client.addr.to_string()).await {
+    let gossip = match cluster.system(&args.client.addr).await {
         Ok(mut system) => system.members().await.ok(),
         Err(_) => None,
     };

@@ -113,8 +113,8 @@ impl TestNode {
     pub fn client_config(&self) -> ClientConfig {
         let tls = pleiades::transport::tls::GeneratedPaths::in_data_dir(&self.data_dir);
         ClientConfig {
-            addr: self.quic,
-            server_name: "localhost".into(),
+            addr: self.quic.to_string(),
+            server_name: Some("localhost".into()),
             ca_cert: tls.ca.cert,
             identity: Some(CertFiles { cert: tls.admin_cert, key: tls.admin_key }),
             timeout: Duration::from_secs(10),
@@ -264,13 +264,26 @@ impl TestCluster {
 
     /// Starts one more node that joins through node 1.
     pub fn join(&mut self, id: u64) -> anyhow::Result<&TestNode> {
-        let addr = format!("127.0.0.1:{}", free_port(true));
-        let seed = self.nodes[0].quic.to_string();
-        let config = format!("node-id = {id}\n[constellation]\njoin = \"{seed}\"\n");
-        let (dir, args) = self.prepare_node(id, &addr, &config)?;
-        let node = TestNode::start(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
-        self.nodes.push(node);
+        self.join_together(&[id])?;
         self.nodes.last().context("just pushed")
+    }
+
+    /// Starts several nodes at the same moment, each joining through node 1.
+    pub fn join_together(&mut self, ids: &[u64]) -> anyhow::Result<()> {
+        let seed = self.nodes[0].quic.to_string();
+        let mut pending = Vec::new();
+        for id in ids {
+            let addr = format!("127.0.0.1:{}", free_port(true));
+            let config = format!("node-id = {id}\n[constellation]\njoin = \"{seed}\"\n");
+            let (dir, args) = self.prepare_node(*id, &addr, &config)?;
+            pending.push(std::thread::spawn(move || {
+                TestNode::start(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+            }));
+        }
+        for start in pending {
+            self.nodes.push(start.join().map_err(|_| anyhow::anyhow!("node start panicked"))??);
+        }
+        Ok(())
     }
 
     pub fn node(&mut self, id: u64) -> &mut TestNode {
@@ -281,6 +294,7 @@ impl TestCluster {
     pub async fn client(&self) -> anyhow::Result<pleiades::client::cluster::Cluster> {
         let config = pleiades::client::cluster::ClusterConfig {
             seeds: self.nodes.iter().map(|n| n.quic.to_string()).collect(),
+            server_name: None,
             ca_cert: self.ca_cert.clone(),
             identity: Some(self.admin.clone()),
             attempt_timeout: Duration::from_secs(3),

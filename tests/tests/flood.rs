@@ -154,6 +154,7 @@ async fn a_flood_costs_the_node_its_budgets_and_no_more_while_others_are_served(
     // The well-behaved user: one write and one read after another, from 127.0.0.1.
     let cluster = Cluster::connect(ClusterConfig {
         seeds: vec![node.quic.to_string()],
+        server_name: None,
         ca_cert: tls.ca.cert.clone(),
         identity: Some(admin),
         attempt_timeout: Duration::from_secs(20),

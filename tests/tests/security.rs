@@ -35,6 +35,7 @@ async fn connect_as(node: &TestNode, identity: Option<CertFiles>) -> Result<Clie
 async fn cluster_as(cluster: &TestCluster, identity: CertFiles) -> Cluster {
     Cluster::connect(ClusterConfig {
         seeds: cluster.nodes.iter().map(|n| n.quic.to_string()).collect(),
+        server_name: None,
         ca_cert: cluster.ca_cert.clone(),
         identity: Some(identity),
         attempt_timeout: Duration::from_secs(3),

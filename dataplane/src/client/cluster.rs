@@ -20,6 +20,9 @@ use crate::transport::tls::{CertFiles, QuicLimits};
 pub struct ClusterConfig {
     /// Nodes to start from, as `host:port`; any one that answers is enough.
     pub seeds: Vec<String>,
+    /// Name the seeds' certificates must carry (default: each seed's host). The nodes found
+    /// through them are checked against the host of the address they advertise.
+    pub server_name: Option<String>,
     pub ca_cert: PathBuf,
     /// The user's client certificate (none only against `--insecure` nodes).
     pub identity: Option<CertFiles>,
@@ -64,6 +67,7 @@ struct Inner {
     endpoint: quinn::Endpoint,
     quic: quinn::ClientConfig,
     seeds: Vec<String>,
+    server_name: Option<String>,
     attempt_timeout: Duration,
     deadline: Duration,
     connections: tokio::sync::Mutex<HashMap<String, Arc<Node>>>,
@@ -85,16 +89,14 @@ impl Cluster {
     pub async fn connect(config: ClusterConfig) -> Result<Self, ClientError> {
         // Keep-alives every third of the idle timeout: a dead node's connection closes quickly.
         let limits = QuicLimits::dialler(Duration::from_secs(5));
-        let bind: std::net::SocketAddr =
-            "0.0.0.0:0".parse().map_err(|e| ClientError::Read(format!("bind address: {e}")))?;
-        let endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect { addr: bind, detail: e.to_string() })?;
+        let endpoint = super::client_endpoint(config.seeds.first().map_or("", String::as_str))?;
         let quic = super::quic_config(&config.ca_cert, config.identity.as_ref(), &limits)?;
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 endpoint,
                 quic,
                 seeds: config.seeds,
+                server_name: config.server_name,
                 attempt_timeout: config.attempt_timeout,
                 deadline: config.deadline,
                 connections: tokio::sync::Mutex::new(HashMap::new()),
@@ -117,8 +119,10 @@ impl Cluster {
                 return Ok(node.clone());
             }
         }
+        let server_name = self.inner.server_name.as_deref().filter(|_| self.inner.seeds.iter().any(|s| s == addr));
         let connection =
-            super::dial(&self.inner.endpoint, self.inner.quic.clone(), addr, self.inner.attempt_timeout).await?;
+            super::dial(&self.inner.endpoint, self.inner.quic.clone(), addr, server_name, self.inner.attempt_timeout)
+                .await?;
         let node = Arc::new(Node {
             connection,
             streams: Mutex::new(Vec::new()),
@@ -308,8 +312,8 @@ impl Cluster {
             };
             let response = match self.send(&target, &request).await {
                 Ok(response) => response,
-                // Not connected, so not sent: any request may go elsewhere.
-                Err(e @ (ClientError::Connect { .. } | ClientError::Tls(_))) => {
+                // Not connected, or not handled by a draining node: any request may go elsewhere.
+                Err(e @ (ClientError::Connect { .. } | ClientError::Tls(_) | ClientError::Draining)) => {
                     self.mark_failed(range.range_id, &target);
                     last_error = e;
                     tokio::time::sleep(backoff).await;

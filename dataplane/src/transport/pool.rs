@@ -48,7 +48,8 @@ impl Peers {
             }
         }
         let config = self.client_config.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let connection = dial(&self.endpoint, config, addr, self.connect_timeout).await.map_err(|e| e.to_string())?;
+        let connection =
+            dial(&self.endpoint, config, addr, None, self.connect_timeout).await.map_err(|e| e.to_string())?;
         // Whoever answers at a member's address must be a node of this constellation: a user's
         // certificate signed by the same CA must not pass for one.
         match authenticate(&connection, &self.constellation, false) {

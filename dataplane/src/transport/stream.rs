@@ -2,10 +2,9 @@
 //! client of the wire — the Rust client, raft replication, gossip, the node's own calls — goes
 //! through here.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::server::STREAM_REFUSED;
+use super::server::{STREAM_DRAINING, STREAM_REFUSED};
 use super::tls::TlsError;
 use bytes::{Bytes, BytesMut};
 use pleiades_proto::v1;
@@ -17,13 +16,16 @@ const READ_MAX: usize = 64 * 1024;
 /// A stream idle longer than this is not reused: the node may be closing it (its stream idle
 /// timeout is two minutes by default), and a fresh stream costs one round trip.
 const REUSE_WITHIN: Duration = Duration::from_secs(30);
+/// How long a stream the node finished without a word waits for the node's STOP_SENDING, which
+/// tells a drain from a plain close; both leave the node together, but may arrive apart.
+const DRAIN_SIGNAL_WAIT: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("tls: {0}")]
     Tls(#[from] TlsError),
     #[error("cannot connect to {addr}: {detail}")]
-    Connect { addr: SocketAddr, detail: String },
+    Connect { addr: String, detail: String },
     #[error("connection lost: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("cannot send: {0}")]
@@ -40,6 +42,9 @@ pub enum ClientError {
     Closed,
     #[error("the node is overloaded: {0}")]
     Overloaded(String),
+    /// The node is shutting down and handled nothing of the request: send it elsewhere.
+    #[error("the node is draining; the request was not handled")]
+    Draining,
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("the node sent a malformed {message}: {detail}")]
@@ -56,27 +61,40 @@ pub enum ClientError {
     Deadline { after: Duration, last: Box<ClientError> },
 }
 
-/// Dials `addr` (`host:port`, resolved now) on `endpoint` with `config`, verifying the
-/// certificate against the host part, within `timeout`.
+/// Dials `addr` (`host:port`, resolved now) on `endpoint` with `config` within `timeout`,
+/// verifying the node's certificate against `server_name`, or else the host part of `addr`.
 pub async fn dial(
     endpoint: &quinn::Endpoint,
     config: quinn::ClientConfig,
     addr: &str,
+    server_name: Option<&str>,
     timeout: Duration,
 ) -> Result<quinn::Connection, ClientError> {
-    let connect_error =
-        |detail: String| ClientError::Connect { addr: ([0, 0, 0, 0], 0).into(), detail: format!("{addr}: {detail}") };
-    let socket = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|e| connect_error(format!("cannot resolve: {e}")))?
-        .next()
-        .ok_or_else(|| connect_error("resolves to no address".into()))?;
-    let server_name = addr.rsplit_once(':').map(|(host, _)| host.trim_matches(['[', ']'])).unwrap_or(addr);
-    let connecting = endpoint.connect_with(config, socket, server_name).map_err(|e| connect_error(e.to_string()))?;
-    tokio::time::timeout(timeout, connecting)
-        .await
-        .map_err(|_| ClientError::Timeout(timeout))?
-        .map_err(|e| connect_error(e.to_string()))
+    let connect_error = |detail: String| ClientError::Connect { addr: addr.to_string(), detail };
+    let connecting = async {
+        let resolved: Vec<std::net::SocketAddr> =
+            tokio::net::lookup_host(addr).await.map_err(|e| connect_error(format!("cannot resolve: {e}")))?.collect();
+        // A name may resolve to both families (`localhost`): take one the endpoint can reach.
+        let ipv4 = endpoint.local_addr().map_or(true, |local| local.is_ipv4());
+        let socket = resolved
+            .iter()
+            .find(|socket| socket.is_ipv4() == ipv4)
+            .or(resolved.first())
+            .copied()
+            .ok_or_else(|| connect_error("resolves to no address".into()))?;
+        let server_name = server_name.unwrap_or_else(|| host_of(addr));
+        endpoint
+            .connect_with(config, socket, server_name)
+            .map_err(|e| connect_error(e.to_string()))?
+            .await
+            .map_err(|e| connect_error(e.to_string()))
+    };
+    tokio::time::timeout(timeout, connecting).await.map_err(|_| ClientError::Timeout(timeout))?
+}
+
+/// The host part of `host:port` (an IPv6 address without its brackets).
+pub fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map(|(host, _)| host.trim_matches(['[', ']'])).unwrap_or(addr)
 }
 
 /// A PWP stream bound to one service.
@@ -144,6 +162,9 @@ impl PwpStream {
                 quinn::ReadError::Reset(code) if code.into_inner() == u64::from(STREAM_REFUSED) => {
                     ClientError::Overloaded("the node serves its most streams; try again later".into())
                 }
+                quinn::ReadError::Reset(code) if code.into_inner() == u64::from(STREAM_DRAINING) => {
+                    ClientError::Draining
+                }
                 e => ClientError::Read(e.to_string()),
             })?;
             if let Some(chunk) = chunk {
@@ -152,10 +173,30 @@ impl PwpStream {
             } else {
                 self.session.receive_eof(&mut self.inbound, &mut self.events)?;
                 if self.events.is_empty() {
-                    return Err(ClientError::Closed);
+                    return Err(self.closed_without_a_word().await);
                 }
             }
         }
+    }
+
+    /// The node finished its half with no frame. A draining node does that to a stream between
+    /// requests, and stops reading it with `STREAM_DRAINING` in the same breath; anything else
+    /// is a plain close.
+    async fn closed_without_a_word(&self) -> ClientError {
+        match tokio::time::timeout(DRAIN_SIGNAL_WAIT, self.send.stopped()).await {
+            Ok(Ok(Some(code))) if code.into_inner() == u64::from(STREAM_DRAINING) => ClientError::Draining,
+            _ => ClientError::Closed,
+        }
+    }
+
+    /// Sends `bytes`; a stream the node stopped reading because it is draining says so.
+    async fn write(&mut self, bytes: Bytes) -> Result<(), ClientError> {
+        self.send.write_chunk(bytes).await.map_err(|e| match e {
+            quinn::WriteError::Stopped(code) if code.into_inner() == u64::from(STREAM_DRAINING) => {
+                ClientError::Draining
+            }
+            e => ClientError::Write(e),
+        })
     }
 
     fn unexpected(&self, event: ClientEvent) -> ClientError {
@@ -167,7 +208,7 @@ impl PwpStream {
         let mut out = BytesMut::with_capacity(payload.len() + 16);
         Frame::Message { payload_type, payload }.encode(&mut out);
         self.last_used = Instant::now();
-        self.send.write_chunk(out.freeze()).await?;
+        self.write(out.freeze()).await?;
         loop {
             match self.next_event().await? {
                 ClientEvent::Message { payload_type: pleiades_proto::payload_type::PERMISSION_DENIED, payload } => {
