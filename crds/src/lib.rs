@@ -654,6 +654,11 @@ pub fn node_dns_names(pod: &str, peer_service: &str, client_service: &str, names
     ]
 }
 
+/// The node id of the pod with `ordinal`: pods number from 0, node ids from 1 (0 means none).
+pub fn node_id_of_ordinal(ordinal: i32) -> u64 {
+    u64::try_from(ordinal).unwrap_or_default() + 1
+}
+
 /// The constellation part of identity URIs on Kubernetes: names are unique per namespace.
 pub fn identity_constellation(name: &str, namespace: &str) -> String {
     format!("{name}.{namespace}")

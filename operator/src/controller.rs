@@ -226,11 +226,20 @@ async fn confirm_decommission(
 ) -> Option<Confirmation> {
     let status = cst.status.as_ref()?;
     let leaving = names.pod(replicas - 1);
-    if cst.spec.replicas >= replicas || !status.decommission.contains(&leaving) {
+    if cst.spec.replicas >= replicas {
         return None;
     }
-    let member =
-        status.members.iter().find(|m| m.pod == leaving && m.state == pleiades_crds::MemberState::Decommissioned)?;
+    // A pod that never reported is asked about by the node id its ordinal gives it.
+    let never_reported = pleiades_crds::MemberStatus {
+        pod: leaving.clone(),
+        node_id: i64::try_from(pleiades_crds::node_id_of_ordinal(replicas - 1)).unwrap_or_default(),
+        ..Default::default()
+    };
+    let member = match status.members.iter().find(|m| m.pod == leaving) {
+        Some(m) if m.state == pleiades_crds::MemberState::Decommissioned && status.decommission.contains(&leaving) => m,
+        Some(_) => return None,
+        None => &never_reported,
+    };
     let answer = crate::probe::confirm_empty(&status.members, member, http_port).await.map_err(|errors| {
         if errors.is_empty() {
             "no other member is ready to ask".to_string()
@@ -369,9 +378,10 @@ async fn publish_decisions(cst: &Constellation, ctx: &Context, plan: &Plan) {
             publish(ctx, cst, EventType::Normal, "ScalingUp", format!("scaling from {from} to {to} pods")).await
         }
         Scale::Decommissioning { pod } if !previous.decommission.contains(pod) => {
-            publish(
+            publish_about(
                 ctx,
                 cst,
+                Some(pod),
                 EventType::Normal,
                 "Decommissioning",
                 format!("asked {pod} to move its replicas away before removing it"),
@@ -379,18 +389,19 @@ async fn publish_decisions(cst: &Constellation, ctx: &Context, plan: &Plan) {
             .await
         }
         Scale::Removing { pod } => {
-            publish(
+            publish_about(
                 ctx,
                 cst,
+                Some(pod),
                 EventType::Normal,
                 "RemovingPod",
-                format!("{pod} is decommissioned; lowering the StatefulSet to {}", plan.stateful_set_replicas),
+                format!("{pod} holds no replica; lowering the StatefulSet to {}", plan.stateful_set_replicas),
             )
             .await
         }
         Scale::Blocked { reason } => publish(ctx, cst, EventType::Warning, "ScaleDownBlocked", reason.clone()).await,
-        Scale::Confirming { detail, .. } if detail.contains("still name it") => {
-            publish(ctx, cst, EventType::Warning, "DecommissionContradicted", detail.clone()).await
+        Scale::Confirming { detail, pod } if detail.contains("still name it") => {
+            publish_about(ctx, cst, Some(pod), EventType::Warning, "DecommissionContradicted", detail.clone()).await
         }
         Scale::Decommissioning { .. } | Scale::Confirming { .. } | Scale::Stable => {}
     }
@@ -410,9 +421,10 @@ async fn publish_decisions(cst: &Constellation, ctx: &Context, plan: &Plan) {
     match &plan.rollout {
         Rollout::Rolling { status, advanced: true } => {
             let pod = Names::of(cst).pod(status.partition);
-            publish(
+            publish_about(
                 ctx,
                 cst,
+                Some(&pod),
                 EventType::Normal,
                 "RollingUpdate",
                 format!("constellation healthy; restarting {pod} with configuration {}", status.target_config_hash),
@@ -427,8 +439,29 @@ async fn publish_decisions(cst: &Constellation, ctx: &Context, plan: &Plan) {
 }
 
 pub(crate) async fn publish(ctx: &Context, cst: &Constellation, type_: EventType, reason: &str, note: String) {
-    info!(constellation = %key(cst), reason, %note, "decision");
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    publish_about(ctx, cst, None, type_, reason, note).await
+}
+
+/// An event about one of the constellation's pods, which it names as the related object: events
+/// are aggregated by reason and related object, so steps on different pods stay apart instead of
+/// folding into one count under the first pod's message.
+async fn publish_about(
+    ctx: &Context,
+    cst: &Constellation,
+    pod: Option<&str>,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    info!(constellation = %key(cst), reason, pod, %note, "decision");
+    let secondary = pod.map(|pod| k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(pod.into()),
+        namespace: cst.namespace(),
+        ..Default::default()
+    });
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary };
     if let Err(error) = ctx.recorder.publish(&event, &cst.object_ref(&())).await {
         warn!(%error, reason, "could not publish an event");
     }

@@ -196,6 +196,31 @@ pub fn plan(cst: &Constellation, observed: Option<&ObservedSet>, desired_hash: &
                     pod: victim,
                 },
             },
+            // A pod that never reported never joined, so it holds nothing to move: once a member
+            // confirms no range names its node, it goes without a decommission. (An unschedulable
+            // extra pod must not block the scale-down for good.)
+            None => match testimony {
+                Some(Ok(testimony)) if testimony.ranges.is_empty() => {
+                    stateful_set_replicas = current - 1;
+                    decommission.retain(|pod| pod != &victim);
+                    Scale::Removing { pod: victim }
+                }
+                Some(Ok(testimony)) => Scale::Blocked {
+                    reason: format!(
+                        "cannot remove {victim}: it never reported, yet {} says ranges {:?} name its node; start the \
+                         pod so it can be decommissioned",
+                        testimony.member, testimony.ranges
+                    ),
+                },
+                Some(Err(reason)) => Scale::Confirming {
+                    detail: format!("{victim} never reported; no member could confirm it holds nothing: {reason}"),
+                    pod: victim,
+                },
+                None => Scale::Confirming {
+                    detail: format!("{victim} never reported; asking a member whether it holds anything"),
+                    pod: victim,
+                },
+            },
             _ if decommission.contains(&victim) => Scale::Decommissioning { pod: victim },
             _ => match unhealthy(&status, &names, current, now) {
                 Some(reason) => Scale::Blocked { reason: format!("cannot decommission {victim}: {reason}") },
@@ -233,9 +258,19 @@ fn plan_rollout(
             .any(|m| m.pod == names.pod(ordinal) && m.config_hash == desired_hash && m.ready && fresh(m, now))
     };
     let updated_replicas = (0..replicas).filter(|o| updated(*o)).count() as i32;
+    // A pod that has not reported yet (a new one, one restarting) says nothing either way.
+    let runs_old = |ordinal: i32| {
+        status.members.iter().any(|m| m.pod == names.pod(ordinal) && fresh(m, now) && m.config_hash != desired_hash)
+    };
     let (mut partition, step_started) = match previous {
         Some(rollout) => (set.partition.min(rollout.partition), rollout.step_started.clone()),
-        None if set.template_hash.as_deref() == Some(desired_hash) => return Rollout::Idle,
+        // The StatefulSet carries the configuration, but a rollout is over only when every
+        // member says it runs it: a reconcile that read a stale status (no rollout recorded)
+        // resumes from the StatefulSet's partition instead of calling it done.
+        None if set.template_hash.as_deref() == Some(desired_hash) && !(0..replicas).any(runs_old) => {
+            return Rollout::Idle
+        }
+        None if set.template_hash.as_deref() == Some(desired_hash) => (set.partition, Some(now.to_string())),
         // A new configuration: hold every pod on the old one, then release them one by one.
         None => (replicas, Some(now.to_string())),
     };
@@ -375,11 +410,19 @@ pub fn aggregate(cst: &Constellation, set: Option<&ObservedSet>, plan: &Plan, no
         ),
         (Scale::Stable, Rollout::Idle) => condition("Progressing", false, "Idle", "nothing to change".into()),
     };
+    // Pods the operator is adding or restarting on purpose are not a fault while it does.
+    let planned = |ordinal: i32| match (&plan.scale, &plan.rollout) {
+        (Scale::Up { from, .. }, _) if ordinal >= *from => true,
+        (_, Rollout::Rolling { status, .. }) => ordinal >= status.partition,
+        _ => false,
+    };
+    let planned_pods = (0..plan.stateful_set_replicas).filter(|o| planned(*o)).count() as i32;
     let unhealthy_members: Vec<String> =
         members
             .iter()
             .filter(|m| !fresh(m, now) || !m.ready || m.state != MemberState::Alive)
             .filter(|m| !previous.decommission.contains(&m.pod))
+            .filter(|m| !ordinal(&names, &m.pod).is_some_and(planned))
             .map(|m| {
                 if fresh(m, now) {
                     format!("{} is {:?}", m.pod, m.state)
@@ -392,7 +435,7 @@ pub fn aggregate(cst: &Constellation, set: Option<&ObservedSet>, plan: &Plan, no
         condition("Degraded", true, "MembersUnhealthy", unhealthy_members.join(", "))
     } else if under_replicated > 0 {
         condition("Degraded", true, "UnderReplicated", format!("{under_replicated} ranges are under-replicated"))
-    } else if ready_replicas < plan.stateful_set_replicas {
+    } else if ready_replicas + planned_pods < plan.stateful_set_replicas {
         condition(
             "Degraded",
             true,

@@ -63,7 +63,7 @@ pub fn adopt(config: &mut NodeConfig, k8s: &KubernetesConfig, pod: &Pod) -> Resu
     let port = config.listen.port();
     let peer_address =
         |ordinal: u32| format!("{}-{ordinal}.{}.{}.svc:{port}", k8s.constellation, k8s.peer_service, pod.namespace);
-    let node_id = u64::from(pod.ordinal) + 1;
+    let node_id = pleiades_crds::node_id_of_ordinal(i32::try_from(pod.ordinal).unwrap_or(i32::MAX));
     if config.node_id.is_some_and(|id| id != node_id) {
         return Err(ConfigError::Invalid(format!("node-id is set but {} must be node {node_id}", pod.name)));
     }

@@ -601,6 +601,14 @@ async fn a_retune_advances_the_partition_only_while_healthy() {
     assert!(h.api.get(CST).unwrap()["status"]["rollout"].is_null());
     assert_eq!(h.api.condition("Progressing").1, "Idle");
     assert!(h.api.event_reasons().contains(&"RolloutComplete".to_string()));
+    // Each step is its own event naming its pod, not a count under the first one's message.
+    let events = h.api.0.lock().unwrap().events.clone();
+    let restarted: Vec<&str> = events
+        .iter()
+        .filter(|e| e["reason"] == "RollingUpdate")
+        .filter_map(|e| e["related"]["name"].as_str())
+        .collect();
+    assert_eq!(restarted, ["demo-2", "demo-1", "demo-0"]);
 }
 
 #[tokio::test]
@@ -933,4 +941,35 @@ async fn without_cert_manager_in_the_cluster_the_condition_says_so() {
     assert!(message.contains("cert-manager"), "{message}");
     assert!(h.api.certificate(0).is_none());
     assert!(h.api.get(STS).is_some(), "the rest of the constellation is still reconciled");
+}
+
+#[tokio::test]
+async fn the_operator_applies_its_own_crd_at_start_but_never_takes_a_newer_version_away() {
+    use crate::crd::{apply_crd, CrdOutcome};
+    const CRD: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/constellations.pleiades.io";
+    let api = FakeApi::default();
+    // What Helm installed long ago: an old schema, no status subresource fields we need.
+    api.0.lock().unwrap().objects.insert(
+        CRD.into(),
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+               "metadata": {"name": "constellations.pleiades.io"},
+               "spec": {"group": "pleiades.io", "scope": "Namespaced",
+                        "names": {"kind": "Constellation", "plural": "constellations"},
+                        "versions": [{"name": "v1alpha1", "served": true, "storage": true}]}}),
+    );
+    let outcome = apply_crd(api.client()).await.unwrap();
+    assert_eq!(outcome, CrdOutcome::Applied { name: "constellations.pleiades.io".into() });
+    let applied = api.get(CRD).unwrap();
+    let ours = serde_json::to_value(<pleiades_crds::Constellation as kube::CustomResourceExt>::crd()).unwrap();
+    assert_eq!(applied["spec"]["versions"], ours["spec"]["versions"], "the schema this operator was built with");
+    assert!(api.0.lock().unwrap().requests.iter().any(|r| r == &format!("PATCH {CRD}")));
+
+    // A newer operator's CRD serves a version this one does not know: left alone.
+    api.update(CRD, |crd| {
+        crd["spec"]["versions"].as_array_mut().unwrap().push(json!({"name": "v2", "served": true, "storage": false}))
+    });
+    let before = api.get(CRD).unwrap();
+    let outcome = apply_crd(api.client()).await.unwrap();
+    assert_eq!(outcome, CrdOutcome::Newer { name: "constellations.pleiades.io".into(), versions: vec!["v2".into()] });
+    assert_eq!(api.get(CRD).unwrap(), before);
 }

@@ -257,3 +257,77 @@ fn a_blocked_scale_down_and_a_stuck_rollout_show_in_the_conditions() {
     assert!(progressing.message.contains("demo-2"), "{}", progressing.message);
     assert_eq!(status.rollout.unwrap().partition, 2);
 }
+
+#[test]
+fn a_pod_that_never_started_does_not_block_a_scale_down() {
+    // Six pods asked for, five nodes with required anti-affinity: demo-5 never ran.
+    let status = healthy(5, OLD);
+    let asking = plan(&cst(3, status.clone()), Some(&set(6, 0, OLD)), OLD, now());
+    let Scale::Confirming { detail, .. } = &asking.scale else { panic!("{:?}", asking.scale) };
+    assert!(detail.contains("demo-5 never reported"), "{detail}");
+    assert_eq!(asking.stateful_set_replicas, 6, "not removed on the operator's guess alone");
+    let answered = |ranges: Vec<u64>| ObservedSet {
+        confirmation: Some(Confirmation {
+            about: "demo-5".into(),
+            answer: Ok(crate::probe::Testimony { member: "demo-0".into(), ranges }),
+        }),
+        ..set(6, 0, OLD)
+    };
+    let removing = plan(&cst(3, status.clone()), Some(&answered(vec![])), OLD, now());
+    assert_eq!(removing.scale, Scale::Removing { pod: "demo-5".into() });
+    assert_eq!(removing.stateful_set_replicas, 5);
+    assert!(removing.decommission.is_empty(), "nothing to decommission");
+    // A node that somehow holds replicas without ever reporting is not dropped.
+    let holding = plan(&cst(3, status.clone()), Some(&answered(vec![2])), OLD, now());
+    assert!(
+        matches!(&holding.scale, Scale::Blocked { reason } if reason.contains("ranges [2]")),
+        "{:?}",
+        holding.scale
+    );
+    assert_eq!(holding.stateful_set_replicas, 6);
+    // Then the usual way for the pods that did run.
+    let next = plan(&cst(3, status), Some(&set(5, 0, OLD)), OLD, now());
+    assert_eq!(next.scale, Scale::Decommissioning { pod: "demo-4".into() });
+}
+
+#[test]
+fn a_rollout_is_not_complete_while_any_member_reports_the_old_configuration() {
+    // The StatefulSet already carries the new hash, but the status read had no rollout in it
+    // (a stale read) and every member still runs the old configuration.
+    let status = healthy(3, OLD);
+    let plan_ = plan(&cst(3, status), Some(&set(3, 2, NEW)), NEW, now());
+    let Rollout::Rolling { status: rollout, .. } = &plan_.rollout else { panic!("{:?}", plan_.rollout) };
+    assert_eq!(rollout.target_config_hash, NEW);
+    assert!(rollout.partition <= 2, "resumes at the StatefulSet's partition: {rollout:?}");
+    // Pods that have not reported yet (new ones of a scale-up) do not start a rollout.
+    let mut status = healthy(3, NEW);
+    status.members.truncate(2);
+    assert_eq!(plan(&cst(3, status), Some(&set(3, 0, NEW)), NEW, now()).rollout, Rollout::Idle);
+}
+
+#[test]
+fn planned_work_is_not_degraded() {
+    let degraded = |cst: &Constellation, observed: &ObservedSet| {
+        let plan = plan(cst, Some(observed), NEW, now());
+        let status = aggregate(cst, Some(observed), &plan, now());
+        status.conditions.into_iter().find(|c| c.type_ == "Degraded").unwrap()
+    };
+    // Scaling 3 -> 5: the two new pods are not ready and have not joined yet.
+    let mut status = healthy(3, NEW);
+    status.members.push(member(3, MemberState::Joining, NEW));
+    let scaling = cst(5, status);
+    let observed = ObservedSet { ready_replicas: 3, ..set(3, 0, NEW) };
+    assert_eq!(degraded(&scaling, &observed).status, "False", "{:?}", degraded(&scaling, &observed));
+    // A rollout restarting demo-2.
+    let mut status = healthy(3, OLD);
+    status.members[2] = member(2, MemberState::Joining, NEW);
+    status.rollout = Some(RolloutStatus { target_config_hash: NEW.into(), partition: 2, ..Default::default() });
+    let rolling = cst(3, status);
+    let observed = ObservedSet { ready_replicas: 2, ..set(3, 2, NEW) };
+    assert_eq!(degraded(&rolling, &observed).status, "False", "{:?}", degraded(&rolling, &observed));
+    // The same pod down outside any plan is.
+    let mut status = healthy(3, NEW);
+    status.members[2] = member(2, MemberState::Suspect, NEW);
+    let observed = ObservedSet { ready_replicas: 2, ..set(3, 0, NEW) };
+    assert_eq!(degraded(&cst(3, status), &observed).status, "True");
+}
