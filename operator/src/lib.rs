@@ -2,6 +2,7 @@
 
 pub mod certificates;
 pub mod controller;
+pub mod crd;
 pub mod desired;
 pub mod leader;
 pub mod metrics;

@@ -56,6 +56,10 @@ struct RunArgs {
     /// Log as JSON lines.
     #[arg(long, env = "PLEIADES_OPERATOR_LOG_JSON")]
     log_json: bool,
+    /// Server-side-apply the Constellation CRD this operator was built with at start (Helm
+    /// never upgrades CRDs). `false` where an administrator manages CRDs.
+    #[arg(long, env = "PLEIADES_OPERATOR_MANAGE_CRD", default_value_t = true, action = clap::ArgAction::Set)]
+    manage_crd: bool,
 }
 
 #[tokio::main]
@@ -81,6 +85,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let scope = Scope::new(&args.watch_namespaces)?;
     info!(%scope, "watching");
     let client = Client::try_default().await.context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+    if args.manage_crd {
+        use pleiades_operator::crd::{apply_crd, CrdOutcome};
+        match apply_crd(client.clone()).await {
+            Ok(CrdOutcome::Applied { name }) => info!(%name, "applied the CRD this operator was built with"),
+            Ok(CrdOutcome::Newer { name, versions }) => {
+                tracing::warn!(%name, ?versions, "the stored CRD is newer than this operator; left as it is")
+            }
+            // Reconciling with the stored CRD beats not reconciling at all.
+            Err(error) => tracing::warn!(%error, "cannot apply the CRD; using the one installed"),
+        }
+    }
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let listener = tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("bind {}", args.http))?;

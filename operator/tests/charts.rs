@@ -203,6 +203,17 @@ fn operator_rbac_is_least_privilege_and_namespaced_on_request() {
     let cluster_role = cluster_roles.iter().find(|(kind, ..)| kind == "ClusterRole").expect("a ClusterRole by default");
     assert!(grants(&cluster_role.2, "constellations", "watch"));
     assert!(cluster.iter().any(|d| d["kind"] == "ClusterRoleBinding"));
+    // By default the operator keeps its CRD current, with rights over that one CRD only.
+    let crd_role = cluster
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-crd")))
+        .expect("the CRD ClusterRole");
+    let crd_rules = crd_role["rules"].as_array().unwrap();
+    assert!(grants(crd_rules, "customresourcedefinitions", "patch"));
+    for rule in crd_rules.iter().filter(|r| r["verbs"].to_string().contains("patch")) {
+        assert_eq!(rule["resourceNames"], serde_json::json!(["constellations.pleiades.io"]), "{rule}");
+    }
+    assert!(!grants(&cluster_role.2, "customresourcedefinitions", "patch"));
 
     // watchNamespaces: Roles in those namespaces, nothing cluster-wide, and the operator told.
     for kind in ["ClusterRole", "ClusterRoleBinding"] {
@@ -226,8 +237,9 @@ fn operator_rbac_is_least_privilege_and_namespaced_on_request() {
     let deployment = namespaced.iter().find(|d| d["kind"] == "Deployment").unwrap();
     let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
     assert!(args.contains("--watch-namespaces=team-a,team-b"), "{args}");
+    assert!(args.contains("--manage-crd=false"), "{args}");
     let default_args = cluster.iter().find(|d| d["kind"] == "Deployment").unwrap().to_string();
-    assert!(!default_args.contains("--watch-namespaces"));
+    assert!(!default_args.contains("--watch-namespaces") && default_args.contains("--manage-crd=true"));
 
     let (ok, text) = run(Command::new(&helm)
         .args(["template", "demo"])
