@@ -654,9 +654,19 @@ pub fn node_dns_names(pod: &str, peer_service: &str, client_service: &str, names
     ]
 }
 
-/// The node id of the pod with `ordinal`: pods number from 0, node ids from 1 (0 means none).
-pub fn node_id_of_ordinal(ordinal: i32) -> u64 {
-    u64::try_from(ordinal).unwrap_or_default() + 1
+/// Node ids of one ordinal's successive members are this far apart (replicas are at most 1000).
+pub const NODE_ID_STRIDE: u64 = 10_000;
+
+/// The node id the pod with `ordinal` runs as: `ordinal + 1` (0 means none), or, once that id
+/// is retired (its member was removed, or lost its volume), the next one up by
+/// [`NODE_ID_STRIDE`]. A retired id is never used again, so no replica, vote or gossip state of
+/// a former member can be mistaken for a new member's.
+pub fn node_id_for(ordinal: i32, retired: &[i64]) -> u64 {
+    let first = u64::try_from(ordinal).unwrap_or_default() + 1;
+    (0..)
+        .map(|incarnation: u64| first + incarnation * NODE_ID_STRIDE)
+        .find(|id| !retired.iter().any(|r| u64::try_from(*r).ok() == Some(*id)))
+        .unwrap_or(first)
 }
 
 /// The constellation part of identity URIs on Kubernetes: names are unique per namespace.
@@ -749,6 +759,10 @@ pub struct ConstellationStatus {
     /// Pods the operator asked to decommission ahead of a scale-down.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decommission: Vec<String>,
+    /// Node ids that are never used again: members removed by a scale-down and members whose
+    /// volume was lost. A pod whose claim still holds a retired id wipes it and joins anew.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_node_ids: Vec<i64>,
     /// The rolling update in progress, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
@@ -832,6 +846,9 @@ pub enum MemberState {
     Dead,
     Decommissioning,
     Decommissioned,
+    /// The pod started on an empty volume while its node id was a member: that member's data
+    /// is gone. It waits for the operator to retire the id, then joins under a new one.
+    VolumeLost,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

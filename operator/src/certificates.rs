@@ -52,13 +52,18 @@ impl Answers {
         forget: &'a [String],
     ) -> Vec<(&'a str, &'a str, tls::NodeSubject)> {
         let mut to_sign = Vec::new();
+        let retired = cst.status.as_ref().map(|s| s.retired_node_ids.clone()).unwrap_or_default();
         for (pod, csr, current) in requests(cst, forget) {
-            if let Some(cert) = current {
-                self.certificates.push((pod.into(), cert.into()));
-            } else if let Some(subject) = tls::node_subject(names, pod, pods) {
-                to_sign.push((pod, csr, subject));
-            } else {
+            let Some(subject) = tls::node_subject(names, pod, pods, &retired) else {
                 self.refused.push(format!("{pod} is not a pod of this constellation"));
+                continue;
+            };
+            // A certificate for a node id since retired is not current, even for the same key.
+            let names_subject =
+                |cert: &&str| tls::inspect_certificate(cert).is_some_and(|info| info.uris.contains(&subject.uri));
+            match current.filter(names_subject) {
+                Some(cert) => self.certificates.push((pod.into(), cert.into())),
+                None => to_sign.push((pod, csr, subject)),
             }
         }
         to_sign

@@ -17,7 +17,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalize};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use pleiades_crds::Constellation;
+use pleiades_crds::{Constellation, MemberState};
 use serde::Serialize;
 use serde_json::json;
 use tracing::{info, warn};
@@ -232,11 +232,11 @@ async fn confirm_decommission(
     // A pod that never reported is asked about by the node id its ordinal gives it.
     let never_reported = pleiades_crds::MemberStatus {
         pod: leaving.clone(),
-        node_id: i64::try_from(pleiades_crds::node_id_of_ordinal(replicas - 1)).unwrap_or_default(),
+        node_id: i64::try_from(pleiades_crds::node_id_for(replicas - 1, &status.retired_node_ids)).unwrap_or_default(),
         ..Default::default()
     };
     let member = match status.members.iter().find(|m| m.pod == leaving) {
-        Some(m) if m.state == pleiades_crds::MemberState::Decommissioned && status.decommission.contains(&leaving) => m,
+        Some(m) if m.state == MemberState::Decommissioned && status.decommission.contains(&leaving) => m,
         Some(_) => return None,
         None => &never_reported,
     };
@@ -404,6 +404,19 @@ async fn publish_decisions(cst: &Constellation, ctx: &Context, plan: &Plan) {
             publish_about(ctx, cst, Some(pod), EventType::Warning, "DecommissionContradicted", detail.clone()).await
         }
         Scale::Decommissioning { .. } | Scale::Confirming { .. } | Scale::Stable => {}
+    }
+    let retired: Vec<i64> = previous.retired_node_ids.iter().chain(&plan.retire).copied().collect();
+    let lost_volumes = previous.members.iter().filter(|m| m.state == MemberState::VolumeLost);
+    for lost in lost_volumes.filter(|m| plan.retire.contains(&m.node_id)) {
+        let ordinal = crate::plan::ordinal(&Names::of(cst), &lost.pod).unwrap_or_default();
+        let note = format!(
+            "{} started on an empty volume: node {} is retired for good and the pod joins as node {}, rebuilding \
+             its replicas",
+            lost.pod,
+            lost.node_id,
+            pleiades_crds::node_id_for(ordinal, &retired)
+        );
+        publish_about(ctx, cst, Some(&lost.pod), EventType::Warning, "VolumeLost", note).await;
     }
     if !previous.decommission.is_empty()
         && plan.decommission.is_empty()

@@ -79,6 +79,8 @@ pub struct Plan {
     pub decommission: Vec<String>,
     /// Member entries of pods that no longer exist, to drop from the status.
     pub forget_members: Vec<String>,
+    /// Node ids to retire for good: of the pod removed now, and of members that lost their volume.
+    pub retire: Vec<i64>,
     pub scale: Scale,
     pub rollout: Rollout,
 }
@@ -137,6 +139,7 @@ pub fn plan(cst: &Constellation, observed: Option<&ObservedSet>, desired_hash: &
             partition: 0,
             decommission: Vec::new(),
             forget_members: Vec::new(),
+            retire: Vec::new(),
             scale: Scale::Stable,
             rollout: Rollout::Idle,
         };
@@ -151,6 +154,13 @@ pub fn plan(cst: &Constellation, observed: Option<&ObservedSet>, desired_hash: &
         .map(|m| m.pod.clone())
         .collect();
     let mut stateful_set_replicas = current;
+    // A member that lost its volume waits for its id to be retired before it joins anew.
+    let mut retire: Vec<i64> = status
+        .members
+        .iter()
+        .filter(|m| m.state == MemberState::VolumeLost && !status.retired_node_ids.contains(&m.node_id))
+        .map(|m| m.node_id)
+        .collect();
     let scale = if target >= current {
         stateful_set_replicas = target;
         decommission.clear();
@@ -178,6 +188,7 @@ pub fn plan(cst: &Constellation, observed: Option<&ObservedSet>, desired_hash: &
                     stateful_set_replicas = current - 1;
                     decommission.retain(|pod| pod != &victim);
                     forget_members.push(victim.clone());
+                    retire.push(m.node_id);
                     Scale::Removing { pod: victim }
                 }
                 Some(Ok(testimony)) => Scale::Confirming {
@@ -203,6 +214,10 @@ pub fn plan(cst: &Constellation, observed: Option<&ObservedSet>, desired_hash: &
                 Some(Ok(testimony)) if testimony.ranges.is_empty() => {
                     stateful_set_replicas = current - 1;
                     decommission.retain(|pod| pod != &victim);
+                    // It may have written its id to its volume: a claim kept by `Retain` must
+                    // not bring it back.
+                    let node_id = pleiades_crds::node_id_for(current - 1, &status.retired_node_ids);
+                    retire.push(i64::try_from(node_id).unwrap_or_default());
                     Scale::Removing { pod: victim }
                 }
                 Some(Ok(testimony)) => Scale::Blocked {
@@ -239,7 +254,9 @@ pub fn plan(cst: &Constellation, observed: Option<&ObservedSet>, desired_hash: &
     };
     forget_members.sort();
     forget_members.dedup();
-    Plan { stateful_set_replicas, partition, decommission, forget_members, scale, rollout }
+    retire.sort_unstable();
+    retire.dedup();
+    Plan { stateful_set_replicas, partition, decommission, forget_members, retire, scale, rollout }
 }
 
 fn plan_rollout(
@@ -471,6 +488,13 @@ pub fn aggregate(cst: &Constellation, set: Option<&ObservedSet>, plan: &Plan, no
         members: Vec::new(),
         ranges,
         decommission: plan.decommission.clone(),
+        retired_node_ids: {
+            let mut retired = previous.retired_node_ids.clone();
+            retired.extend(&plan.retire);
+            retired.sort_unstable();
+            retired.dedup();
+            retired
+        },
         rollout: match &plan.rollout {
             Rollout::Rolling { status, .. } => Some(status.clone()),
             Rollout::Idle => None,

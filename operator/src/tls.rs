@@ -47,9 +47,9 @@ pub struct NodeSubject {
 }
 
 /// The subject of pod `pod`, when it is `<constellation>-<ordinal>` with an ordinal below `pods`.
-pub fn node_subject(names: &Names, pod: &str, pods: i32) -> Option<NodeSubject> {
+pub fn node_subject(names: &Names, pod: &str, pods: i32, retired: &[i64]) -> Option<NodeSubject> {
     let ordinal = crate::plan::ordinal(names, pod).filter(|o| (0..pods).contains(o))?;
-    let node_id = u64::try_from(ordinal).ok()? + 1;
+    let node_id = pleiades_crds::node_id_for(ordinal, retired);
     Some(NodeSubject {
         pod: pod.into(),
         uri: Identity::node(&identity_constellation(names), node_id).uri(),
@@ -335,7 +335,7 @@ pub(crate) mod tests {
         let ca = Ca::generate(&names(), now).unwrap();
         let (pem, key) = csr(vec!["evil.example".into()], "pleiades://demo.db/user/admin");
         let request = parse_csr(&pem).unwrap();
-        let subject = node_subject(&names(), "demo-1", 3).unwrap();
+        let subject = node_subject(&names(), "demo-1", 3, &[]).unwrap();
         let cert = ca.issue_node(&subject, &request, Duration::days(90), now).unwrap();
         let info = inspect_certificate(&cert).unwrap();
         assert_eq!(info.uris, ["pleiades://demo.db/node/2"]);
@@ -364,9 +364,11 @@ pub(crate) mod tests {
 
     #[test]
     fn pods_outside_the_stateful_set_get_no_subject() {
-        assert!(node_subject(&names(), "demo-3", 3).is_none());
-        assert!(node_subject(&names(), "other-0", 3).is_none());
-        assert_eq!(node_subject(&names(), "demo-0", 3).unwrap().uri, "pleiades://demo.db/node/1");
+        assert!(node_subject(&names(), "demo-3", 3, &[]).is_none());
+        assert!(node_subject(&names(), "other-0", 3, &[]).is_none());
+        assert_eq!(node_subject(&names(), "demo-0", 3, &[]).unwrap().uri, "pleiades://demo.db/node/1");
+        // A retired id is never issued again: the pod's next member gets the next one up.
+        assert_eq!(node_subject(&names(), "demo-0", 3, &[1]).unwrap().uri, "pleiades://demo.db/node/10001");
     }
 
     #[test]
@@ -385,7 +387,7 @@ pub(crate) mod tests {
 
     #[test]
     fn cert_manager_requests_must_ask_for_exactly_the_pods_names() {
-        let subject = node_subject(&names(), "demo-0", 3).unwrap();
+        let subject = node_subject(&names(), "demo-0", 3, &[]).unwrap();
         let (exact, _) = csr(subject.dns_names.clone(), &subject.uri);
         parse_csr(&exact).unwrap().asks_for_exactly(&subject).unwrap();
         let (other_node, _) = csr(subject.dns_names.clone(), "pleiades://demo.db/node/2");

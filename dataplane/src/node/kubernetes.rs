@@ -1,5 +1,5 @@
-//! Running as a pod of a `Constellation`: the pod's ordinal gives its node id and tells whether
-//! it founds the constellation or joins it; a reporter writes this pod's entry in the
+//! Running as a pod of a `Constellation`: the pod's ordinal gives its node id (see `identity`)
+//! and tells whether it founds the constellation or joins it; a reporter writes this pod's entry in the
 //! Constellation's `status.members` (server-side apply with this pod's own field manager, so
 //! pods never overwrite each other) and carries out the operator's decommission requests.
 
@@ -14,6 +14,7 @@ use pleiades_crds::{Constellation, MemberState, MemberStatus};
 use tracing::{info, warn};
 
 pub mod certificate;
+pub mod identity;
 
 use super::replicas::Replicas;
 use crate::config::{ConfigError, KubernetesConfig, NodeConfig};
@@ -58,12 +59,19 @@ impl Pod {
     }
 }
 
-/// Fills in node id, advertised address and founders or join seed from the pod's identity.
-pub fn adopt(config: &mut NodeConfig, k8s: &KubernetesConfig, pod: &Pod) -> Result<(), ConfigError> {
+/// Fills in the node id (settled by [`identity::settle`]), advertised address and founders or
+/// join seed from the pod's identity. `join`: through the client Service even on a founder's
+/// ordinal (a member that lost its volume, or runs under a later id).
+pub fn adopt(
+    config: &mut NodeConfig,
+    k8s: &KubernetesConfig,
+    pod: &Pod,
+    node_id: u64,
+    join: bool,
+) -> Result<(), ConfigError> {
     let port = config.listen.port();
     let peer_address =
         |ordinal: u32| format!("{}-{ordinal}.{}.{}.svc:{port}", k8s.constellation, k8s.peer_service, pod.namespace);
-    let node_id = pleiades_crds::node_id_of_ordinal(i32::try_from(pod.ordinal).unwrap_or(i32::MAX));
     if config.node_id.is_some_and(|id| id != node_id) {
         return Err(ConfigError::Invalid(format!("node-id is set but {} must be node {node_id}", pod.name)));
     }
@@ -71,7 +79,7 @@ pub fn adopt(config: &mut NodeConfig, k8s: &KubernetesConfig, pod: &Pod) -> Resu
     // Certificates name the constellation by resource and namespace (unique in a cluster).
     config.constellation.name = format!("{}.{}", k8s.constellation, pod.namespace);
     config.constellation.advertise = Some(peer_address(pod.ordinal));
-    if pod.ordinal < k8s.founders {
+    if pod.ordinal < k8s.founders && !join {
         config.constellation.peers = (0..k8s.founders).map(|o| format!("{}={}", o + 1, peer_address(o))).collect();
         config.constellation.join = None;
     } else {
@@ -248,7 +256,7 @@ mod tests {
     #[test]
     fn the_first_ordinals_found_and_the_rest_join() {
         let mut config = NodeConfig { listen: "0.0.0.0:7400".parse().unwrap(), ..Default::default() };
-        adopt(&mut config, &k8s(), &Pod::parse(&k8s(), "demo-1", "db").unwrap()).unwrap();
+        adopt(&mut config, &k8s(), &Pod::parse(&k8s(), "demo-1", "db").unwrap(), 2, false).unwrap();
         assert_eq!(config.node_id, Some(2));
         assert_eq!(config.constellation.advertise.as_deref(), Some("demo-1.demo-peers.db.svc:7400"));
         assert_eq!(
@@ -258,7 +266,7 @@ mod tests {
         config.validate().unwrap();
 
         let mut config = NodeConfig { listen: "0.0.0.0:7400".parse().unwrap(), ..Default::default() };
-        adopt(&mut config, &k8s(), &Pod::parse(&k8s(), "demo-4", "db").unwrap()).unwrap();
+        adopt(&mut config, &k8s(), &Pod::parse(&k8s(), "demo-4", "db").unwrap(), 5, true).unwrap();
         assert_eq!(config.node_id, Some(5));
         assert!(config.constellation.peers.is_empty());
         assert_eq!(config.constellation.join.as_deref(), Some("demo.db.svc:7400"));

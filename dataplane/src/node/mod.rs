@@ -91,9 +91,27 @@ fn decode_u64(key: &'static str, bytes: &[u8]) -> Result<u64, NodeError> {
 }
 
 /// The node id stored in the data directory, else the configured one, else a random one; stored.
+/// The node id this data directory belongs to, if it has one yet.
+fn stored_node_id(storage: &Storage) -> Result<Option<u64>, NodeError> {
+    storage.get_local(NODE_ID_KEY)?.map(|stored| decode_u64("node_id", &stored)).transpose()
+}
+
+/// Deletes a data directory's replicas and raft state (not its TLS material: a new certificate
+/// is requested for the new id).
+fn wipe_data(data_dir: &std::path::Path) -> Result<(), NodeError> {
+    for part in ["db", "snapshots"] {
+        let path = data_dir.join(part);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(NodeError::DataDir { path, source }),
+        }
+    }
+    Ok(())
+}
+
 fn resolve_node_id(storage: &Storage, configured: Option<u64>) -> Result<u64, NodeError> {
-    if let Some(stored) = storage.get_local(NODE_ID_KEY)? {
-        let stored = decode_u64("node_id", &stored)?;
+    if let Some(stored) = stored_node_id(storage)? {
         return match configured {
             Some(configured) if configured != stored => Err(NodeError::NodeIdMismatch { stored, configured }),
             _ => Ok(stored),
@@ -326,13 +344,56 @@ pub(crate) async fn join_until_done(replicas: Arc<Replicas>, seed: String, joine
     }
 }
 
+/// Moves the replicas of `former` (this pod's retired node id, whose data was lost) to living
+/// nodes, this one included, rather than waiting for the dead-member repair.
+async fn rebuild_replicas_of(replicas: &Arc<Replicas>, former: crate::raft::NodeId) {
+    for attempt in 1u64.. {
+        match replicas.decommission(former).await {
+            Ok(moves) => {
+                info!(former, moved = moves.len(), "rebuilt the replicas of this pod's former node id");
+                return;
+            }
+            Err(e) => warn!(former, attempt, error = %e, "cannot rebuild the former node id's replicas yet"),
+        }
+        tokio::time::sleep(Duration::from_secs(attempt.min(30))).await;
+    }
+}
+
 /// Runs a node until `shutdown` resolves, then stops accepting, drains, flushes and closes
 /// storage. The "node ready" log event carries the addresses actually bound (port 0 picks one).
 pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| NodeError::DataDir { path: config.data_dir.clone(), source })?;
+    let db_path = config.data_dir.join("db");
+    let storage_config = config.storage.clone();
+    let open_storage = || {
+        let (db_path, storage_config) = (db_path.clone(), storage_config.clone());
+        blocking(move || Storage::open(&db_path, &storage_config))
+    };
+    let mut storage = open_storage().await??;
+    // This pod's former node id, whose volume was lost: its replicas are rebuilt once joined.
+    let mut replaced = None;
     let pod = match config.kubernetes.clone() {
         Some(k8s) => {
             let pod = kubernetes::Pod::from_env(&k8s)?;
-            kubernetes::adopt(&mut config, &k8s, &pod)?;
+            let stored = stored_node_id(&storage)?;
+            let (node_id, join) = match kubernetes::identity::settle(&k8s, &pod, stored).await? {
+                kubernetes::identity::Identity::Run { node_id, join, replaces } => {
+                    replaced = replaces;
+                    (node_id, join)
+                }
+                kubernetes::identity::Identity::WipeAndJoin { node_id } => {
+                    warn!(stored = ?stored, node_id, "this volume belongs to a retired member: wiping it to join anew");
+                    blocking(move || storage.close()).await??;
+                    wipe_data(&config.data_dir)?;
+                    storage = open_storage().await??;
+                    (node_id, true)
+                }
+                kubernetes::identity::Identity::AwaitRetirement { lost } => {
+                    return Err(NodeError::Config(ConfigError::Invalid(format!("node {lost} is not retired yet"))))
+                }
+            };
+            kubernetes::adopt(&mut config, &k8s, &pod, node_id, join)?;
             Some(pod)
         }
         None => None,
@@ -346,12 +407,6 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     };
     config.validate()?;
     let started = Instant::now();
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| NodeError::DataDir { path: config.data_dir.clone(), source })?;
-
-    let db_path = config.data_dir.join("db");
-    let storage_config = config.storage.clone();
-    let storage = blocking(move || Storage::open(&db_path, &storage_config)).await??;
     let node_id = resolve_node_id(&storage, config.node_id)?;
     let hlc = Arc::new(open_clock(&storage, Duration::from_millis(config.clock.max_offset_ms))?);
 
@@ -518,11 +573,15 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     let upkeep_task = tokio::spawn(replicas.clone().upkeep());
     let repair_task = tokio::spawn(replicas.clone().repair());
     let joined = Arc::new(AtomicBool::new(config.constellation.join.is_none()));
-    let join_task = config
-        .constellation
-        .join
-        .clone()
-        .map(|seed| tokio::spawn(join_until_done(replicas.clone(), seed, joined.clone())));
+    let join_task = config.constellation.join.clone().map(|seed| {
+        let (replicas, joined) = (replicas.clone(), joined.clone());
+        tokio::spawn(async move {
+            join_until_done(replicas.clone(), seed, joined).await;
+            if let Some(former) = replaced {
+                rebuild_replicas_of(&replicas, former).await;
+            }
+        })
+    });
     let live_task = config.live_config.clone().map(|path| tokio::spawn(live::watch(path, kv_limits.clone())));
 
     health.set_ready();

@@ -742,7 +742,7 @@ fn asking(ordinal: i32, csr: &str) -> MemberStatus {
 
 fn exact_csr(ordinal: i32) -> String {
     let names = Names { constellation: "demo".into(), namespace: "db".into() };
-    let subject = crate::tls::node_subject(&names, &format!("demo-{ordinal}"), 3).unwrap();
+    let subject = crate::tls::node_subject(&names, &format!("demo-{ordinal}"), 3, &[]).unwrap();
     crate::tls::tests::csr(subject.dns_names, &subject.uri).0
 }
 
@@ -817,7 +817,7 @@ async fn a_renewal_csr_replaces_a_certificate_past_two_thirds() {
     let ca = crate::tls::Ca::from_secret(&serde_json::from_value(h.api.get(CA_SECRET).unwrap()).unwrap(), "demo-ca")
         .unwrap();
     let old_csr = exact_csr(0);
-    let subject = crate::tls::node_subject(&names, "demo-0", 3).unwrap();
+    let subject = crate::tls::node_subject(&names, "demo-0", 3, &[]).unwrap();
     let issued_at = time::OffsetDateTime::now_utc() - time::Duration::days(70);
     let old = ca
         .issue_node(&subject, &crate::tls::parse_csr(&old_csr).unwrap(), time::Duration::days(90), issued_at)
@@ -884,7 +884,7 @@ async fn cert_manager_signs_through_a_certificate_request_and_the_result_is_copi
     // cert-manager's CA issuer answers; the operator copies the result and publishes the CA.
     let names = Names { constellation: "demo".into(), namespace: "db".into() };
     let issuer = crate::tls::Ca::generate(&names, time::OffsetDateTime::now_utc()).unwrap();
-    let subject = crate::tls::node_subject(&names, "demo-0", 3).unwrap();
+    let subject = crate::tls::node_subject(&names, "demo-0", 3, &[]).unwrap();
     let cert = issuer
         .issue_node(
             &subject,

@@ -331,3 +331,35 @@ fn planned_work_is_not_degraded() {
     let observed = ObservedSet { ready_replicas: 2, ..set(3, 0, NEW) };
     assert_eq!(degraded(&cst(3, status), &observed).status, "True");
 }
+
+#[test]
+fn removed_and_lost_node_ids_are_retired_for_good() {
+    // 5 -> 3: demo-4 is decommissioned and confirmed empty; removing it retires node 5.
+    let mut status = healthy(5, OLD);
+    status.decommission = vec!["demo-4".into()];
+    status.members[4].state = MemberState::Decommissioned;
+    let observed = ObservedSet {
+        confirmation: Some(Confirmation {
+            about: "demo-4".into(),
+            answer: Ok(crate::probe::Testimony { member: "demo-0".into(), ranges: vec![] }),
+        }),
+        ..set(5, 0, OLD)
+    };
+    let shrinking = cst(3, status);
+    let removing = plan(&shrinking, Some(&observed), OLD, now());
+    assert_eq!(removing.retire, vec![5]);
+    let written = aggregate(&shrinking, Some(&observed), &removing, now());
+    assert_eq!(written.retired_node_ids, vec![5]);
+    // 3 -> 5 again, on the claim `whenScaled: Retain` kept: demo-4 comes back as a new member.
+    assert_eq!(pleiades_crds::node_id_for(4, &written.retired_node_ids), 10_005);
+    assert_eq!(pleiades_crds::node_id_for(3, &written.retired_node_ids), 4, "demo-3's id was not retired");
+
+    // A member that lost its volume has its id retired, once; the pod then runs as 10 001.
+    let mut status = healthy(3, OLD);
+    status.members[0].state = MemberState::VolumeLost;
+    let lost = plan(&cst(3, status.clone()), Some(&set(3, 0, OLD)), OLD, now());
+    assert_eq!(lost.retire, vec![1]);
+    status.retired_node_ids = vec![1];
+    assert!(plan(&cst(3, status.clone()), Some(&set(3, 0, OLD)), OLD, now()).retire.is_empty());
+    assert_eq!(pleiades_crds::node_id_for(0, &status.retired_node_ids), 10_001);
+}
