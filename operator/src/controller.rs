@@ -20,7 +20,7 @@ use kube::{Client, Resource, ResourceExt};
 use pleiades_crds::{Constellation, MemberState};
 use serde::Serialize;
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::certificates;
 use crate::desired::{allow_operator, desired, service_monitor_resource, Names, CONFIG_HASH_ANNOTATION, HTTP_PORT};
@@ -105,8 +105,13 @@ pub async fn run(ctx: Arc<Context>, scope: Scope, shutdown: impl std::future::Fu
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx.clone())
             .for_each(|result| async move {
-                if let Err(error) = result {
-                    warn!(%error, "reconcile failed");
+                match result {
+                    Ok(_) => {}
+                    // An owned object's event for a Constellation just deleted: nothing to do.
+                    Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                        debug!(%object, "the constellation is gone; nothing to reconcile")
+                    }
+                    Err(error) => warn!(%error, "reconcile failed"),
                 }
             })
     });
