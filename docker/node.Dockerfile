@@ -13,11 +13,16 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:bookworm-slim
 # libstdc++ for RocksDB; ca-certificates for nothing else than operators' convenience tools.
-RUN apt-get update && apt-get install -y --no-install-recommends libstdc++6 ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
+COPY --from=build /out/pleiades /usr/local/bin/pleiades
+# Real time (optional, per Constellation): the binary may raise CAP_SYS_NICE — permitted, not
+# effective, so it starts where the pod does not grant it — and the pod allows the escalation
+# that makes file capabilities count. No setuid or setgid file is left that could escalate too.
+RUN apt-get update && apt-get install -y --no-install-recommends libstdc++6 ca-certificates libcap2-bin \
+    && setcap cap_sys_nice=p /usr/local/bin/pleiades \
+    && apt-get purge -y libcap2-bin && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
+    && find / -xdev -perm /6000 -type f -exec chmod a-s {} + \
     && groupadd --gid 10001 pleiades && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin pleiades \
     && install -d -o 10001 -g 10001 /var/lib/pleiades
-COPY --from=build /out/pleiades /usr/local/bin/pleiades
 USER 10001:10001
 VOLUME /var/lib/pleiades
 # 7400/udp: QUIC (clients and peers); 7480/tcp: /metrics, /healthz, /readyz.

@@ -37,7 +37,9 @@ fn main() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_start(pleiades::realtime::apply_to_current_thread)
+        // Workers only (they unpark; blocking-pool threads, which open RocksDB and so start
+        // its background threads, never do).
+        .on_thread_unpark(pleiades::realtime::apply_to_current_thread)
         .build()
     {
         Ok(runtime) => runtime,

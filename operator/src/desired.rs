@@ -515,7 +515,10 @@ fn stateful_set(cst: &Constellation, names: &Names, config_hash: &str) -> Statef
         liveness_probe: Some(probe("/healthz", 10, 3)),
         readiness_probe: Some(probe("/readyz", 5, 2)),
         security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
+            // Real time needs the image's cap_sys_nice file capability, which the kernel
+            // ignores under no_new_privs: only then is escalation allowed (the image has no
+            // setuid file, and every capability but SYS_NICE is dropped).
+            allow_privilege_escalation: Some(spec.realtime.enabled),
             read_only_root_filesystem: Some(true),
             run_as_non_root: Some(true),
             capabilities: Some(capabilities),

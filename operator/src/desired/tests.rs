@@ -134,6 +134,12 @@ fn realtime_grants_cap_sys_nice_and_configures_the_priority() {
 
     let realtime = desired(&constellation(production()));
     assert_eq!(capabilities(&realtime).add, Some(vec!["SYS_NICE".to_string()]));
+    // The file capability that makes SYS_NICE effective for a non-root user counts only without
+    // no_new_privs; without real time escalation stays off.
+    let escalation =
+        |desired: &Desired| pod(desired).containers[0].security_context.clone().unwrap().allow_privilege_escalation;
+    assert_eq!((escalation(&plain), escalation(&realtime)), (Some(false), Some(true)));
+    assert_eq!(pod(&realtime).security_context.clone().unwrap().run_as_non_root, Some(true));
     assert_eq!(capabilities(&realtime).drop, Some(vec!["ALL".to_string()]));
     assert!(realtime.config_map.data.as_ref().unwrap()["node.toml"].contains("[realtime]\npriority = 70\n"));
 }
