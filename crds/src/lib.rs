@@ -92,6 +92,9 @@ pub struct ConstellationSpec {
     /// Which pods may reach the nodes: a NetworkPolicy the operator keeps beside the StatefulSet.
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+    /// Replacing the pod of a Kubernetes node that died.
+    #[serde(default)]
+    pub failover: FailoverSpec,
     /// When true the operator makes no changes to the constellation's objects (status is still
     /// reported). Use it to hold a constellation during maintenance.
     #[serde(default)]
@@ -112,6 +115,7 @@ impl Default for ConstellationSpec {
             tls: TlsSpec::default(),
             monitoring: MonitoringSpec::default(),
             network_policy: NetworkPolicySpec::default(),
+            failover: FailoverSpec::default(),
             paused: false,
         }
     }
@@ -724,6 +728,28 @@ pub struct NetworkPolicySpec {
 impl Default for NetworkPolicySpec {
     fn default() -> Self {
         NetworkPolicySpec { enabled: true, client_from: Vec::new(), metrics_from: Vec::new() }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverSpec {
+    /// A pod left `Terminating` or `Unknown` by a node that stopped answering is force-deleted,
+    /// with its claim, this long after — and only once the constellation stopped hearing from
+    /// it and rebuilt all its replicas elsewhere. It then starts afresh on a new volume and
+    /// joins under a new node id.
+    #[serde(default = "default_failover_after")]
+    #[schemars(range(min = 60))]
+    pub after_seconds: i64,
+}
+
+fn default_failover_after() -> i64 {
+    300
+}
+
+impl Default for FailoverSpec {
+    fn default() -> Self {
+        FailoverSpec { after_seconds: default_failover_after() }
     }
 }
 

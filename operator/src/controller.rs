@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::certificates;
 use crate::desired::{allow_operator, desired, service_monitor_resource, Names, CONFIG_HASH_ANNOTATION, HTTP_PORT};
+use crate::failover::{self, Failover};
 use crate::metrics::Metrics;
 use crate::plan::{aggregate, plan, Confirmation, ObservedSet, Plan, Rollout, Scale};
 use crate::scope::{api, Scope};
@@ -214,6 +215,12 @@ async fn apply(cst: &Constellation, ctx: &Context) -> Result<Action, Error> {
         }
     }
     expand_volumes(cst, ctx, &names).await?;
+    if let Failover::Waiting { pod, reason } = fail_over(cst, ctx, &names, now).await? {
+        // Shown where a user looks for what is wrong; the Event says it once more.
+        if let Some(degraded) = status.conditions.iter_mut().find(|c| c.type_ == "Degraded") {
+            degraded.message = format!("{}; {pod}'s node is lost: {reason}", degraded.message);
+        }
+    }
 
     publish_decisions(cst, ctx, &plan).await;
     let busy = !matches!((&plan.scale, &plan.rollout), (Scale::Stable, Rollout::Idle));
@@ -339,6 +346,60 @@ async fn expand_volumes(cst: &Constellation, ctx: &Context, names: &Names) -> Re
         }
     }
     Ok(())
+}
+
+/// Replaces the pod of a lost Kubernetes node once `failover::decide` allows it: force-deletes
+/// the pod and its claim, so the StatefulSet starts the ordinal afresh elsewhere.
+async fn fail_over(cst: &Constellation, ctx: &Context, names: &Names, now: Timestamp) -> Result<Failover, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let selector = crate::desired::selector_string(cst);
+    let mut stuck: Vec<_> = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .iter()
+        .filter_map(|p| failover::stuck(p, now))
+        .collect();
+    stuck.sort_by(|a, b| a.name.cmp(&b.name));
+    let status = cst.status.clone().unwrap_or_default();
+    let after = cst.spec.failover.after_seconds;
+    let mut decision = failover::decide(&stuck, &status, after, None, now);
+    // A member is asked only once nothing else stands in the way.
+    if let (Failover::Waiting { pod, reason }, Some(member)) =
+        (&decision, stuck.first().and_then(|s| status.members.iter().find(|m| m.pod == s.name)))
+    {
+        if reason.starts_with("asking a member") {
+            let answer = crate::probe::confirm_empty(&status.members, member, ctx.member_http_port)
+                .await
+                .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
+            let testimony = Confirmation { about: pod.clone(), answer };
+            decision = failover::decide(&stuck, &status, after, Some(&testimony), now);
+        }
+    }
+    match &decision {
+        Failover::Replace { pod, node_id } => {
+            let force = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+            ignore_not_found(pods.delete(pod, &force).await.map(|_| ()))?;
+            let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
+            ignore_not_found(claims.delete(&format!("data-{pod}"), &DeleteParams::default()).await.map(|_| ()))?;
+            let note = format!(
+                "{pod}'s Kubernetes node stopped answering over {after}s ago and node {node_id}'s replicas were \
+                 rebuilt elsewhere: deleted its pod and claim; it starts afresh and joins as a new node"
+            );
+            publish_about(ctx, cst, Some(pod), EventType::Warning, "FailedOver", note).await;
+        }
+        Failover::Waiting { pod, reason } => {
+            publish_about(ctx, cst, Some(pod), EventType::Warning, "NodeLost", format!("{pod}: {reason}")).await
+        }
+        Failover::Idle => {}
+    }
+    Ok(decision)
+}
+
+fn ignore_not_found(result: Result<(), kube::Error>) -> Result<(), kube::Error> {
+    match result {
+        Err(kube::Error::Api(response)) if response.code == 404 => Ok(()),
+        other => other,
+    }
 }
 
 /// Writes the operator's fields of the status (server-side apply; the members' entries belong

@@ -4,6 +4,7 @@ pub mod certificates;
 pub mod controller;
 pub mod crd;
 pub mod desired;
+pub mod failover;
 pub mod leader;
 pub mod metrics;
 pub mod plan;

@@ -90,7 +90,7 @@ pub fn ordinal(names: &Names, pod: &str) -> Option<i32> {
     pod.strip_prefix(&names.constellation)?.strip_prefix('-')?.parse().ok()
 }
 
-fn fresh(member: &MemberStatus, now: Timestamp) -> bool {
+pub(crate) fn fresh(member: &MemberStatus, now: Timestamp) -> bool {
     member
         .last_report
         .parse::<Timestamp>()
@@ -504,4 +504,4 @@ pub fn aggregate(cst: &Constellation, set: Option<&ObservedSet>, plan: &Plan, no
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

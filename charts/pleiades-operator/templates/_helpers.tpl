@@ -60,8 +60,14 @@ calls, nothing more. Server-side apply is a `patch`, and also a `create` when th
   verbs: [get, create, update, patch]
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  # Volume expansion, and deletion with `whenDeleted: Delete` (one claim at a time).
+  # Volume expansion, and deletion with `whenDeleted: Delete` (one claim at a time) and of a
+  # lost node's claim on failover.
   verbs: [list, patch, delete]
+- apiGroups: [""]
+  resources: [pods]
+  # Failover: finding pods a lost node left Terminating, and force-deleting one once its
+  # replicas were rebuilt elsewhere.
+  verbs: [list, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [create, patch]

@@ -973,3 +973,75 @@ async fn the_operator_applies_its_own_crd_at_start_but_never_takes_a_newer_versi
     assert_eq!(outcome, CrdOutcome::Newer { name: "constellations.pleiades.io".into(), versions: vec!["v2".into()] });
     assert_eq!(api.get(CRD).unwrap(), before);
 }
+
+#[tokio::test]
+async fn an_image_change_rolls_through_the_same_gates_and_stops_on_a_failed_one() {
+    let h = Harness::created(ConstellationSpec::default()).await;
+    let old = h.api.template_hash();
+    h.api.report(&alive(3, &old));
+    h.set_spec(|spec| spec.image.tag = "0.1.1".into());
+    h.reconcile().await.unwrap();
+    let new = h.api.template_hash();
+    assert_ne!(new, old, "the image is part of the configuration hash");
+    let set = h.api.get(STS).unwrap();
+    assert!(set["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap().ends_with(":0.1.1"));
+    assert_eq!(h.api.statefulset_replicas_and_partition(), (3, 2), "demo-2 first, the others held");
+
+    // demo-2 came back on the new image, but demo-0 is suspect: the gate holds the rollout.
+    let mut members = alive(3, &old);
+    members[2] = member(2, MemberState::Alive, &new);
+    members[0] = member(0, MemberState::Suspect, &old);
+    h.api.report(&members);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.statefulset_replicas_and_partition().1, 2);
+    let waiting = h.api.get(CST).unwrap()["status"]["rollout"]["waitingFor"].as_str().unwrap().to_string();
+    assert!(waiting.contains("demo-0"), "{waiting}");
+    // Healthy again: the next pod goes.
+    members[0] = member(0, MemberState::Alive, &old);
+    h.api.report(&members);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.statefulset_replicas_and_partition().1, 1);
+}
+
+#[tokio::test]
+async fn a_lost_nodes_pod_is_replaced_only_after_its_replicas_were_rebuilt() {
+    const POD: &str = "/api/v1/namespaces/db/pods/demo-2";
+    const CLAIM: &str = "/api/v1/namespaces/db/persistentvolumeclaims/data-demo-2";
+    let h = Harness::created(ConstellationSpec::default()).await;
+    let hash = h.api.template_hash();
+    let mut members = alive(3, &hash);
+    for member in &mut members {
+        // Where the test's member endpoint answers.
+        member.address = "127.0.0.1:7400".into();
+    }
+    members[2].last_report = (Timestamp::now() - SignedDuration::from_secs(900)).to_string();
+    h.api.report(&members);
+    let labels = json!({"app.kubernetes.io/instance": "demo", "app.kubernetes.io/name": "pleiades"});
+    for ordinal in 0..3 {
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("demo-{ordinal}"), "namespace": "db", "labels": labels},
+            "status": {"phase": "Running"}});
+        if ordinal == 2 {
+            // Evicted from its unreachable node ten minutes ago; its kubelet never confirmed.
+            pod["metadata"]["deletionTimestamp"] =
+                json!((Timestamp::now() - SignedDuration::from_secs(600)).to_string());
+        }
+        h.api.0.lock().unwrap().objects.insert(format!("/api/v1/namespaces/db/pods/demo-{ordinal}"), pod);
+    }
+    h.api.0.lock().unwrap().objects.insert(CLAIM.into(), json!({"metadata": {"name": "data-demo-2"}}));
+
+    // A member still names node 3 in range 2: the pod stays.
+    *h.member_answer.lock().unwrap() = r#"{"node_id":3,"ranges":[2]}"#.into();
+    h.reconcile().await.unwrap();
+    assert!(h.api.get(POD).is_some() && h.api.get(CLAIM).is_some());
+    let degraded = h.api.condition("Degraded").2;
+    assert!(degraded.contains("demo-2's node is lost") && degraded.contains("[2]"), "{degraded}");
+    assert!(h.api.event_reasons().contains(&"NodeLost".to_string()));
+
+    // Rebuilt elsewhere: the pod and its claim go, so the StatefulSet starts demo-2 afresh.
+    *h.member_answer.lock().unwrap() = r#"{"node_id":3,"ranges":[]}"#.into();
+    h.reconcile().await.unwrap();
+    assert!(h.api.get(POD).is_none() && h.api.get(CLAIM).is_none());
+    assert!(h.api.get("/api/v1/namespaces/db/pods/demo-1").is_some(), "healthy pods stay");
+    assert!(h.api.event_reasons().contains(&"FailedOver".to_string()));
+}
