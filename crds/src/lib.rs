@@ -658,6 +658,10 @@ pub fn node_dns_names(pod: &str, peer_service: &str, client_service: &str, names
     ]
 }
 
+/// How a member's message starts when its replicas have nowhere to go (every other living node
+/// already holds a copy): the operator reports the scale-down blocked with the rest of it.
+pub const DECOMMISSION_BLOCKED: &str = "decommission blocked: ";
+
 /// Node ids of one ordinal's successive members are this far apart (replicas are at most 1000).
 pub const NODE_ID_STRIDE: u64 = 10_000;
 

@@ -236,7 +236,15 @@ pub fn plan(cst: &Constellation, observed: Option<&ObservedSet>, desired_hash: &
                     pod: victim,
                 },
             },
-            _ if decommission.contains(&victim) => Scale::Decommissioning { pod: victim },
+            // Still asked to decommission (so it retries), but nothing can happen until a node is
+            // added: say so where users look.
+            Some(m) if decommission.contains(&victim) => {
+                match m.message.as_deref().and_then(|message| message.strip_prefix(pleiades_crds::DECOMMISSION_BLOCKED))
+                {
+                    Some(why) => Scale::Blocked { reason: format!("cannot decommission {victim}: {why}") },
+                    None => Scale::Decommissioning { pod: victim },
+                }
+            }
             _ => match unhealthy(&status, &names, current, now) {
                 Some(reason) => Scale::Blocked { reason: format!("cannot decommission {victim}: {reason}") },
                 None => {

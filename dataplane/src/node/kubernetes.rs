@@ -16,7 +16,7 @@ use tracing::{info, warn};
 pub mod certificate;
 pub mod identity;
 
-use super::replicas::Replicas;
+use super::replicas::{DecommissionError, Replicas};
 use crate::config::{ConfigError, KubernetesConfig, NodeConfig};
 use crate::observe::Health;
 
@@ -182,7 +182,7 @@ impl Reporter {
         let api: Api<Constellation> = Api::namespaced(client, &self.pod.namespace);
         let params = PatchParams::apply(&format!("pleiades-node/{}", self.pod.name)).force();
         let mut last_sent: Option<(MemberStatus, Instant)> = None;
-        let mut decommission: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
+        let mut decommission: Option<tokio::task::JoinHandle<Result<(), DecommissionError>>> = None;
         let mut was_requested = false;
         let mut message = None;
         loop {
@@ -201,7 +201,11 @@ impl Reporter {
             if decommission.as_ref().is_some_and(|task| task.is_finished()) {
                 if let Some(Ok(Err(error))) = decommission.take().and_then(|task| task.now_or_never()) {
                     warn!(%error, "decommission incomplete; retrying");
-                    message = Some(format!("decommission incomplete: {error}"));
+                    message = Some(match error {
+                        // The operator reports the scale-down blocked with this.
+                        DecommissionError::NoPlacement(why) => format!("{}{why}", pleiades_crds::DECOMMISSION_BLOCKED),
+                        DecommissionError::Failed(why) => format!("decommission incomplete: {why}"),
+                    });
                 }
             }
             if was_requested && !requested {

@@ -22,8 +22,8 @@ pub enum PlanError {
     #[error("node {0} holds no replica and is not a member")]
     UnknownNode(NodeId),
     #[error(
-        "range {range_id} has replicas on every other node ({replicas:?}); decommissioning node {node} would leave \
-         it under-replicated: add a node first"
+        "range {range_id} has its replicas on nodes {replicas:?} and no other living node can take node {node}'s: \
+         add a node (or bring a dead one back), or scale down less"
     )]
     NoTarget { range_id: u64, node: NodeId, replicas: Vec<NodeId> },
 }

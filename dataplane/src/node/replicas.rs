@@ -35,6 +35,16 @@ const STEP_ASIDE_DELAY: Duration = Duration::from_millis(500);
 const BOOTSTRAPPED_KEY: &[u8] = b"bootstrapped";
 
 #[derive(Debug, thiserror::Error)]
+pub enum DecommissionError {
+    /// A replica has nowhere to go: only another node (or a dead one back) unblocks it.
+    #[error(transparent)]
+    NoPlacement(super::placement::PlanError),
+    /// A move failed on the way; trying again may succeed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
     #[error("storage: {0}")]
     Storage(#[from] crate::storage::StorageError),
@@ -862,13 +872,13 @@ impl Replicas {
 
     /// Moves every replica off `leaving` (a member or this node), never below quorum: each move
     /// adds the new replica before removing the old one.
-    pub async fn decommission(&self, leaving: NodeId) -> Result<Vec<Move>, String> {
+    pub async fn decommission(&self, leaving: NodeId) -> Result<Vec<Move>, DecommissionError> {
         let (ranges, members) = self.survey(None).await;
         let nodes: Vec<NodeId> = members.keys().copied().filter(|id| *id == leaving || self.is_living(*id)).collect();
         let factor = self.replication_factor.load(std::sync::atomic::Ordering::Relaxed);
-        let moves = plan_decommission(&ranges, &nodes, leaving, factor).map_err(|e| e.to_string())?;
+        let moves = plan_decommission(&ranges, &nodes, leaving, factor).map_err(DecommissionError::NoPlacement)?;
         for step in &moves {
-            self.execute_move(step, &members).await?;
+            self.execute_move(step, &members).await.map_err(DecommissionError::Failed)?;
             match step.add {
                 0 => info!(range_id = step.range_id, "removed node {leaving}'s replica, which the range could spare"),
                 to => info!(range_id = step.range_id, to, "moved a replica off node {leaving}"),

@@ -363,3 +363,19 @@ fn removed_and_lost_node_ids_are_retired_for_good() {
     assert!(plan(&cst(3, status.clone()), Some(&set(3, 0, OLD)), OLD, now()).retire.is_empty());
     assert_eq!(pleiades_crds::node_id_for(0, &status.retired_node_ids), 10_001);
 }
+
+#[test]
+fn a_decommission_with_nowhere_to_go_shows_as_blocked_and_keeps_asking() {
+    let mut status = healthy(4, OLD);
+    status.decommission = vec!["demo-3".into()];
+    status.members[3].state = MemberState::Decommissioning;
+    status.members[3].message = Some(format!(
+        "{}range 4 has its replicas on nodes [1, 2, 4] and no other living node can take node 4's: add a node",
+        pleiades_crds::DECOMMISSION_BLOCKED
+    ));
+    let blocked = plan(&cst(3, status), Some(&set(4, 0, OLD)), OLD, now());
+    let Scale::Blocked { reason } = &blocked.scale else { panic!("{:?}", blocked.scale) };
+    assert!(reason.contains("cannot decommission demo-3: range 4") && reason.contains("add a node"), "{reason}");
+    assert_eq!(blocked.decommission, ["demo-3"], "the pod keeps trying, and succeeds once a node is added");
+    assert_eq!(blocked.stateful_set_replicas, 4);
+}
