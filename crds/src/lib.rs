@@ -662,6 +662,10 @@ pub fn node_dns_names(pod: &str, peer_service: &str, client_service: &str, names
 /// already holds a copy): the operator reports the scale-down blocked with the rest of it.
 pub const DECOMMISSION_BLOCKED: &str = "decommission blocked: ";
 
+/// How a member's message starts when it refuses to open a volume written by a newer storage
+/// format (a downgrade): the operator holds the rollout with condition `IncompatibleStorage`.
+pub const INCOMPATIBLE_STORAGE: &str = "incompatible storage: ";
+
 /// Node ids of one ordinal's successive members are this far apart (replicas are at most 1000).
 pub const NODE_ID_STRIDE: u64 = 10_000;
 

@@ -305,7 +305,13 @@ fn plan_rollout(
     }
     let pending = (partition..replicas).find(|o| !updated(*o));
     let waiting_for = match pending {
-        Some(o) => Some(format!("{} to restart with the new configuration and report ready", names.pod(o))),
+        Some(o) => {
+            let pod = names.pod(o);
+            // What the pod says about itself, if anything (a refused downgrade, for one).
+            let says = status.members.iter().find(|m| m.pod == pod).and_then(|m| m.message.as_deref());
+            let says = says.map(|message| format!(" (it reports: {message})")).unwrap_or_default();
+            Some(format!("{pod} to restart with the new configuration and report ready{says}"))
+        }
         None if partition == 0 => Some("every pod to report the new configuration".into()),
         None => unhealthy(status, names, replicas, now).map(|reason| format!("a healthy constellation: {reason}")),
     };
@@ -392,8 +398,17 @@ pub fn aggregate(cst: &Constellation, set: Option<&ObservedSet>, plan: &Plan, no
             .is_some_and(|started| now.as_second() - started.as_second() > ROLLOUT_STUCK_AFTER_SECONDS),
         _ => false,
     };
+    // A pod restarted on an image that cannot read its volume (a downgrade) holds the rollout
+    // for good: say so at once rather than after the stuck-rollout timeout.
+    let refused_downgrade = members.iter().find_map(|m| {
+        let message = m.message.as_deref()?.strip_prefix(pleiades_crds::INCOMPATIBLE_STORAGE)?;
+        Some(format!("{} refuses its volume: {message}; set spec.image back", m.pod))
+    });
     let progressing = match (&plan.scale, &plan.rollout) {
         (Scale::Blocked { reason }, _) => condition("Progressing", false, "ScaleDownBlocked", reason.clone()),
+        (_, Rollout::Rolling { .. }) if refused_downgrade.is_some() => {
+            condition("Progressing", false, "IncompatibleStorage", refused_downgrade.clone().unwrap_or_default())
+        }
         (_, Rollout::Rolling { status, .. }) if rollout_stuck => condition(
             "Progressing",
             false,

@@ -51,6 +51,10 @@ const LEADERSHIP_HANDOVER_LIMIT: Duration = Duration::from_secs(3);
 
 /// Node-local keys.
 const NODE_ID_KEY: &[u8] = b"node_id";
+const STORAGE_FORMAT_KEY: &[u8] = b"storage_format";
+/// The on-disk layout this binary reads and writes. Raise it with any change an older binary
+/// would misread; a data directory stamped newer is refused, never half-understood.
+const STORAGE_FORMAT: u64 = 1;
 const HLC_UPPER_BOUND_KEY: &[u8] = b"hlc_wall_upper_bound";
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +73,11 @@ pub enum NodeError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("data directory belongs to node {stored}, but node id {configured} was configured")]
     NodeIdMismatch { stored: u64, configured: u64 },
+    #[error(
+        "the data directory is in storage format {stored}, newer than this binary's {supported}: a downgrade \
+         across storage formats is refused; run a release that reads format {stored}"
+    )]
+    NewerStorageFormat { stored: u64, supported: u64 },
     #[error("corrupt node-local record {key}: {detail}")]
     CorruptLocal { key: &'static str, detail: String },
     #[error("background task failed: {0}")]
@@ -91,6 +100,19 @@ fn decode_u64(key: &'static str, bytes: &[u8]) -> Result<u64, NodeError> {
 }
 
 /// The node id stored in the data directory, else the configured one, else a random one; stored.
+/// Stamps a data directory with this binary's storage format, or refuses one written newer.
+fn check_storage_format(storage: &Storage) -> Result<(), NodeError> {
+    let stored = storage.get_local(STORAGE_FORMAT_KEY)?.map(|b| decode_u64("storage_format", &b)).transpose()?;
+    match stored {
+        Some(stored) if stored > STORAGE_FORMAT => {
+            Err(NodeError::NewerStorageFormat { stored, supported: STORAGE_FORMAT })
+        }
+        Some(stored) if stored == STORAGE_FORMAT => Ok(()),
+        // New, older or from before the stamp: this binary reads it and now owns the layout.
+        _ => Ok(storage.put_local(STORAGE_FORMAT_KEY, &STORAGE_FORMAT.to_be_bytes())?),
+    }
+}
+
 /// The node id this data directory belongs to, if it has one yet.
 fn stored_node_id(storage: &Storage) -> Result<Option<u64>, NodeError> {
     storage.get_local(NODE_ID_KEY)?.map(|stored| decode_u64("node_id", &stored)).transpose()
@@ -371,6 +393,14 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         blocking(move || Storage::open(&db_path, &storage_config))
     };
     let mut storage = open_storage().await??;
+    if let Err(refused) = check_storage_format(&storage) {
+        if let Some(k8s) = &config.kubernetes {
+            let pod = kubernetes::Pod::from_env(k8s)?;
+            let message = format!("{}{refused}", pleiades_crds::INCOMPATIBLE_STORAGE);
+            kubernetes::identity::report(k8s, &pod, stored_node_id(&storage)?.unwrap_or_default(), None, message).await;
+        }
+        return Err(refused);
+    }
     // This pod's former node id, whose volume was lost: its replicas are rebuilt once joined.
     let mut replaced = None;
     let pod = match config.kubernetes.clone() {
@@ -652,6 +682,18 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_directory_written_by_a_newer_storage_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), &Default::default()).unwrap();
+        check_storage_format(&storage).unwrap();
+        check_storage_format(&storage).unwrap();
+        storage.put_local(STORAGE_FORMAT_KEY, &(STORAGE_FORMAT + 1).to_be_bytes()).unwrap();
+        let refused = check_storage_format(&storage).unwrap_err();
+        assert!(matches!(refused, NodeError::NewerStorageFormat { .. }), "{refused}");
+        assert!(refused.to_string().contains("downgrade"), "{refused}");
+    }
 
     #[test]
     fn node_id_is_kept_and_a_mismatch_is_refused() {

@@ -379,3 +379,24 @@ fn a_decommission_with_nowhere_to_go_shows_as_blocked_and_keeps_asking() {
     assert_eq!(blocked.decommission, ["demo-3"], "the pod keeps trying, and succeeds once a node is added");
     assert_eq!(blocked.stateful_set_replicas, 4);
 }
+
+#[test]
+fn a_downgrade_the_volume_refuses_holds_the_rollout_with_a_clear_condition() {
+    let mut status = healthy(3, OLD);
+    status.members[2] = member(2, MemberState::Joining, NEW);
+    status.members[2].message = Some(format!(
+        "{}the data directory is in storage format 2, newer than this binary's 1",
+        pleiades_crds::INCOMPATIBLE_STORAGE
+    ));
+    status.rollout = Some(RolloutStatus { target_config_hash: NEW.into(), partition: 2, ..Default::default() });
+    let cst = cst(3, status);
+    let observed = set(3, 2, NEW);
+    let plan_ = plan(&cst, Some(&observed), NEW, now());
+    let Rollout::Rolling { status: rollout, advanced: false } = &plan_.rollout else { panic!("{:?}", plan_.rollout) };
+    assert_eq!(rollout.partition, 2, "no further pod restarts");
+    assert!(rollout.waiting_for.as_deref().unwrap_or_default().contains("storage format 2"), "{rollout:?}");
+    let written = aggregate(&cst, Some(&observed), &plan_, now());
+    let progressing = written.conditions.iter().find(|c| c.type_ == "Progressing").unwrap();
+    assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("False", "IncompatibleStorage"));
+    assert!(progressing.message.contains("demo-2 refuses its volume"), "{}", progressing.message);
+}

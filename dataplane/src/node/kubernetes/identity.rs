@@ -75,6 +75,31 @@ pub fn choose(
     }
 }
 
+/// Writes this pod's member entry before the node runs (its reporter takes over later, under the
+/// same field manager): what is wrong, and the state if it has one.
+pub async fn report(k8s: &KubernetesConfig, pod: &Pod, node_id: u64, state: Option<MemberState>, message: String) {
+    let Ok(client) = kube::Client::try_default().await else { return };
+    let api: Api<Constellation> = Api::namespaced(client, &pod.namespace);
+    let params = PatchParams::apply(&format!("pleiades-node/{}", pod.name)).force();
+    let entry = MemberStatus {
+        pod: pod.name.clone(),
+        node_id: i64::try_from(node_id).unwrap_or_default(),
+        state: state.unwrap_or_default(),
+        last_report: Timestamp::now().to_string(),
+        message: Some(message),
+        ..Default::default()
+    };
+    let body = serde_json::json!({
+        "apiVersion": "pleiades.io/v1alpha1",
+        "kind": "Constellation",
+        "metadata": {"name": k8s.constellation},
+        "status": {"members": [entry]},
+    });
+    if let Err(error) = api.patch_status(&k8s.constellation, &params, &Patch::Apply(&body)).await {
+        warn!(%error, "cannot report this member's state");
+    }
+}
+
 /// How long a pod whose volume holds its id keeps asking the API server before it trusts the
 /// volume alone: the data plane does not wait on the control plane to serve.
 const STATUS_ATTEMPTS_WITH_A_VOLUME: u32 = 3;
@@ -86,7 +111,6 @@ const RETRY_EVERY: Duration = Duration::from_secs(2);
 pub async fn settle(k8s: &KubernetesConfig, pod: &Pod, stored: Option<u64>) -> Result<Identity, ConfigError> {
     let client = kube::Client::try_default().await;
     let api: Option<Api<Constellation>> = client.ok().map(|client| Api::namespaced(client, &pod.namespace));
-    let params = PatchParams::apply(&format!("pleiades-node/{}", pod.name)).force();
     let mut failures = 0u32;
     loop {
         let status = match &api {
@@ -112,27 +136,9 @@ pub async fn settle(k8s: &KubernetesConfig, pod: &Pod, stored: Option<u64>) -> R
                     node_id = lost,
                     "this pod's volume is empty but node {lost} was a member: waiting for the operator to retire it"
                 );
-                if let Some(api) = &api {
-                    let entry = MemberStatus {
-                        pod: pod.name.clone(),
-                        node_id: i64::try_from(lost).unwrap_or_default(),
-                        state: MemberState::VolumeLost,
-                        last_report: Timestamp::now().to_string(),
-                        message: Some(format!(
-                            "started on an empty volume; node {lost}'s data is lost: it joins again under a new id"
-                        )),
-                        ..Default::default()
-                    };
-                    let body = serde_json::json!({
-                        "apiVersion": "pleiades.io/v1alpha1",
-                        "kind": "Constellation",
-                        "metadata": {"name": k8s.constellation},
-                        "status": {"members": [entry]},
-                    });
-                    if let Err(error) = api.patch_status(&k8s.constellation, &params, &Patch::Apply(&body)).await {
-                        warn!(%error, "cannot report the lost volume");
-                    }
-                }
+                let message =
+                    format!("started on an empty volume; node {lost}'s data is lost: it joins again under a new id");
+                report(k8s, pod, lost, Some(MemberState::VolumeLost), message).await;
                 tokio::time::sleep(RETRY_EVERY).await;
             }
             decided => {
