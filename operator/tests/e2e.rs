@@ -1,5 +1,6 @@
 //! End to end on a real cluster: install the operator chart, create a constellation from the
-//! constellation chart, see it Available, scale 3 → 5 → 3, re-tune, delete.
+//! constellation chart, see it Available, scale 3 → 5 → 3 → 5 → 3 (no node id reused), re-tune
+//! until every member runs the new configuration, delete.
 //!
 //! Ignored by default; run it with `cargo test -p pleiades-operator --test e2e -- --ignored` and
 //! `KUBECONFIG` naming a cluster (kind, k3d, a cloud cluster with an arm64 pool); without one it
@@ -189,6 +190,20 @@ async fn install_create_scale_retune_delete() {
     })
     .await;
     assert_eq!(alive_members(&cst), 3);
+    let retired = cst.status.as_ref().map(|s| s.retired_node_ids.clone()).unwrap_or_default();
+    assert_eq!(retired, [4, 5], "the removed members' node ids are retired");
+
+    // Back to 5: the new demo-3 and demo-4 are new members, never the retired nodes 4 and 5.
+    api.patch("demo", &params, &Patch::Merge(scale(5))).await.unwrap();
+    let cst = wait_for(&api, "5 alive members again", |c| available(c) && alive_members(c) == 5).await;
+    let ids: Vec<i64> = cst.status.as_ref().map(|s| s.members.iter().map(|m| m.node_id).collect()).unwrap_or_default();
+    assert!(ids.iter().all(|id| !retired.contains(id)), "a retired node id came back: {ids:?}");
+    api.patch("demo", &params, &Patch::Merge(scale(3))).await.unwrap();
+    wait_for(&api, "scale-down to 3 again", |c| {
+        available(c)
+            && c.status.as_ref().is_some_and(|s| s.replicas == 3 && s.members.len() == 3 && s.decommission.is_empty())
+    })
+    .await;
 
     let before = template_hash().await;
     let retune = serde_json::json!({"spec": {"tuning": {"raft": {"heartbeatIntervalMs": 80}}}});
