@@ -849,6 +849,10 @@ pub struct MemberStatus {
     /// Ranges it leads that have fewer replicas than the replication factor.
     #[serde(default)]
     pub under_replicated_ranges: i32,
+    /// Node ids gossip has declared dead or gone, as this member sees them: the operator stops
+    /// counting such a member alive within seconds instead of waiting for its reports to go stale.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers_down: Vec<i64>,
     /// Node software version.
     #[serde(default)]
     pub version: String,

@@ -97,6 +97,14 @@ pub(crate) fn fresh(member: &MemberStatus, now: Timestamp) -> bool {
         .is_ok_and(|reported| now.as_second() - reported.as_second() <= REPORT_STALE_AFTER_SECONDS)
 }
 
+/// Whether another member, reporting freshly, has seen gossip declare `member` dead: gossip
+/// notices in seconds, while the dead member's own last report stays fresh for longer.
+fn reported_down(members: &[MemberStatus], member: &MemberStatus, now: Timestamp) -> bool {
+    members
+        .iter()
+        .any(|other| other.pod != member.pod && fresh(other, now) && other.peers_down.contains(&member.node_id))
+}
+
 /// Why the constellation cannot afford to lose or restart a pod right now, if it cannot.
 /// `pods` are the pods that must all be serving.
 fn unhealthy(status: &ConstellationStatus, names: &Names, pods: i32, now: Timestamp) -> Option<String> {
@@ -122,6 +130,7 @@ fn unhealthy(status: &ConstellationStatus, names: &Names, pods: i32, now: Timest
             Some(m) if !m.ready || m.state != MemberState::Alive => {
                 return Some(format!("{pod} is {:?}{}", m.state, if m.ready { "" } else { " and not ready" }))
             }
+            Some(m) if reported_down(&status.members, m, now) => return Some(format!("{pod} is down (gossip)")),
             Some(_) => {}
         }
     }
@@ -356,7 +365,9 @@ pub fn aggregate(cst: &Constellation, set: Option<&ObservedSet>, plan: &Plan, no
         .filter(|m| !plan.forget_members.contains(&m.pod))
         .filter(|m| ordinal(&names, &m.pod).is_some_and(|o| o < plan.stateful_set_replicas))
         .collect();
-    let alive_members = members.iter().filter(|m| fresh(m, now) && m.state == MemberState::Alive).count() as i32;
+    let down = |member: &MemberStatus| reported_down(&previous.members, member, now);
+    let alive_members =
+        members.iter().filter(|m| fresh(m, now) && m.state == MemberState::Alive && !down(m)).count() as i32;
     let ranges = range_health(&members, now);
     let under_replicated = ranges.as_ref().map(|r| r.under_replicated).unwrap_or(0);
     let ready_replicas = set.map(|s| s.ready_replicas).unwrap_or(0);
@@ -457,20 +468,21 @@ pub fn aggregate(cst: &Constellation, set: Option<&ObservedSet>, plan: &Plan, no
         _ => false,
     };
     let planned_pods = (0..plan.stateful_set_replicas).filter(|o| planned(*o)).count() as i32;
-    let unhealthy_members: Vec<String> =
-        members
-            .iter()
-            .filter(|m| !fresh(m, now) || !m.ready || m.state != MemberState::Alive)
-            .filter(|m| !previous.decommission.contains(&m.pod))
-            .filter(|m| !ordinal(&names, &m.pod).is_some_and(planned))
-            .map(|m| {
-                if fresh(m, now) {
-                    format!("{} is {:?}", m.pod, m.state)
-                } else {
-                    format!("{} stopped reporting", m.pod)
-                }
-            })
-            .collect();
+    let unhealthy_members: Vec<String> = members
+        .iter()
+        .filter(|m| !fresh(m, now) || !m.ready || m.state != MemberState::Alive || down(m))
+        .filter(|m| !previous.decommission.contains(&m.pod))
+        .filter(|m| !ordinal(&names, &m.pod).is_some_and(planned))
+        .map(|m| {
+            if down(m) {
+                format!("{} is down (gossip)", m.pod)
+            } else if fresh(m, now) {
+                format!("{} is {:?}", m.pod, m.state)
+            } else {
+                format!("{} stopped reporting", m.pod)
+            }
+        })
+        .collect();
     let degraded = if !unhealthy_members.is_empty() {
         condition("Degraded", true, "MembersUnhealthy", unhealthy_members.join(", "))
     } else if under_replicated > 0 {

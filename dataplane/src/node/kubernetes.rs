@@ -158,6 +158,7 @@ impl Reporter {
             constellation_ranges: o.constellation_ranges,
             unavailable_ranges: o.unavailable,
             under_replicated_ranges: o.under_replicated,
+            peers_down: self.replicas.members_down().into_iter().filter_map(|id| i64::try_from(id).ok()).collect(),
             version: env!("CARGO_PKG_VERSION").into(),
             config_hash: std::env::var(CONFIG_HASH_ENV).unwrap_or_default(),
             last_report: String::new(),

@@ -398,6 +398,11 @@ impl Replicas {
         nodes.into_iter().map(|(node_id, addr)| v1::MemberNode { node_id, addr }).collect()
     }
 
+    /// Members gossip has declared dead or gone.
+    pub fn members_down(&self) -> Vec<NodeId> {
+        read(&self.gossip).iter().filter(|(_, m)| m.dead_since.is_some()).map(|(id, _)| *id).collect()
+    }
+
     fn is_dead(&self, id: NodeId) -> bool {
         read(&self.gossip).get(&id).is_some_and(|m| m.dead_since.is_some())
     }

@@ -400,3 +400,27 @@ fn a_downgrade_the_volume_refuses_holds_the_rollout_with_a_clear_condition() {
     assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("False", "IncompatibleStorage"));
     assert!(progressing.message.contains("demo-2 refuses its volume"), "{}", progressing.message);
 }
+
+#[test]
+fn a_member_gossip_declared_dead_stops_counting_at_once() {
+    let mut status = healthy(3, OLD);
+    // demo-2 was killed a few seconds ago: its last report is still fresh, but demo-0's gossip
+    // already declared node 3 dead.
+    status.members[0].peers_down = vec![3];
+    let cst = cst(3, status);
+    let observed = set(3, 0, OLD);
+    let plan_ = plan(&cst, Some(&observed), OLD, now());
+    let written = aggregate(&cst, Some(&observed), &plan_, now());
+    assert_eq!(written.alive_members, 2);
+    let degraded = written.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+    assert!(degraded.message.contains("demo-2 is down (gossip)"), "{}", degraded.message);
+    // And no pod is decommissioned on top of it.
+    let mut four = healthy(4, OLD);
+    four.members[0].peers_down = vec![2];
+    let scale_down = plan(&self::cst(3, four), Some(&set(4, 0, OLD)), OLD, now());
+    assert!(
+        matches!(&scale_down.scale, Scale::Blocked { reason } if reason.contains("demo-1 is down (gossip)")),
+        "{:?}",
+        scale_down.scale
+    );
+}
