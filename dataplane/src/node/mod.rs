@@ -671,7 +671,9 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     clock_task.abort();
     let _ = stop_http.send(());
     let _ = http_task.await;
-    // Storage must be the last handle standing: the services held clones.
+    // Storage must be the last handle standing: the services held clones. (A RocksDB still
+    // open when the process exits aborts it.)
+    drop(services);
     drop(hlc);
     drop(replicas);
     blocking(move || storage.close()).await??;
