@@ -1,5 +1,6 @@
 //! End to end on a real cluster: install the operator chart, create a constellation from the
-//! constellation chart, see it Available, scale 3 → 5 → 3 → 5 → 3 (no node id reused), re-tune
+//! constellation chart, see it Available, scale 3 → 5 → 3 → 5 → 3 (no node id reused), lose a
+//! founder's volume (it rejoins under a new id), re-tune with a writer running (no failed write)
 //! until every member runs the new configuration, delete.
 //!
 //! Ignored by default; run it with `cargo test -p pleiades-operator --test e2e -- --ignored` and
@@ -16,8 +17,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::ResourceExt;
 use pleiades_crds::{Constellation, MemberState};
 
 const NAMESPACE: &str = "pleiades-e2e";
@@ -66,6 +70,32 @@ fn available(cst: &Constellation) -> bool {
         s.conditions.iter().any(|c| c.type_ == "Available" && c.status == "True")
             && s.observed_generation == cst.metadata.generation
     })
+}
+
+/// A Job that writes for three minutes through the client Service as the admin user, with the
+/// node image's own benchmark, and prints its report as JSON.
+fn writer_job(image: &str) -> Job {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "writer"},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "volumes": [{"name": "tls", "secret": {"secretName": "demo-admin-tls"}}],
+                "containers": [{
+                    "name": "writer",
+                    "image": image,
+                    "volumeMounts": [{"name": "tls", "mountPath": "/tls"}],
+                    "args": ["bench", "--workload", "write", "--concurrency", "16", "--keys", "1000",
+                             "--duration", "180", "--json", "--addr", format!("demo.{NAMESPACE}.svc:7400"),
+                             "--ca-cert", "/tls/ca.crt", "--cert", "/tls/tls.crt", "--key", "/tls/tls.key"],
+                }],
+            }},
+        },
+    }))
+    .expect("a valid Job")
 }
 
 /// Removes what the test installed when it ends, failed or not.
@@ -158,6 +188,9 @@ async fn install_create_scale_retune_delete() {
         "-f",
         "charts/constellation/examples/dev.yaml",
     ];
+    let node_image = image("PLEIADES_NODE_IMAGE")
+        .map(|(repository, tag)| format!("{repository}:{tag}"))
+        .unwrap_or_else(|| "ghcr.io/pleiades-db/pleiades:0.1.0".into());
     let node_sets: Vec<String> = image("PLEIADES_NODE_IMAGE")
         .iter()
         .flat_map(|(repository, tag)| [format!("image.repository={repository}"), format!("image.tag={tag}")])
@@ -166,6 +199,7 @@ async fn install_create_scale_retune_delete() {
         constellation_args.extend(["--set", set.as_str()]);
     }
     run(&helm, &constellation_args);
+    let api_client = client.clone();
     let api: Api<Constellation> = Api::namespaced(client.clone(), NAMESPACE);
     let sets: Api<StatefulSet> = Api::namespaced(client, NAMESPACE);
     let template_hash = || async {
@@ -205,6 +239,26 @@ async fn install_create_scale_retune_delete() {
     })
     .await;
 
+    // A founder loses its volume: its pod comes back on an empty one, reports VolumeLost, node 1
+    // is retired, and demo-0 joins as node 10 001 instead of founding a second constellation.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(api_client.clone(), NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(api_client.clone(), NAMESPACE);
+    claims.delete("data-demo-0", &DeleteParams::default()).await.expect("delete demo-0's claim");
+    pods.delete("demo-0", &DeleteParams::default()).await.expect("delete demo-0");
+    let cst = wait_for(&api, "demo-0 to rejoin under a new node id", |c| {
+        available(c)
+            && alive_members(c) == 3
+            && c.status.as_ref().is_some_and(|s| {
+                s.retired_node_ids.contains(&1) && s.members.iter().any(|m| m.pod == "demo-0" && m.node_id == 10_001)
+            })
+    })
+    .await;
+    assert_eq!(cst.status.unwrap().ranges.unwrap().unavailable, 0);
+
+    // A restart-requiring re-tune with a writer running: it must see no failed write.
+    let jobs: Api<Job> = Api::namespaced(api_client.clone(), NAMESPACE);
+    jobs.create(&PostParams::default(), &writer_job(&node_image)).await.expect("start the writer");
+    tokio::time::sleep(Duration::from_secs(20)).await;
     let before = template_hash().await;
     let retune = serde_json::json!({"spec": {"tuning": {"raft": {"heartbeatIntervalMs": 80}}}});
     api.patch("demo", &params, &Patch::Merge(retune)).await.unwrap();
@@ -224,6 +278,32 @@ async fn install_create_scale_retune_delete() {
             })
     })
     .await;
+
+    let deadline = Instant::now() + TIMEOUT;
+    let report = loop {
+        let job = jobs.get("writer").await.expect("read the writer Job");
+        let status = job.status.unwrap_or_default();
+        if status.succeeded.unwrap_or(0) > 0 || status.failed.unwrap_or(0) > 0 {
+            let pod = pods
+                .list(&ListParams::default().labels("job-name=writer"))
+                .await
+                .expect("list the writer's pod")
+                .items
+                .into_iter()
+                .next()
+                .expect("the writer's pod");
+            break pods.logs(&pod.name_any(), &LogParams::default()).await.expect("the writer's output");
+        }
+        assert!(Instant::now() < deadline, "the writer never finished");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    };
+    let report: serde_json::Value = report
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("no JSON report from the writer:\n{report}"));
+    assert_eq!(report["errors"], 0, "writes failed during the rolling restart: {report}");
+    assert!(report["writes"]["count"].as_u64().unwrap_or(0) > 0, "{report}");
 
     run(&helm, &["uninstall", "demo", "--namespace", NAMESPACE, "--wait"]);
     let deadline = Instant::now() + TIMEOUT;
