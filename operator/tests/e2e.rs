@@ -8,7 +8,7 @@
 //! says so and passes. An operator already installed in the cluster (as the README installs it)
 //! is used as it is; otherwise the test installs the chart and removes it after. Everything the
 //! test creates goes with its namespace, also when a step fails. Images come from
-//! `PLEIADES_OPERATOR_IMAGE` and
+//! `PLEIADES_OPERATOR_IMAGE`, `PLEIADES_NODE_IMAGE_NEXT` (an image-change step, skipped without it) and
 //! `PLEIADES_NODE_IMAGE` (`repository:tag`), defaulting to the released ones; the constellation
 //! uses the dev example (any architecture, no RT kernel) so it schedules on any cluster.
 
@@ -187,6 +187,9 @@ async fn install_create_scale_retune_delete() {
         NAMESPACE,
         "-f",
         "charts/constellation/examples/dev.yaml",
+        // Claims outlive a scale-down, so scaling back up meets them (and must not reuse them).
+        "--set",
+        "storage.retention.whenScaled=Retain",
     ];
     let node_image = image("PLEIADES_NODE_IMAGE")
         .map(|(repository, tag)| format!("{repository}:{tag}"))
@@ -278,6 +281,31 @@ async fn install_create_scale_retune_delete() {
             })
     })
     .await;
+
+    // An image change, when a second image is given: the same gates, and every member reports
+    // the new hash and version.
+    if let Some((repository, tag)) = image("PLEIADES_NODE_IMAGE_NEXT") {
+        let change = serde_json::json!({"spec": {"image": {"repository": repository, "tag": tag}}});
+        let before = template_hash().await;
+        api.patch("demo", &params, &Patch::Merge(change)).await.unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        let new_hash = loop {
+            match template_hash().await {
+                Some(hash) if Some(&hash) != before.as_ref() => break hash,
+                _ => assert!(Instant::now() < deadline, "the StatefulSet never got the new image"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        wait_for(&api, "every member to run the new image", |c| {
+            available(c)
+                && c.status.as_ref().is_some_and(|s| {
+                    s.rollout.is_none() && s.members.len() == 3 && s.members.iter().all(|m| m.config_hash == new_hash)
+                })
+        })
+        .await;
+    } else {
+        eprintln!("image change step skipped: set PLEIADES_NODE_IMAGE_NEXT to a second node image to run it");
+    }
 
     let deadline = Instant::now() + TIMEOUT;
     let report = loop {
