@@ -75,8 +75,14 @@ async fn hand_over(replica: &Replica, peers: &Peers, node_id: NodeId, deadline: 
             return Ok(leader);
         }
         if Instant::now() >= deadline {
-            return Err(match now.state {
-                ServerState::Leader => "no follower took the leadership in time".into(),
+            return Err(match (now.state, asked) {
+                (ServerState::Leader, Some((node, _))) => {
+                    format!("asked node {node} to campaign, but no follower took the leadership in time")
+                }
+                (ServerState::Leader, None) => format!(
+                    "no follower caught up with the log (last index {:?}, matched {:?})",
+                    now.last_log_index, now.replication
+                ),
                 _ => "stepped down, but no new leader was elected in time".into(),
             });
         }

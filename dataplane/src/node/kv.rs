@@ -39,6 +39,18 @@ pub struct KvService {
     denials: Denials,
     /// Set when the node starts leaving: new requests are refused as not served.
     draining: std::sync::atomic::AtomicBool,
+    /// Writes proposed and not yet answered: a leader hands its ranges over once these are in
+    /// its log, or the follower it picks would miss them and lose the vote.
+    proposing: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One write's place in `KvService::proposing`, given back when it is answered.
+struct Proposing(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Proposing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// A request not served, with what the client needs to act on it.
@@ -115,6 +127,15 @@ impl KvService {
             authorizer,
             denials: Denials::default(),
             draining: Default::default(),
+            proposing: Default::default(),
+        }
+    }
+
+    /// Waits until every write proposed before the drain began has been answered (or `limit`).
+    pub async fn proposals_settled(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.proposing.load(std::sync::atomic::Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -399,6 +420,8 @@ impl KvService {
     /// Proposes a command at a fresh HLC time and waits until it is applied.
     async fn propose(&self, replica: &Replica, op: command::Op) -> Result<Outcome, Refusal> {
         let labels = RangeLabels { range: replica.span.range_id };
+        self.proposing.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let _proposing = Proposing(self.proposing.clone());
         let command = v1::Command { timestamp: Some(self.hlc.now()?.into()), op: Some(op) };
         let started = Instant::now();
         let result = tokio::time::timeout(WRITE_TIMEOUT, replica.raft.client_write(command)).await;

@@ -45,6 +45,8 @@ pub use system::SystemService;
 
 /// QUIC idle timeout of connections to other nodes.
 const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping node waits for its connections' close frames to go out.
+const CLOSE_FRAMES_SENT_WITHIN: Duration = Duration::from_millis(200);
 /// How long a stopping node tries to hand its leaderships over before it drains anyway: two
 /// tries of one follower each, well inside Kubernetes' default 30 s grace.
 const LEADERSHIP_HANDOVER_LIMIT: Duration = Duration::from_secs(3);
@@ -644,10 +646,13 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         task.abort();
     }
     services.kv.start_draining();
+    // Writes already proposed reach the log first: a follower asked to campaign must have them.
+    services.kv.proposals_settled(LEADERSHIP_HANDOVER_LIMIT).await;
     let handed = drain::hand_over_leaderships(&replicas, &peers, node_id, LEADERSHIP_HANDOVER_LIMIT).await;
-    info!(handed = handed.handed, kept = ?handed.kept, "leaderships handed over");
+    info!(handed = handed.handed, kept = ?handed.kept, took = ?stopping.elapsed(), "leaderships handed over");
     gossip.leave().await;
     gossip_task.abort();
+    let left = stopping.elapsed();
     endpoint.set_server_config(None);
     settings.start_draining();
     let grace = Duration::from_millis(config.shutdown_grace_ms);
@@ -662,11 +667,16 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
             "closing streams still open after the grace period"
         );
     }
+    let drained = stopping.elapsed();
     reload_task.abort();
     auth_task.abort();
     replicas.shutdown().await;
+    let raft_stopped = stopping.elapsed();
     endpoint.close(quinn::VarInt::from_u32(0), b"node shutting down");
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    // Time for the CONNECTION_CLOSE frames to leave, not for QUIC's whole draining period (three
+    // probe timeouts, two seconds here at times): a peer that misses one times the connection out.
+    let _ = tokio::time::timeout(CLOSE_FRAMES_SENT_WITHIN, endpoint.wait_idle()).await;
+    let closed = stopping.elapsed();
     accept_task.abort();
     clock_task.abort();
     let _ = stop_http.send(());
@@ -677,7 +687,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     drop(hlc);
     drop(replicas);
     blocking(move || storage.close()).await??;
-    info!(took = ?stopping.elapsed(), "node stopped");
+    info!(took = ?stopping.elapsed(), ?left, ?drained, ?raft_stopped, ?closed, "node stopped");
     Ok(())
 }
 
