@@ -72,6 +72,34 @@ fn available(cst: &Constellation) -> bool {
     })
 }
 
+/// The configuration hash in the StatefulSet's pod template.
+async fn template_hash(sets: &Api<StatefulSet>) -> Option<String> {
+    let set = sets.get("demo").await.expect("read the StatefulSet");
+    set.spec.and_then(|s| s.template.metadata).and_then(|m| m.annotations)?.get("pleiades.io/config-hash").cloned()
+}
+
+/// Applies `change` and waits until the rollout it starts is over: the StatefulSet carries a new
+/// template and every member reports its hash (an empty `status.rollout` alone proves nothing).
+async fn roll_out(api: &Api<Constellation>, sets: &Api<StatefulSet>, change: serde_json::Value, what: &str) {
+    let before = template_hash(sets).await;
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(change)).await.unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let new_hash = loop {
+        match template_hash(sets).await {
+            Some(hash) if Some(&hash) != before.as_ref() => break hash,
+            _ => assert!(Instant::now() < deadline, "the StatefulSet never got {what}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    wait_for(api, &format!("every member to report {what}"), |c| {
+        available(c)
+            && c.status.as_ref().is_some_and(|s| {
+                s.rollout.is_none() && s.members.len() == 3 && s.members.iter().all(|m| m.config_hash == new_hash)
+            })
+    })
+    .await;
+}
+
 /// A Job that writes for three minutes through the client Service as the admin user, with the
 /// node image's own benchmark, and prints its report as JSON.
 fn writer_job(image: &str) -> Job {
@@ -205,13 +233,6 @@ async fn install_create_scale_retune_delete() {
     let api_client = client.clone();
     let api: Api<Constellation> = Api::namespaced(client.clone(), NAMESPACE);
     let sets: Api<StatefulSet> = Api::namespaced(client, NAMESPACE);
-    let template_hash = || async {
-        let set = sets.get("demo").await.expect("read the StatefulSet");
-        set.spec
-            .and_then(|s| s.template.metadata)
-            .and_then(|m| m.annotations)
-            .and_then(|a| a.get("pleiades.io/config-hash").cloned())
-    };
     let cst = wait_for(&api, "Available with 3 alive members", |c| available(c) && alive_members(c) == 3).await;
     assert_eq!(cst.status.unwrap().ranges.unwrap().unavailable, 0);
 
@@ -262,47 +283,14 @@ async fn install_create_scale_retune_delete() {
     let jobs: Api<Job> = Api::namespaced(api_client.clone(), NAMESPACE);
     jobs.create(&PostParams::default(), &writer_job(&node_image)).await.expect("start the writer");
     tokio::time::sleep(Duration::from_secs(20)).await;
-    let before = template_hash().await;
     let retune = serde_json::json!({"spec": {"tuning": {"raft": {"heartbeatIntervalMs": 80}}}});
-    api.patch("demo", &params, &Patch::Merge(retune)).await.unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    let new_hash = loop {
-        match template_hash().await {
-            Some(hash) if Some(&hash) != before.as_ref() => break hash,
-            _ => assert!(Instant::now() < deadline, "the StatefulSet never got the re-tuned template"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
-    // Done means every member says it runs the new configuration, not just an empty rollout.
-    wait_for(&api, "every member to report the re-tuned configuration", |c| {
-        available(c)
-            && c.status.as_ref().is_some_and(|s| {
-                s.rollout.is_none() && s.members.len() == 3 && s.members.iter().all(|m| m.config_hash == new_hash)
-            })
-    })
-    .await;
+    roll_out(&api, &sets, retune, "the re-tuned configuration").await;
 
     // An image change, when a second image is given: the same gates, and every member reports
-    // the new hash and version.
+    // the new hash.
     if let Some((repository, tag)) = image("PLEIADES_NODE_IMAGE_NEXT") {
         let change = serde_json::json!({"spec": {"image": {"repository": repository, "tag": tag}}});
-        let before = template_hash().await;
-        api.patch("demo", &params, &Patch::Merge(change)).await.unwrap();
-        let deadline = Instant::now() + TIMEOUT;
-        let new_hash = loop {
-            match template_hash().await {
-                Some(hash) if Some(&hash) != before.as_ref() => break hash,
-                _ => assert!(Instant::now() < deadline, "the StatefulSet never got the new image"),
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        };
-        wait_for(&api, "every member to run the new image", |c| {
-            available(c)
-                && c.status.as_ref().is_some_and(|s| {
-                    s.rollout.is_none() && s.members.len() == 3 && s.members.iter().all(|m| m.config_hash == new_hash)
-                })
-        })
-        .await;
+        roll_out(&api, &sets, change, "the new image").await;
     } else {
         eprintln!("image change step skipped: set PLEIADES_NODE_IMAGE_NEXT to a second node image to run it");
     }

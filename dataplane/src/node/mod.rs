@@ -45,6 +45,9 @@ pub use system::SystemService;
 
 /// QUIC idle timeout of connections to other nodes.
 const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping node waits for the writes it already proposed (milliseconds, normally)
+/// before it hands its leaderships over anyway.
+const PROPOSALS_SETTLE_LIMIT: Duration = Duration::from_secs(1);
 /// How long a stopping node waits for its connections' close frames to go out.
 const CLOSE_FRAMES_SENT_WITHIN: Duration = Duration::from_millis(200);
 /// How long a stopping node tries to hand its leaderships over before it drains anyway: two
@@ -647,7 +650,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     }
     services.kv.start_draining();
     // Writes already proposed reach the log first: a follower asked to campaign must have them.
-    services.kv.proposals_settled(LEADERSHIP_HANDOVER_LIMIT).await;
+    services.kv.proposals_settled(PROPOSALS_SETTLE_LIMIT).await;
     let handed = drain::hand_over_leaderships(&replicas, &peers, node_id, LEADERSHIP_HANDOVER_LIMIT).await;
     info!(handed = handed.handed, kept = ?handed.kept, took = ?stopping.elapsed(), "leaderships handed over");
     gossip.leave().await;
