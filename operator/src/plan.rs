@@ -5,7 +5,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use pleiades_crds::{
-    Constellation, ConstellationStatus, MemberState, MemberStatus, Phase, RangesStatus, RolloutStatus,
+    node_id_for, Constellation, ConstellationStatus, MemberState, MemberStatus, Phase, RangesStatus, RolloutStatus,
 };
 
 use crate::desired::Names;
@@ -191,15 +191,22 @@ pub fn plan(cst: &Constellation, observed: Option<&ObservedSet>, desired_hash: &
         let victim = names.pod(current - 1);
         let member = status.members.iter().find(|m| m.pod == victim);
         let testimony = set.confirmation.as_ref().filter(|c| c.about == victim).map(|c| &c.answer);
+        // A pod goes once a member confirms no range names its node: after it decommissioned
+        // itself, or at once if it never reported — it never joined, so it holds nothing to move
+        // (an unschedulable extra pod must not block the scale-down for good).
+        let may_go = member.is_none_or(|m| m.state == MemberState::Decommissioned && decommission.contains(&victim));
+        let confirmed_empty = matches!(testimony, Some(Ok(testimony)) if testimony.ranges.is_empty());
         match member {
+            _ if may_go && confirmed_empty => {
+                stateful_set_replicas = current - 1;
+                decommission.retain(|pod| pod != &victim);
+                forget_members.push(victim.clone());
+                // Retired for good: a claim kept by `Retain` must not bring the id back.
+                let never_reported = || node_id_for(current - 1, &status.retired_node_ids);
+                retire.push(member.map_or_else(|| i64::try_from(never_reported()).unwrap_or_default(), |m| m.node_id));
+                Scale::Removing { pod: victim }
+            }
             Some(m) if m.state == MemberState::Decommissioned && decommission.contains(&victim) => match testimony {
-                Some(Ok(testimony)) if testimony.ranges.is_empty() => {
-                    stateful_set_replicas = current - 1;
-                    decommission.retain(|pod| pod != &victim);
-                    forget_members.push(victim.clone());
-                    retire.push(m.node_id);
-                    Scale::Removing { pod: victim }
-                }
                 Some(Ok(testimony)) => Scale::Confirming {
                     detail: format!(
                         "{victim} reports itself decommissioned, but {} says ranges {:?} still name it",
@@ -216,19 +223,7 @@ pub fn plan(cst: &Constellation, observed: Option<&ObservedSet>, desired_hash: &
                     pod: victim,
                 },
             },
-            // A pod that never reported never joined, so it holds nothing to move: once a member
-            // confirms no range names its node, it goes without a decommission. (An unschedulable
-            // extra pod must not block the scale-down for good.)
             None => match testimony {
-                Some(Ok(testimony)) if testimony.ranges.is_empty() => {
-                    stateful_set_replicas = current - 1;
-                    decommission.retain(|pod| pod != &victim);
-                    // It may have written its id to its volume: a claim kept by `Retain` must
-                    // not bring it back.
-                    let node_id = pleiades_crds::node_id_for(current - 1, &status.retired_node_ids);
-                    retire.push(i64::try_from(node_id).unwrap_or_default());
-                    Scale::Removing { pod: victim }
-                }
                 Some(Ok(testimony)) => Scale::Blocked {
                     reason: format!(
                         "cannot remove {victim}: it never reported, yet {} says ranges {:?} name its node; start the \
