@@ -17,7 +17,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalize};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use pleiades_crds::{Constellation, MemberState};
+use pleiades_crds::{Constellation, MemberState, MemberStatus};
 use serde::Serialize;
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -252,14 +252,19 @@ async fn confirm_decommission(
         Some(_) => return None,
         None => &never_reported,
     };
-    let answer = crate::probe::confirm_empty(&status.members, member, http_port).await.map_err(|errors| {
+    Some(ask_about(&status.members, member, http_port).await)
+}
+
+/// What a member other than `leaving` says about the ranges that still name `leaving`'s node.
+async fn ask_about(members: &[MemberStatus], leaving: &MemberStatus, http_port: u16) -> Confirmation {
+    let answer = crate::probe::confirm_empty(members, leaving, http_port).await.map_err(|errors| {
         if errors.is_empty() {
             "no other member is ready to ask".to_string()
         } else {
             errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
         }
     });
-    Some(Confirmation { about: leaving, answer })
+    Confirmation { about: leaving.pod.clone(), answer }
 }
 
 fn observe(set: &StatefulSet) -> ObservedSet {
@@ -364,14 +369,11 @@ async fn fail_over(cst: &Constellation, ctx: &Context, names: &Names, now: Times
     let after = cst.spec.failover.after_seconds;
     let mut decision = failover::decide(&stuck, &status, after, None, now);
     // A member is asked only once nothing else stands in the way.
-    if let (Failover::Waiting { pod, reason }, Some(member)) =
+    if let (Failover::Waiting { reason, .. }, Some(member)) =
         (&decision, stuck.first().and_then(|s| status.members.iter().find(|m| m.pod == s.name)))
     {
         if reason.starts_with("asking a member") {
-            let answer = crate::probe::confirm_empty(&status.members, member, ctx.member_http_port)
-                .await
-                .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
-            let testimony = Confirmation { about: pod.clone(), answer };
+            let testimony = ask_about(&status.members, member, ctx.member_http_port).await;
             decision = failover::decide(&stuck, &status, after, Some(&testimony), now);
         }
     }
