@@ -26,6 +26,22 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 /// The operator puts this in the pod's environment: the hash of the configuration it runs.
 const CONFIG_HASH_ENV: &str = "PLEIADES_CONFIG_HASH";
 
+/// The field manager under which pod `pod` applies its member entry (pods never overwrite each
+/// other's fields).
+pub fn field_manager(pod: &str) -> String {
+    format!("pleiades-node/{pod}")
+}
+
+/// The server-side-apply body that sets one entry of `status.members` (a list-map keyed by pod).
+pub fn member_entry_apply(constellation: &str, entry: impl serde::Serialize) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "pleiades.io/v1alpha1",
+        "kind": "Constellation",
+        "metadata": {"name": constellation},
+        "status": {"members": [entry]},
+    })
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pod {
     pub name: String,
@@ -181,7 +197,7 @@ impl Reporter {
             }
         };
         let api: Api<Constellation> = Api::namespaced(client, &self.pod.namespace);
-        let params = PatchParams::apply(&format!("pleiades-node/{}", self.pod.name)).force();
+        let params = PatchParams::apply(&field_manager(&self.pod.name)).force();
         let mut last_sent: Option<(MemberStatus, Instant)> = None;
         let mut decommission: Option<tokio::task::JoinHandle<Result<(), DecommissionError>>> = None;
         let mut was_requested = false;
@@ -228,12 +244,7 @@ impl Reporter {
             if due {
                 let mut report = entry.clone();
                 report.last_report = Timestamp::now().to_string();
-                let body = serde_json::json!({
-                    "apiVersion": "pleiades.io/v1alpha1",
-                    "kind": "Constellation",
-                    "metadata": {"name": self.constellation},
-                    "status": {"members": [report]},
-                });
+                let body = member_entry_apply(&self.constellation, report);
                 match api.patch_status(&self.constellation, &params, &Patch::Apply(&body)).await {
                     Ok(_) => last_sent = Some((entry, Instant::now())),
                     Err(error) => warn!(%error, "cannot report this member's status"),

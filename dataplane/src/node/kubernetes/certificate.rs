@@ -186,13 +186,9 @@ impl Certifier {
             }
         };
         let csr = csr(&key, &self.uri, self.dns_names.clone())?;
-        let params = PatchParams::apply(&format!("pleiades-node/{}/certificate", self.pod.name)).force();
-        let body = serde_json::json!({
-            "apiVersion": "pleiades.io/v1alpha1",
-            "kind": "Constellation",
-            "metadata": {"name": self.constellation},
-            "status": {"members": [{"pod": self.pod.name, "csr": csr}]},
-        });
+        let params = PatchParams::apply(&format!("{}/certificate", super::field_manager(&self.pod.name))).force();
+        let body =
+            super::member_entry_apply(&self.constellation, serde_json::json!({"pod": self.pod.name, "csr": csr}));
         let mut last_applied: Option<tokio::time::Instant> = None;
         loop {
             if last_applied.is_none_or(|at| at.elapsed() >= REMIND_EVERY) {

@@ -80,7 +80,7 @@ pub fn choose(
 pub async fn report(k8s: &KubernetesConfig, pod: &Pod, node_id: u64, state: Option<MemberState>, message: String) {
     let Ok(client) = kube::Client::try_default().await else { return };
     let api: Api<Constellation> = Api::namespaced(client, &pod.namespace);
-    let params = PatchParams::apply(&format!("pleiades-node/{}", pod.name)).force();
+    let params = PatchParams::apply(&super::field_manager(&pod.name)).force();
     let entry = MemberStatus {
         pod: pod.name.clone(),
         node_id: i64::try_from(node_id).unwrap_or_default(),
@@ -89,12 +89,7 @@ pub async fn report(k8s: &KubernetesConfig, pod: &Pod, node_id: u64, state: Opti
         message: Some(message),
         ..Default::default()
     };
-    let body = serde_json::json!({
-        "apiVersion": "pleiades.io/v1alpha1",
-        "kind": "Constellation",
-        "metadata": {"name": k8s.constellation},
-        "status": {"members": [entry]},
-    });
+    let body = super::member_entry_apply(&k8s.constellation, entry);
     if let Err(error) = api.patch_status(&k8s.constellation, &params, &Patch::Apply(&body)).await {
         warn!(%error, "cannot report this member's state");
     }
