@@ -41,13 +41,20 @@ pub struct KvService {
     draining: std::sync::atomic::AtomicBool,
     /// Writes proposed and not yet answered: a leader hands its ranges over once these are in
     /// its log, or the follower it picks would miss them and lose the vote.
-    proposing: Arc<std::sync::atomic::AtomicUsize>,
+    proposing: std::sync::atomic::AtomicUsize,
 }
 
 /// One write's place in `KvService::proposing`, given back when it is answered.
-struct Proposing(Arc<std::sync::atomic::AtomicUsize>);
+struct Proposing<'a>(&'a std::sync::atomic::AtomicUsize);
 
-impl Drop for Proposing {
+impl<'a> Proposing<'a> {
+    fn count(proposing: &'a std::sync::atomic::AtomicUsize) -> Self {
+        proposing.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Proposing(proposing)
+    }
+}
+
+impl Drop for Proposing<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
@@ -420,8 +427,7 @@ impl KvService {
     /// Proposes a command at a fresh HLC time and waits until it is applied.
     async fn propose(&self, replica: &Replica, op: command::Op) -> Result<Outcome, Refusal> {
         let labels = RangeLabels { range: replica.span.range_id };
-        self.proposing.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let _proposing = Proposing(self.proposing.clone());
+        let _proposing = Proposing::count(&self.proposing);
         let command = v1::Command { timestamp: Some(self.hlc.now()?.into()), op: Some(op) };
         let started = Instant::now();
         let result = tokio::time::timeout(WRITE_TIMEOUT, replica.raft.client_write(command)).await;
