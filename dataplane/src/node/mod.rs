@@ -398,41 +398,32 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         blocking(move || Storage::open(&db_path, &storage_config))
     };
     let mut storage = open_storage().await??;
+    let pod = config.kubernetes.as_ref().map(kubernetes::Pod::from_env).transpose()?;
     if let Err(refused) = check_storage_format(&storage) {
-        if let Some(k8s) = &config.kubernetes {
-            let pod = kubernetes::Pod::from_env(k8s)?;
+        if let (Some(k8s), Some(pod)) = (&config.kubernetes, &pod) {
             let message = format!("{}{refused}", pleiades_crds::INCOMPATIBLE_STORAGE);
-            kubernetes::identity::report(k8s, &pod, stored_node_id(&storage)?.unwrap_or_default(), None, message).await;
+            kubernetes::identity::report(k8s, pod, stored_node_id(&storage)?.unwrap_or_default(), None, message).await;
         }
         return Err(refused);
     }
     // This pod's former node id, whose volume was lost: its replicas are rebuilt once joined.
     let mut replaced = None;
-    let pod = match config.kubernetes.clone() {
-        Some(k8s) => {
-            let pod = kubernetes::Pod::from_env(&k8s)?;
-            let stored = stored_node_id(&storage)?;
-            let (node_id, join) = match kubernetes::identity::settle(&k8s, &pod, stored).await? {
-                kubernetes::identity::Identity::Run { node_id, join, replaces } => {
-                    replaced = replaces;
-                    (node_id, join)
-                }
-                kubernetes::identity::Identity::WipeAndJoin { node_id } => {
-                    warn!(stored = ?stored, node_id, "this volume belongs to a retired member: wiping it to join anew");
-                    blocking(move || storage.close()).await??;
-                    wipe_data(&config.data_dir)?;
-                    storage = open_storage().await??;
-                    (node_id, true)
-                }
-                kubernetes::identity::Identity::AwaitRetirement { lost } => {
-                    return Err(NodeError::Config(ConfigError::Invalid(format!("node {lost} is not retired yet"))))
-                }
-            };
-            kubernetes::adopt(&mut config, &k8s, &pod, node_id, join)?;
-            Some(pod)
+    if let (Some(k8s), Some(pod)) = (config.kubernetes.clone(), &pod) {
+        let stored = stored_node_id(&storage)?;
+        let settled = kubernetes::identity::settle(&k8s, pod, stored).await?;
+        if settled.wipe {
+            warn!(
+                ?stored,
+                node_id = settled.node_id,
+                "this volume belongs to a retired member: wiping it to join anew"
+            );
+            blocking(move || storage.close()).await??;
+            wipe_data(&config.data_dir)?;
+            storage = open_storage().await??;
         }
-        None => None,
-    };
+        replaced = settled.replaces;
+        kubernetes::adopt(&mut config, &k8s, pod, settled.node_id, settled.join)?;
+    }
     // This pod's own certificate (its key stays on its volume); points config.tls at it.
     let certificate_task = match (config.kubernetes.clone(), &pod) {
         (Some(k8s), Some(pod)) if k8s.request_certificate => {

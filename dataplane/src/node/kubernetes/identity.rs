@@ -33,6 +33,16 @@ pub enum Identity {
     AwaitRetirement { lost: u64 },
 }
 
+/// What [`settle`] decided: the node id to run as, whether to join (rather than found),
+/// whether the volume must be wiped first, and the former id whose replicas to rebuild.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub node_id: u64,
+    pub join: bool,
+    pub wipe: bool,
+    pub replaces: Option<u64>,
+}
+
 /// The decision, from the node id stored on the volume (if any) and the Constellation's status.
 pub fn choose(
     pod: &Pod,
@@ -103,7 +113,7 @@ const RETRY_EVERY: Duration = Duration::from_secs(2);
 /// Reads the status until `choose` can decide, reporting `VolumeLost` and waiting while it must.
 /// An empty volume waits for the API server however long it takes: guessing could rejoin a
 /// member that forgot its votes.
-pub async fn settle(k8s: &KubernetesConfig, pod: &Pod, stored: Option<u64>) -> Result<Identity, ConfigError> {
+pub async fn settle(k8s: &KubernetesConfig, pod: &Pod, stored: Option<u64>) -> Result<Settled, ConfigError> {
     let client = kube::Client::try_default().await;
     let api: Option<Api<Constellation>> = client.ok().map(|client| Api::namespaced(client, &pod.namespace));
     let mut failures = 0u32;
@@ -118,7 +128,12 @@ pub async fn settle(k8s: &KubernetesConfig, pod: &Pod, stored: Option<u64>) -> R
                 failures += 1;
                 if let Some(stored) = stored.filter(|_| failures >= STATUS_ATTEMPTS_WITH_A_VOLUME) {
                     warn!(%error, node_id = stored, "cannot read the Constellation; running as the volume's node");
-                    return Ok(Identity::Run { node_id: stored, join: pod.ordinal >= k8s.founders, replaces: None });
+                    return Ok(Settled {
+                        node_id: stored,
+                        join: pod.ordinal >= k8s.founders,
+                        wipe: false,
+                        replaces: None,
+                    });
                 }
                 warn!(%error, "cannot read the Constellation to settle this pod's node id; retrying");
                 tokio::time::sleep(RETRY_EVERY).await;
@@ -136,9 +151,13 @@ pub async fn settle(k8s: &KubernetesConfig, pod: &Pod, stored: Option<u64>) -> R
                 report(k8s, pod, lost, Some(MemberState::VolumeLost), message).await;
                 tokio::time::sleep(RETRY_EVERY).await;
             }
-            decided => {
-                info!(?decided, "node id settled");
-                return Ok(decided);
+            Identity::Run { node_id, join, replaces } => {
+                info!(node_id, join, ?replaces, "node id settled");
+                return Ok(Settled { node_id, join, wipe: false, replaces });
+            }
+            Identity::WipeAndJoin { node_id } => {
+                info!(node_id, "node id settled: the volume's retired id is wiped");
+                return Ok(Settled { node_id, join: true, wipe: true, replaces: None });
             }
         }
     }
