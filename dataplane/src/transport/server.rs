@@ -301,15 +301,11 @@ async fn serve_connection<D: Dispatch>(connection: quinn::Connection, context: A
                 let context = context.clone();
                 tokio::spawn(async move {
                     if *context.settings.draining.borrow() {
-                        let _ = send.reset(quinn::VarInt::from_u32(STREAM_DRAINING));
-                        let _ = recv.stop(quinn::VarInt::from_u32(STREAM_DRAINING));
-                        return;
+                        return refuse(&mut send, &mut recv, STREAM_DRAINING);
                     }
                     let Some(_open) = OpenStream::admit(&context.settings, &context.metrics) else {
                         context.metrics.limit_reached(LimitLabels::NODE_STREAMS);
-                        let _ = send.reset(quinn::VarInt::from_u32(STREAM_REFUSED));
-                        let _ = recv.stop(quinn::VarInt::from_u32(STREAM_REFUSED));
-                        return;
+                        return refuse(&mut send, &mut recv, STREAM_REFUSED);
                     };
                     let on_connection = context.open_streams.fetch_add(1, Ordering::AcqRel) + 1;
                     if on_connection == context.stream_limit {
@@ -325,6 +321,12 @@ async fn serve_connection<D: Dispatch>(connection: quinn::Connection, context: A
     datagrams.abort();
     metrics.quic_connections_open.dec();
     debug!(%remote, reason = %reason, "connection closed");
+}
+
+/// Turns a new stream away before anything on it is read, telling the peer why with `code`.
+fn refuse(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: u32) {
+    let _ = send.reset(quinn::VarInt::from_u32(code));
+    let _ = recv.stop(quinn::VarInt::from_u32(code));
 }
 
 /// Why a stream ended early.
