@@ -12,6 +12,7 @@ pub mod local;
 pub mod node;
 pub mod observe;
 pub mod raft;
+pub mod range;
 pub mod realtime;
 pub mod storage;
 pub mod transport;

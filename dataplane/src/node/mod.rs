@@ -7,7 +7,6 @@ pub mod gossip;
 pub mod kubernetes;
 mod kv;
 pub mod live;
-pub mod placement;
 pub mod replicas;
 mod system;
 mod tls;

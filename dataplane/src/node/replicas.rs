@@ -13,7 +13,6 @@ use pleiades_proto::v1::{self, raft_request::Rpc, raft_response::Result as RaftR
 use prost::Message;
 use tracing::{info, warn};
 
-use super::placement::{plan_decommission, plan_down_replicate, plan_join, plan_up_replicate, voters_after, Move};
 use crate::clock::Hlc;
 use crate::config::RaftSettings;
 use crate::observe::{Metrics, RangeLabels};
@@ -22,6 +21,9 @@ use crate::raft::log::RangeLog;
 use crate::raft::network::{RangeNetworkFactory, RpcFailure};
 use crate::raft::state_machine::{read_descriptors, RangeObserver, RangeSpan, RangeStateMachine};
 use crate::raft::{NodeId, Raft, WalSyncer};
+use crate::range::placement::{
+    plan_decommission, plan_down_replicate, plan_join, plan_up_replicate, voters_after, Move,
+};
 use crate::storage::Storage;
 use crate::transport::pool::Peers;
 
@@ -38,7 +40,7 @@ const BOOTSTRAPPED_KEY: &[u8] = b"bootstrapped";
 pub enum DecommissionError {
     /// A replica has nowhere to go: only another node (or a dead one back) unblocks it.
     #[error(transparent)]
-    NoPlacement(super::placement::PlanError),
+    NoPlacement(crate::range::placement::PlanError),
     /// A move failed on the way; trying again may succeed.
     #[error("{0}")]
     Failed(String),
