@@ -41,6 +41,8 @@ pub struct BenchReport {
     pub connects: Option<LatencySummary>,
     /// The first few error messages, for diagnosis.
     pub sample_errors: Vec<String>,
+    /// Operations completed in each second of the run, to see throughput change as ranges split.
+    pub per_second: Vec<u64>,
 }
 
 fn summary(histogram: &Histogram<u64>) -> Option<LatencySummary> {
@@ -115,20 +117,35 @@ fn read_share(workload: Workload) -> f64 {
     }
 }
 
+/// The bench's key for index `i` under `prefix` (all in one span), or spread ([`bench_key`]).
+fn key_under(prefix: Option<&str>, i: u64) -> Vec<u8> {
+    match prefix {
+        Some(prefix) => format!("{prefix}bench{i:012}").into_bytes(),
+        None => bench_key(i),
+    }
+}
+
 /// Writes every key once, `concurrency` at a time.
-pub async fn load(cluster: &Cluster, keys: u64, value_size: usize, concurrency: u32) -> anyhow::Result<()> {
+pub async fn load(
+    cluster: &Cluster,
+    keys: u64,
+    value_size: usize,
+    concurrency: u32,
+    prefix: Option<&str>,
+) -> anyhow::Result<()> {
+    let prefix: Option<Arc<str>> = prefix.map(Into::into);
     let next = Arc::new(AtomicU64::new(0));
     let value = Arc::new(vec![b'v'; value_size]);
     let mut workers = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (cluster, next, value) = (cluster.clone(), next.clone(), value.clone());
+        let (cluster, next, value, prefix) = (cluster.clone(), next.clone(), value.clone(), prefix.clone());
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= keys {
                     return Ok::<(), anyhow::Error>(());
                 }
-                cluster.put(&bench_key(i), &value).await?;
+                cluster.put(&key_under(prefix.as_deref(), i), &value).await?;
             }
         }));
     }
@@ -147,7 +164,7 @@ pub async fn run(cluster: &Cluster, args: &BenchArgs, progress: bool) -> anyhow:
         if progress {
             eprintln!("loading {} keys of {} bytes…", args.keys, args.value_size);
         }
-        load(cluster, args.keys, args.value_size, args.concurrency.max(16)).await?;
+        load(cluster, args.keys, args.value_size, args.concurrency.max(16), args.prefix.as_deref()).await?;
     }
     let zipfian = matches!(args.workload, Workload::YcsbA | Workload::YcsbB | Workload::YcsbC)
         .then(|| Arc::new(Zipfian::new(args.keys)));
@@ -159,10 +176,18 @@ pub async fn run(cluster: &Cluster, args: &BenchArgs, progress: bool) -> anyhow:
     let done_ops = Arc::new(AtomicU64::new(0));
     let value = Arc::new(vec![b'x'; args.value_size]);
     let connect = Arc::new(args.client.client_config());
+    let prefix: Option<Arc<str>> = args.prefix.as_deref().map(Into::into);
     let mut workers = Vec::new();
     for worker in 0..args.concurrency {
-        let (cluster, stop, done_ops, value, zipfian, connect) =
-            (cluster.clone(), stop.clone(), done_ops.clone(), value.clone(), zipfian.clone(), connect.clone());
+        let (cluster, stop, done_ops, value, zipfian, connect, prefix) = (
+            cluster.clone(),
+            stop.clone(),
+            done_ops.clone(),
+            value.clone(),
+            zipfian.clone(),
+            connect.clone(),
+            prefix.clone(),
+        );
         let (keys, workload) = (args.keys, args.workload);
         workers.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(0x5EED ^ u64::from(worker));
@@ -174,7 +199,7 @@ pub async fn run(cluster: &Cluster, args: &BenchArgs, progress: bool) -> anyhow:
                     Some(z) => z.sample(&mut rng),
                     None => rng.random_range(0..keys),
                 };
-                let key = bench_key(index);
+                let key = key_under(prefix.as_deref(), index);
                 let operation = match workload {
                     Workload::Connect => Operation::Connect,
                     _ if rng.random::<f64>() < reads => Operation::Read,
@@ -221,8 +246,13 @@ pub async fn run(cluster: &Cluster, args: &BenchArgs, progress: bool) -> anyhow:
         None
     };
     let started = Instant::now();
+    let mut per_second = Vec::with_capacity(args.duration as usize);
+    let mut done_before = 0;
     for second in 1..=args.duration {
         tokio::time::sleep_until(tokio::time::Instant::from_std(started + Duration::from_secs(second))).await;
+        let done = done_ops.load(Ordering::Relaxed);
+        per_second.push(done - done_before);
+        done_before = done;
         if let Some(bar) = &bar {
             let rate = done_ops.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
             bar.set_position(second);
@@ -258,6 +288,7 @@ pub async fn run(cluster: &Cluster, args: &BenchArgs, progress: bool) -> anyhow:
         writes: summary(&latency[Operation::Write as usize]),
         reads: summary(&latency[Operation::Read as usize]),
         connects: summary(&latency[Operation::Connect as usize]),
+        per_second,
         sample_errors,
     })
 }
@@ -268,11 +299,11 @@ mod tests {
 
     #[test]
     fn bench_keys_spread_over_the_initial_ranges() {
-        let layout = crate::node::replicas::initial_layout(&[1, 2, 3], 4, 3);
+        let layout = crate::range::placement::initial_layout(&[1, 2, 3], 4, 3);
         let mut per_range = std::collections::BTreeMap::new();
         for i in 0..10_000 {
             let key = bench_key(i);
-            let range = layout.iter().find(|d| crate::node::replicas::descriptor_contains(d, &key)).unwrap();
+            let range = layout.iter().find(|d| crate::range::table::descriptor_contains(d, &key)).unwrap();
             *per_range.entry(range.range_id).or_insert(0) += 1;
         }
         assert_eq!(per_range.len(), 4, "{per_range:?}");

@@ -33,6 +33,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Show the gossip membership as one node sees it: state, incarnation, estimated RTT, tags.
     Members(MembersArgs),
+    /// List the ranges (span, size, keys, load, replicas, leader, zones), or reshape one by
+    /// hand: split, relocate, transfer its leadership.
+    Ranges(RangesArgs),
     /// Ask the constellation (a query runtime event) and print every answer.
     Query(QueryArgs),
     /// Measure throughput and latency with a closed-loop workload.
@@ -182,6 +185,24 @@ pub enum SimCommand {
         #[arg(long)]
         svg: Option<PathBuf>,
     },
+    /// The range planner over a simulated constellation: from ranges placed unevenly and
+    /// zone-blind, then with a fifth more nodes, then with zone 0 lost; rounds, moves, balance.
+    Placement {
+        /// Nodes in the simulated constellation at the start, spread over the zones in turn.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(3..=10_000))]
+        nodes: u64,
+        /// Data ranges, three replicas each.
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        ranges: u64,
+        /// Zones (failure domains) the nodes are spread over; losing one needs at least two.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
+        zones: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also write the balance plot (busiest node over mean, per round) here, as SVG.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
 }
 
 /// `pleiades node` actions other than running one.
@@ -223,6 +244,33 @@ pub struct StatusArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RangesArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub action: Option<RangesAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RangesAction {
+    /// Split the range holding KEY at KEY (KEY becomes the right half's first key).
+    Split { key: String },
+    /// Merge RANGE with its right-hand neighbour.
+    Merge { range: u64 },
+    /// Put RANGE's replicas on exactly these nodes, one move at a time.
+    Relocate {
+        range: u64,
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<u64>,
+    },
+    /// Hand RANGE's leadership to NODE, which holds one of its replicas.
+    TransferLeader { range: u64, node: u64 },
 }
 
 #[derive(Debug, Args)]
@@ -304,6 +352,10 @@ pub struct BenchArgs {
     /// Skip loading the keys before a read workload (they are already there).
     #[arg(long)]
     pub no_load: bool,
+    /// Put every key under this prefix (one hot span, which splits by load) instead of spreading
+    /// keys over the whole keyspace.
+    #[arg(long)]
+    pub prefix: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

@@ -108,6 +108,15 @@ impl SystemClient {
         self.0.call_proto(DECOMMISSION_REQUEST, &request, DECOMMISSION_RESPONSE, "DecommissionResponse").await
     }
 
+    /// Splits, relocates or moves the leadership of a range; answered when done.
+    pub async fn range_admin(
+        &mut self,
+        request: &v1::RangeAdminRequest,
+    ) -> Result<v1::RangeAdminResponse, ClientError> {
+        use payload_type::system::*;
+        self.0.call_proto(RANGE_ADMIN_REQUEST, request, RANGE_ADMIN_RESPONSE, "RangeAdminResponse").await
+    }
+
     pub async fn health(&mut self) -> Result<v1::HealthResponse, ClientError> {
         use payload_type::system::*;
         self.0.call_proto(HEALTH_REQUEST, &v1::HealthRequest {}, HEALTH_RESPONSE, "HealthResponse").await

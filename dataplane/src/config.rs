@@ -267,6 +267,19 @@ pub struct ConstellationConfig {
     /// How long a node declared dead by gossip may stay dead before its replicas are rebuilt
     /// elsewhere; 0 never rebuilds them automatically.
     pub replace_dead_after_ms: u64,
+    /// A range larger than this (all versions) splits at its middle key; down to kilobytes for
+    /// tests.
+    pub range_split_bytes: u64,
+    /// A range busier than this (reads + writes per second, over 10 s) splits at the median of
+    /// the keys it was asked for; 0 never splits for load.
+    pub load_split_requests_per_second: f64,
+    /// How far (a fraction of the mean) a node's replica count may stray before replicas move.
+    pub rebalance_threshold: f64,
+    /// Zones (the gossip tag `zone`) where range leaders should be, most preferred first.
+    pub lease_preferences: Vec<String>,
+    /// Whether the constellation reshapes itself (splits, rebalancing, leadership balance);
+    /// repairs of lost replicas happen regardless.
+    pub rebalance: bool,
 }
 
 impl Default for ConstellationConfig {
@@ -280,6 +293,13 @@ impl Default for ConstellationConfig {
             replication_factor: 3,
             // CockroachDB's time_until_store_dead.
             replace_dead_after_ms: 300_000,
+            // CockroachDB's range_max_bytes.
+            range_split_bytes: 512 << 20,
+            // CockroachDB's kv.range_split.load_qps_threshold.
+            load_split_requests_per_second: 2_500.0,
+            rebalance_threshold: 0.2,
+            lease_preferences: Vec::new(),
+            rebalance: true,
         }
     }
 }
@@ -514,6 +534,17 @@ impl NodeConfig {
         let constellation = &self.constellation;
         if !(1..=1024).contains(&constellation.initial_ranges) {
             return invalid("constellation.initial-ranges must be 1 to 1024".into());
+        }
+        if constellation.range_split_bytes < 1024 {
+            return invalid("constellation.range-split-bytes must be at least 1024".into());
+        }
+        if !constellation.load_split_requests_per_second.is_finite()
+            || constellation.load_split_requests_per_second < 0.0
+        {
+            return invalid("constellation.load-split-requests-per-second must be 0 or more".into());
+        }
+        if !(0.01..=1.0).contains(&constellation.rebalance_threshold) {
+            return invalid("constellation.rebalance-threshold must be 0.01 to 1".into());
         }
         if !matches!(constellation.replication_factor, 1 | 3 | 5) {
             return invalid("constellation.replication-factor must be 1, 3 or 5".into());

@@ -15,4 +15,5 @@ pub mod raft;
 pub mod range;
 pub mod realtime;
 pub mod storage;
+pub mod survey;
 pub mod transport;

@@ -59,6 +59,12 @@ fn main() -> ExitCode {
             Command::Up(args) => pleiades::local::up(&args, stop_signal()?).await,
             Command::Status(args) => status(&args).await,
             Command::Members(args) => members(&args).await,
+            Command::Ranges(args) => {
+                let cluster = cluster(&args.client).await?;
+                let result = pleiades::survey::ranges(&cluster, &args).await;
+                cluster.close().await;
+                result
+            }
             Command::Query(args) => query(&args).await,
             Command::Bench(args) => bench(&args).await,
             Command::Sim(args) => simulate(args),
@@ -133,14 +139,24 @@ async fn run_node(config: pleiades::config::NodeConfig) -> anyhow::Result<()> {
 }
 
 fn simulate(args: pleiades::cli::SimArgs) -> anyhow::Result<()> {
-    use pleiades::gossip::report::{run, ReportConfig};
-    let pleiades::cli::SimCommand::Gossip { nodes, loss, seed, svg } = args.what;
-    anyhow::ensure!((0.0..1.0).contains(&loss), "--loss must be at least 0 and below 1, not {loss}");
-    let report = run(&ReportConfig { nodes, loss, seed });
-    print!("{}", report.text());
-    if let Some(path) = svg {
-        std::fs::write(&path, report.svg()).with_context(|| format!("cannot write {}", path.display()))?;
-        println!("  convergence plot           {}", path.display());
+    use pleiades::cli::SimCommand;
+    let (text, svg, plot) = match args.what {
+        SimCommand::Gossip { nodes, loss, seed, svg } => {
+            use pleiades::gossip::report::{run, ReportConfig};
+            anyhow::ensure!((0.0..1.0).contains(&loss), "--loss must be at least 0 and below 1, not {loss}");
+            let report = run(&ReportConfig { nodes, loss, seed });
+            (report.text(), svg.map(|path| (path, report.svg())), "convergence plot          ")
+        }
+        SimCommand::Placement { nodes, ranges, zones, seed, svg } => {
+            use pleiades::range::sim::{run, PlacementSimConfig};
+            let report = run(&PlacementSimConfig { nodes, ranges, zones, seed });
+            (report.text(), svg.map(|path| (path, report.svg())), "balance plot")
+        }
+    };
+    print!("{text}");
+    if let Some((path, svg)) = svg {
+        std::fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("  {plot} {}", path.display());
     }
     Ok(())
 }
@@ -511,7 +527,11 @@ async fn status(args: &StatusArgs) -> anyhow::Result<()> {
                 "coordinate": g.coordinate, "coordinate_error": g.coordinate_error,
             })
         });
-        println!("{}", serde_json::json!({ "gossip": gossip, "members": members, "replicas": ranges }));
+        let balance = balance(&members, &replicas);
+        println!(
+            "{}",
+            serde_json::json!({ "gossip": gossip, "members": members, "replicas": ranges, "balance": balance })
+        );
         return Ok(());
     }
     println!("MEMBERS");
@@ -538,6 +558,17 @@ async fn status(args: &StatusArgs) -> anyhow::Result<()> {
             m["leaders"].as_u64().map(|n| n.to_string()).unwrap_or("-".into()),
         );
     }
+    let b = balance(&members, &replicas);
+    println!(
+        "\nBALANCE  {} ranges; replicas per node {} to {} (mean {:.1}); leaders per node {} to {} (mean {:.1})",
+        b["ranges"],
+        b["replicas"]["min"],
+        b["replicas"]["max"],
+        b["replicas"]["mean"].as_f64().unwrap_or_default(),
+        b["leaders"]["min"],
+        b["leaders"]["max"],
+        b["leaders"]["mean"].as_f64().unwrap_or_default()
+    );
     println!("\nRANGES");
     println!(
         "  {:<6} {:<14} {:>4} {:<10} {:<6} {:<10} {:>6} {:>9} {:>9}",
@@ -561,6 +592,22 @@ async fn status(args: &StatusArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Range count and how evenly replicas and leaders spread over the nodes that answered.
+fn balance(members: &[serde_json::Value], replicas: &[(u64, v1::ReplicaStatus)]) -> serde_json::Value {
+    let ranges: std::collections::BTreeSet<u64> =
+        replicas.iter().filter_map(|(_, r)| r.descriptor.as_ref().map(|d| d.range_id)).collect();
+    let spread = |field: &str| {
+        let counts: Vec<u64> = members.iter().filter_map(|m| m[field].as_u64()).collect();
+        let mean = counts.iter().sum::<u64>() as f64 / counts.len().max(1) as f64;
+        serde_json::json!({
+            "min": counts.iter().min().copied().unwrap_or(0),
+            "max": counts.iter().max().copied().unwrap_or(0),
+            "mean": mean,
+        })
+    };
+    serde_json::json!({ "ranges": ranges.len(), "replicas": spread("replicas"), "leaders": spread("leaders") })
 }
 
 async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
@@ -590,6 +637,8 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let timeline: Vec<String> = report.per_second.iter().map(u64::to_string).collect();
+    println!("  ops per second, second by second: {}", timeline.join(" "));
     for error in &report.sample_errors {
         println!("  error: {error}");
     }

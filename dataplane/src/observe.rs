@@ -112,6 +112,13 @@ pub struct Metrics {
     pub wire_buffered_bytes: Gauge,
     pub tls_certificate_expiry_seconds: Family<CertificateLabels, Gauge>,
     pub tls_reloads: Counter,
+    pub range_splits: Counter,
+    pub range_merges: Counter,
+    pub range_rebalances: Counter,
+    pub range_leader_transfers: Counter,
+    pub range_count: Gauge,
+    pub range_leader_count: Gauge,
+    pub range_bytes: Gauge,
 }
 
 impl Metrics {
@@ -149,6 +156,13 @@ impl Metrics {
             wire_buffered_bytes: Gauge::default(),
             tls_certificate_expiry_seconds: Family::default(),
             tls_reloads: Counter::default(),
+            range_splits: Counter::default(),
+            range_merges: Counter::default(),
+            range_rebalances: Counter::default(),
+            range_leader_transfers: Counter::default(),
+            range_count: Gauge::default(),
+            range_leader_count: Gauge::default(),
+            range_bytes: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("pleiades");
         r.register("quic_connections_open", "Open QUIC connections", metrics.quic_connections_open.clone());
@@ -193,6 +207,22 @@ impl Metrics {
             "Snapshots installed from a leader",
             metrics.raft_snapshots_received.clone(),
         );
+        let range = r.sub_registry_with_prefix("range");
+        range.register("splits", "Ranges split by this node as their leader", metrics.range_splits.clone());
+        range.register("merges", "Ranges merged by this node as their leader", metrics.range_merges.clone());
+        range.register(
+            "rebalances",
+            "Replicas moved by this node as the coordinator (rebalancing, repairs, decommissions)",
+            metrics.range_rebalances.clone(),
+        );
+        range.register(
+            "leader_transfers",
+            "Leaderships this node handed over on request",
+            metrics.range_leader_transfers.clone(),
+        );
+        range.register("count", "Replicas this node hosts", metrics.range_count.clone());
+        range.register("leader_count", "Ranges this node leads", metrics.range_leader_count.clone());
+        range.register("bytes", "Bytes of the ranges this node hosts, as last sized", metrics.range_bytes.clone());
         r.register(
             "system_request_seconds",
             "System service request latency by operation",

@@ -28,6 +28,8 @@ pub mod payload_type {
         pub const MEMBERS_RESPONSE: u8 = 0x0A;
         pub const QUERY_REQUEST: u8 = 0x0B;
         pub const QUERY_RESPONSE: u8 = 0x0C;
+        pub const RANGE_ADMIN_REQUEST: u8 = 0x0D;
+        pub const RANGE_ADMIN_RESPONSE: u8 = 0x0E;
     }
     /// Gossip service (0x01). Small messages travel as QUIC datagrams (the service byte, then a
     /// `GossipEnvelope`); ones too large for a datagram use a stream of this service.

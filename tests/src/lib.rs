@@ -220,6 +220,16 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `count` founders (ids 1..=count); `config_extra` is appended to each config file.
     pub fn start(count: usize, config_extra: &str) -> anyhow::Result<TestCluster> {
+        Self::start_each(count, config_extra, |_| String::new())
+    }
+
+    /// Like [`TestCluster::start`], with `node_extra(id)` appended to node `id`'s config after
+    /// `config_extra` (per-node tags, say).
+    pub fn start_each(
+        count: usize,
+        config_extra: &str,
+        node_extra: impl Fn(u64) -> String,
+    ) -> anyhow::Result<TestCluster> {
         let root = tempfile::tempdir()?;
         let ca = CaFiles::in_dir(&root.path().join("tls"));
         ca.create("local")?;
@@ -235,7 +245,7 @@ impl TestCluster {
             let id = (i + 1) as u64;
             let config = format!("node-id = {id}\n[constellation]\npeers = {peers:?}\n");
             pending.push(std::thread::spawn({
-                let (dir, args) = cluster.prepare_node(id, addr, &config)?;
+                let (dir, args) = cluster.prepare_node(id, addr, &config, &node_extra(id))?;
                 move || TestNode::start(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
             }));
         }
@@ -246,7 +256,13 @@ impl TestCluster {
     }
 
     /// Writes a node's directory (CA, config) and returns it with the node's arguments.
-    fn prepare_node(&self, id: u64, addr: &str, config: &str) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    fn prepare_node(
+        &self,
+        id: u64,
+        addr: &str,
+        config: &str,
+        node_extra: &str,
+    ) -> anyhow::Result<(PathBuf, Vec<String>)> {
         let dir = self.root.path().join(format!("node-{id}"));
         // Each node issues its own certificates from the shared CA on first start.
         let tls = pleiades::transport::tls::GeneratedPaths::in_data_dir(&dir);
@@ -256,7 +272,7 @@ impl TestCluster {
         std::fs::copy(&shared.key, &tls.ca.key)?;
         let config_path = dir.join("pleiades.toml");
         // Top-level keys first: TOML puts everything after a [table] header into that table.
-        std::fs::write(&config_path, format!("{config}{}", self.config_extra))?;
+        std::fs::write(&config_path, format!("{config}{}{node_extra}", self.config_extra))?;
         let args =
             vec!["--config".to_string(), config_path.display().to_string(), "--listen".to_string(), addr.to_string()];
         Ok((dir, args))
@@ -275,7 +291,7 @@ impl TestCluster {
         for id in ids {
             let addr = format!("127.0.0.1:{}", free_port(true));
             let config = format!("node-id = {id}\n[constellation]\njoin = \"{seed}\"\n");
-            let (dir, args) = self.prepare_node(*id, &addr, &config)?;
+            let (dir, args) = self.prepare_node(*id, &addr, &config, "")?;
             pending.push(std::thread::spawn(move || {
                 TestNode::start(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
             }));

@@ -76,7 +76,7 @@ fn range_holding(cluster_status: &[v1::RangeStatusResponse], key: &[u8]) -> v1::
         .iter()
         .flat_map(|s| s.replicas.iter())
         .filter_map(|r| r.descriptor.clone())
-        .find(|d| pleiades::node::replicas::descriptor_contains(d, key))
+        .find(|d| pleiades::range::table::descriptor_contains(d, key))
         .expect("a range holds every key")
 }
 

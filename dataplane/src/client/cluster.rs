@@ -539,24 +539,65 @@ enum Route<'a> {
     Before(&'a [u8]),
 }
 
+/// Range descriptors a client keeps at most.
+const MAX_CACHED_RANGES: usize = 100_000;
+
 fn learn(routing: &mut Routing, range: v1::RangeDescriptor) {
     if range.meta {
         return;
     }
-    let stale =
-        routing.ranges.values().any(|known| known.range_id == range.range_id && known.generation >= range.generation);
+    let before = |key: &[u8], end: &[u8]| end.is_empty() || key < end;
+    let overlaps = |known: &v1::RangeDescriptor| {
+        before(&known.start_key, &range.end_key) && before(&range.start_key, &known.end_key)
+    };
+    // Splits give both halves the parent's generation plus one, and moves raise it: a cached
+    // range of a higher generation over the same keys is newer than this one.
+    let stale = routing.ranges.values().any(|known| match known.range_id == range.range_id {
+        true => known.generation >= range.generation,
+        false => overlaps(known) && known.generation > range.generation,
+    });
     if stale {
         return;
     }
     // A newer descriptor replaces whatever overlapped it.
-    let before = |key: &[u8], end: &[u8]| end.is_empty() || key < end;
-    routing.ranges.retain(|_, known| {
-        let overlaps = before(&known.start_key, &range.end_key) && before(&range.start_key, &known.end_key);
-        known.range_id != range.range_id && !overlaps
-    });
+    routing.ranges.retain(|_, known| known.range_id != range.range_id && !overlaps(known));
+    // Bounded: past the cap, the cache forgets the range after this one (it is looked up
+    // again when needed), so a client of a huge constellation does not hold every descriptor.
+    if routing.ranges.len() >= MAX_CACHED_RANGES {
+        let evict = routing
+            .ranges
+            .range(range.start_key.clone()..)
+            .next()
+            .or_else(|| routing.ranges.iter().next())
+            .map(|(start, _)| start.clone());
+        if let Some(start) = evict {
+            routing.ranges.remove(&start);
+        }
+    }
     routing.ranges.insert(range.start_key.clone(), range);
 }
 
 fn mismatched(op: &'static str) -> ClientError {
     ClientError::Decode { message: "KvResponse", detail: format!("the answer to a {op} is of another operation") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(range_id: u64, start: &[u8], end: &[u8], generation: u64) -> v1::RangeDescriptor {
+        v1::RangeDescriptor { range_id, start_key: start.into(), end_key: end.into(), generation, ..Default::default() }
+    }
+
+    #[test]
+    fn the_cache_follows_a_split_and_ignores_the_parent_seen_late() {
+        let mut routing = Routing::default();
+        learn(&mut routing, range(2, b"", b"", 1));
+        learn(&mut routing, range(7, b"m", b"", 2));
+        learn(&mut routing, range(2, b"", b"m", 2));
+        // A node that has not heard of the split answers with the parent.
+        learn(&mut routing, range(2, b"", b"", 1));
+        let cached: Vec<(u64, Vec<u8>)> = routing.ranges.values().map(|d| (d.range_id, d.end_key.clone())).collect();
+        assert_eq!(cached, vec![(2, b"m".to_vec()), (7, Vec::new())]);
+    }
 }

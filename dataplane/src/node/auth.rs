@@ -269,13 +269,13 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Re-reads the auth records every second through the range that holds them: a linearizable
 /// scan at a replica, following `NOT_LEADER` answers to the leader.
-pub async fn refresh(authorizer: Arc<Authorizer>, replicas: Arc<super::replicas::Replicas>, peers: Arc<Peers>) {
+pub async fn refresh(authorizer: Arc<Authorizer>, ranges: Arc<crate::range::Ranges>, peers: Arc<Peers>) {
     let mut tick = tokio::time::interval(REFRESH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leader_hint: Option<String> = None;
     loop {
         tick.tick().await;
-        match read_records(&replicas, &peers, &mut leader_hint).await {
+        match read_records(&ranges, &peers, &mut leader_hint).await {
             Ok(records) => authorizer.replace(AuthTables::from_records(records)),
             Err(e) => debug!(error = %e, "cannot refresh users and roles yet"),
         }
@@ -283,12 +283,12 @@ pub async fn refresh(authorizer: Arc<Authorizer>, replicas: Arc<super::replicas:
 }
 
 async fn read_records(
-    replicas: &super::replicas::Replicas,
+    ranges: &crate::range::Ranges,
     peers: &Peers,
     leader_hint: &mut Option<String>,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
-    let descriptor = replicas.descriptor_for_key(AUTH_PREFIX).ok_or("no range holds the auth records yet")?;
-    let members = replicas.members();
+    let descriptor = ranges.table.for_key(AUTH_PREFIX).ok_or("no range holds the auth records yet")?;
+    let members = ranges.members();
     let mut candidates: Vec<String> = leader_hint.iter().cloned().collect();
     candidates.extend(
         descriptor.replicas.iter().filter_map(|id| members.iter().find(|m| m.node_id == *id)).map(|m| m.addr.clone()),

@@ -1,29 +1,19 @@
 //! A node that leaves on purpose (SIGTERM: a rollout step, a scale-down) first hands every range
-//! it leads to a follower, so writers see a leader change of milliseconds instead of waiting for
-//! an election timeout after it is gone.
-//!
-//! openraft 0.9 has no leadership transfer, so it is built from what it has: the leader picks a
-//! voter whose replication has matched its whole log and asks it to campaign (`Campaign`). The
-//! leader grants that vote — its log is no longer than the candidate's, and its own lease
-//! (taken when it was elected) has run out — and steps down on seeing the higher term; with
-//! the candidate's own vote that is a majority of three. Where it does not work (five replicas,
-//! a leader elected moments ago) the range falls back to an ordinary election once the node is
-//! gone.
+//! it leads to a follower (`range::leadership`), so writers see a leader change of milliseconds
+//! instead of waiting for an election timeout after it is gone. Where a hand-over does not work
+//! the range falls back to an ordinary election once the node is gone.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
-use pleiades_proto::v1::{self, raft_request::Rpc};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::replicas::{Replica, Replicas};
 use crate::raft::NodeId;
+use crate::range::leadership::hand_over;
+use crate::range::store::{Replica, Replicas};
 use crate::transport::pool::Peers;
-
-/// How long a leader waits for the follower it asked to win before asking another.
-const ELECTION_WAIT: Duration = Duration::from_millis(1_500);
 
 /// What a hand-over achieved.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -44,11 +34,11 @@ pub async fn hand_over_leaderships(replicas: &Replicas, peers: &Peers, node_id: 
         .into_iter()
         .filter(|replica| replica.raft.metrics().borrow().state == ServerState::Leader)
         .collect();
-    let attempts = led.iter().map(|replica| hand_over(replica, peers, node_id, deadline));
+    let attempts = led.iter().map(|replica| hand_over(replica, peers, node_id, None, deadline));
     let outcomes = futures::future::join_all(attempts).await;
     let mut result = HandOver::default();
     for (replica, outcome) in led.iter().zip(outcomes) {
-        let range_id = replica.span.range_id;
+        let range_id = replica.range_id;
         match outcome {
             Ok(to) => {
                 info!(range_id, to, "handed the range's leadership over");
@@ -61,77 +51,4 @@ pub async fn hand_over_leaderships(replicas: &Replicas, peers: &Peers, node_id: 
         }
     }
     result
-}
-
-/// Hands one range over; the new leader's id, or why not.
-async fn hand_over(replica: &Replica, peers: &Peers, node_id: NodeId, deadline: Instant) -> Result<NodeId, String> {
-    let range_id = replica.span.range_id;
-    let mut asked: Option<(NodeId, Instant)> = None;
-    let mut metrics = replica.raft.metrics();
-    loop {
-        let now = metrics.borrow().clone();
-        // Stepped down: done once another node is known to lead.
-        if let Some(leader) = now.current_leader.filter(|leader| *leader != node_id) {
-            return Ok(leader);
-        }
-        if Instant::now() >= deadline {
-            return Err(match (now.state, asked) {
-                (ServerState::Leader, Some((node, _))) => {
-                    format!("asked node {node} to campaign, but no follower took the leadership in time")
-                }
-                (ServerState::Leader, None) => format!(
-                    "no follower caught up with the log (last index {:?}, matched {:?})",
-                    now.last_log_index, now.replication
-                ),
-                _ => "stepped down, but no new leader was elected in time".into(),
-            });
-        }
-        let waiting_for_election = asked.is_some_and(|(_, at)| at.elapsed() < ELECTION_WAIT);
-        if now.state == ServerState::Leader && !waiting_for_election {
-            let tried = asked.map(|(node, _)| node);
-            match caught_up_follower(&now, node_id, tried) {
-                Some((target, addr)) => {
-                    let request = v1::RaftRequest {
-                        range_id,
-                        from_node: node_id,
-                        rpc: Some(Rpc::Campaign(v1::CampaignRequest {})),
-                    };
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if let Err(e) = crate::raft::network::call(peers, &addr, &request, left).await {
-                        warn!(range_id, target, error = %e, "a follower could not be asked to campaign");
-                    }
-                    asked = Some((target, Instant::now()));
-                }
-                None if now.membership_config.voter_ids().all(|voter| voter == node_id) => {
-                    return Err("no other voter".into());
-                }
-                // Followers still catching up: the next append or heartbeat moves them on.
-                None => {}
-            }
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(20), metrics.changed()).await;
-    }
-}
-
-/// A voter other than this node whose replication has matched the whole log, preferring one not
-/// tried last, with its address.
-fn caught_up_follower(
-    metrics: &openraft::RaftMetrics<NodeId, openraft::BasicNode>,
-    node_id: NodeId,
-    tried: Option<NodeId>,
-) -> Option<(NodeId, String)> {
-    let replication = metrics.replication.as_ref()?;
-    let membership = metrics.membership_config.membership();
-    let mut candidates: Vec<NodeId> = metrics
-        .membership_config
-        .voter_ids()
-        .filter(|voter| *voter != node_id)
-        .filter(|voter| {
-            let matched = replication.get(voter).and_then(|log_id| log_id.map(|id| id.index));
-            matched.is_some() && matched == metrics.last_log_index
-        })
-        .collect();
-    candidates.sort_by_key(|voter| Some(*voter) == tried);
-    let target = *candidates.first()?;
-    Some((target, membership.get_node(&target)?.addr.clone()))
 }

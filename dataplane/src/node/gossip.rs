@@ -20,12 +20,12 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::replicas::Replicas;
 use crate::gossip::codec;
 use crate::gossip::events::{Cre, CreKind, QueryAnswer, Tags};
 use crate::gossip::rate::PeerRateLimit;
 use crate::gossip::swim::{Envelope, Event, Message, Millis, NodeId, Output, State, Swim, SwimConfig};
 use crate::observe::KindLabels;
+use crate::range::Ranges;
 use crate::transport::pool::Peers;
 use crate::transport::stream::PwpStream;
 
@@ -246,7 +246,7 @@ const RATE_LIMITED_PEERS: usize = 8_192;
 pub fn start(
     mut settings: GossipSettings,
     peers: Arc<Peers>,
-    replicas: Arc<Replicas>,
+    ranges: Arc<Ranges>,
     metrics: Arc<GossipMetrics>,
 ) -> (Gossip, tokio::task::JoinHandle<()>) {
     // A node is no seed of its own: a constellation of one has none and asks no one.
@@ -269,7 +269,7 @@ pub fn start(
         swim: Swim::new(settings.swim.clone(), settings.node_id, settings.advertise.clone(), 0, settings.node_id),
         settings,
         peers,
-        replicas,
+        ranges,
         metrics,
         started,
         queries: HashMap::new(),
@@ -289,7 +289,7 @@ struct Shell {
     swim: Swim,
     settings: GossipSettings,
     peers: Arc<Peers>,
-    replicas: Arc<Replicas>,
+    ranges: Arc<Ranges>,
     metrics: Arc<GossipMetrics>,
     started: Instant,
     queries: HashMap<u64, PendingQuery>,
@@ -317,6 +317,7 @@ impl Shell {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_join = Instant::now();
         let mut next_tags = Instant::now() + Duration::from_secs(10);
+        let mut next_describe = Instant::now();
         let mut join_attempt = 0u32;
         loop {
             tokio::select! {
@@ -328,8 +329,14 @@ impl Shell {
                         self.join_seeds(join_attempt);
                         next_join = Instant::now() + Duration::from_secs(u64::from(join_attempt.min(5)));
                     }
+                    if Instant::now() >= next_describe {
+                        next_describe = Instant::now() + Duration::from_secs(2);
+                        self.describe_members();
+                    }
                     if Instant::now() >= next_tags {
-                        next_tags = Instant::now() + Duration::from_secs(10);
+                        // Often enough that a decommissioning is known before the next planner
+                        // round; a tag update is sent only when something changed.
+                        next_tags = Instant::now() + Duration::from_secs(2);
                         let tags = self.tags();
                         if self.swim.tags_of(self.settings.node_id) != Some(&tags) {
                             self.swim.set_tags(tags, false, now);
@@ -346,11 +353,25 @@ impl Shell {
         }
     }
 
+    /// Tells the range layer every member's failure domain and coordinate, for placement.
+    fn describe_members(&self) {
+        let me = self.settings.node_id;
+        let ids: Vec<NodeId> = self.swim.members().map(|m| m.id).chain(std::iter::once(me)).collect();
+        for id in ids {
+            let coordinate =
+                if id == me { Some(self.swim.coordinate().clone()) } else { self.swim.coordinate_of(id).cloned() };
+            self.ranges.members.describe(id, self.swim.tags_of(id), coordinate);
+        }
+    }
+
     /// This node's tags: the configured ones plus its version and the replicas it holds.
     fn tags(&self) -> Tags {
         let mut tags = self.settings.tags.clone();
         tags.insert("version".into(), env!("CARGO_PKG_VERSION").into());
-        tags.insert("ranges".into(), self.replicas.hosted().len().to_string());
+        tags.insert("ranges".into(), self.ranges.store.hosted().len().to_string());
+        if self.ranges.is_decommissioning() {
+            tags.insert(crate::range::members::DECOMMISSIONING_TAG.into(), "true".into());
+        }
         tags
     }
 
@@ -449,7 +470,8 @@ impl Shell {
             Event::Joined(id) => {
                 let addr = self.swim.member(id).map(|m| m.addr.clone()).unwrap_or_default();
                 info!(node_id = id, %addr, "member joined");
-                self.replicas.member_alive(id, addr);
+                self.ranges.members.alive(id, addr);
+                self.describe_members();
             }
             Event::Recovered(id) => {
                 info!(node_id = id, "suspected member proved alive");
@@ -458,7 +480,7 @@ impl Shell {
                 let addr = self.swim.member(id).map(|m| m.addr.clone()).unwrap_or_default();
                 warn!(node_id = id, "member declared dead proved alive (a false positive)");
                 self.metrics.false_positives.inc();
-                self.replicas.member_alive(id, addr);
+                self.ranges.members.alive(id, addr);
             }
             Event::Suspected(id) => {
                 info!(node_id = id, "member suspected");
@@ -466,11 +488,11 @@ impl Shell {
             }
             Event::Failed(id) => {
                 warn!(node_id = id, "member declared dead");
-                self.replicas.member_failed(id);
+                self.ranges.member_failed(id);
             }
             Event::Left(id) => {
                 info!(node_id = id, "member left");
-                self.replicas.member_left(id);
+                self.ranges.member_failed(id);
             }
             Event::Refuted { incarnation } => {
                 warn!(incarnation, "this node was suspected; refuted with a higher incarnation");
@@ -505,7 +527,7 @@ impl Shell {
             "capacity" => Some(
                 serde_json::json!({
                     "node_id": self.settings.node_id,
-                    "replicas": self.replicas.hosted().len(),
+                    "replicas": self.ranges.store.hosted().len(),
                     "tags": self.swim.tags_of(self.settings.node_id),
                 })
                 .to_string(),

@@ -16,9 +16,9 @@ use tracing::{info, warn};
 pub mod certificate;
 pub mod identity;
 
-use super::replicas::{DecommissionError, Replicas};
 use crate::config::{ConfigError, KubernetesConfig, NodeConfig};
 use crate::observe::Health;
+use crate::range::{DecommissionError, Ranges};
 
 /// How often the reporter looks for changes; an unchanged entry is re-sent as a heartbeat.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -134,14 +134,14 @@ pub struct Reporter {
     pub address: String,
     pub replication_factor: usize,
     pub join_seed: Option<String>,
-    pub replicas: Arc<Replicas>,
+    pub ranges: Arc<Ranges>,
     pub health: Arc<Health>,
     pub joined: Arc<AtomicBool>,
 }
 
 impl Reporter {
     fn observe(&self, decommission_requested: bool) -> Observation {
-        let statuses = self.replicas.status();
+        let statuses = self.ranges.store.status();
         let leaders = statuses.iter().filter(|s| s.role == "leader").count() as i32;
         let unavailable = statuses.iter().filter(|s| s.leader_node == 0).count() as i32;
         let under_replicated = statuses
@@ -156,7 +156,7 @@ impl Reporter {
             // The meta range is a range like any other for availability.
             ranges: statuses.len() as i32,
             leaders,
-            constellation_ranges: self.replicas.descriptors().len() as i32,
+            constellation_ranges: self.ranges.table.len() as i32,
             unavailable,
             under_replicated,
         }
@@ -174,7 +174,7 @@ impl Reporter {
             constellation_ranges: o.constellation_ranges,
             unavailable_ranges: o.unavailable,
             under_replicated_ranges: o.under_replicated,
-            peers_down: self.replicas.members_down().into_iter().filter_map(|id| i64::try_from(id).ok()).collect(),
+            peers_down: self.ranges.members.down().into_iter().filter_map(|id| i64::try_from(id).ok()).collect(),
             version: env!("CARGO_PKG_VERSION").into(),
             config_hash: std::env::var(CONFIG_HASH_ENV).unwrap_or_default(),
             last_report: String::new(),
@@ -210,10 +210,10 @@ impl Reporter {
                     was_requested
                 }
             };
-            if requested && decommission.is_none() && !self.replicas.hosted().is_empty() {
+            if requested && decommission.is_none() && !self.ranges.store.hosted().is_empty() {
                 info!("the operator asked this node to decommission: moving its replicas away");
-                let (replicas, node_id) = (self.replicas.clone(), self.node_id);
-                decommission = Some(tokio::spawn(async move { replicas.decommission(node_id).await.map(|_| ()) }));
+                let (ranges, node_id) = (self.ranges.clone(), self.node_id);
+                decommission = Some(tokio::spawn(async move { ranges.decommission(node_id).await.map(|_| ()) }));
             }
             if decommission.as_ref().is_some_and(|task| task.is_finished()) {
                 if let Some(Ok(Err(error))) = decommission.take().and_then(|task| task.now_or_never()) {
@@ -234,7 +234,7 @@ impl Reporter {
                 // A founder has no join seed; any member answers for the constellation, itself included.
                 let seed = self.join_seed.clone().unwrap_or_else(|| self.address.clone());
                 self.joined.store(false, Ordering::SeqCst);
-                tokio::spawn(super::join_until_done(self.replicas.clone(), seed, self.joined.clone()));
+                tokio::spawn(super::join_until_done(self.ranges.clone(), seed, self.joined.clone()));
                 message = None;
             }
             was_requested = requested;

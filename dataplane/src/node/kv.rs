@@ -18,10 +18,11 @@ use prost::Message;
 
 use super::auth::{check_auth_record, is_auth_key, Authorizer};
 use super::live::LiveKvLimits;
-use super::replicas::{Replica, Replicas};
 use crate::clock::{Hlc, Timestamp};
 use crate::observe::{KvLabels, LimitLabels, Metrics, RangeLabels};
 use crate::raft::Outcome;
+use crate::range::store::Replica;
+use crate::range::Ranges;
 use crate::storage::{ScanCut, ScanLimit, ScanPage, StorageError, VersionedValue};
 use crate::transport::peer::{Denials, Peer};
 
@@ -31,7 +32,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct KvService {
-    replicas: Arc<Replicas>,
+    ranges: Arc<Ranges>,
     hlc: Arc<Hlc>,
     limits: Arc<LiveKvLimits>,
     metrics: Arc<Metrics>,
@@ -107,8 +108,8 @@ fn not_leader(replica: &Replica, forward: ForwardToLeader<u64, BasicNode>) -> Re
         _ => replica.leader(),
     };
     let message = match &leader {
-        Some(leader) => format!("range {} is led by node {} at {}", replica.span.range_id, leader.node_id, leader.addr),
-        None => format!("range {} has no known leader (an election may be running)", replica.span.range_id),
+        Some(leader) => format!("range {} is led by node {} at {}", replica.range_id, leader.node_id, leader.addr),
+        None => format!("range {} has no known leader (an election may be running)", replica.range_id),
     };
     Refusal {
         code: ErrorCode::NotLeader,
@@ -120,14 +121,14 @@ fn not_leader(replica: &Replica, forward: ForwardToLeader<u64, BasicNode>) -> Re
 
 impl KvService {
     pub fn new(
-        replicas: Arc<Replicas>,
+        ranges: Arc<Ranges>,
         hlc: Arc<Hlc>,
         limits: Arc<LiveKvLimits>,
         metrics: Arc<Metrics>,
         authorizer: Arc<Authorizer>,
     ) -> Self {
         KvService {
-            replicas,
+            ranges,
             hlc,
             limits,
             metrics,
@@ -198,23 +199,28 @@ impl KvService {
 
     async fn execute(&self, range_id: u64, generation: u64, op: Op) -> Result<KvResult, Refusal> {
         match op {
-            Op::Ranges(_) => Ok(KvResult::Ranges(v1::RangesResponse {
-                ranges: self.replicas.descriptors(),
-                nodes: self.replicas.members(),
-                leaders: self
-                    .replicas
-                    .hosted()
-                    .iter()
-                    .filter_map(|r| {
-                        r.leader().map(|leader| v1::RangeLeader { range_id: r.span.range_id, leader: Some(leader) })
-                    })
-                    .collect(),
-            })),
+            Op::Ranges(_) => {
+                // A node with no meta replica answers from a fresh read of meta.
+                self.ranges.refresh_for_lookup().await;
+                let hosted = self.ranges.store.hosted();
+                Ok(KvResult::Ranges(v1::RangesResponse {
+                    ranges: self.ranges.table.descriptors(),
+                    nodes: self.ranges.members(),
+                    leaders: hosted
+                        .iter()
+                        .filter_map(|r| {
+                            r.leader().map(|leader| v1::RangeLeader { range_id: r.range_id, leader: Some(leader) })
+                        })
+                        .collect(),
+                    loads: hosted.iter().filter(|r| r.is_leader()).map(|r| r.load.report(r.range_id)).collect(),
+                }))
+            }
             Op::Put(put) => {
                 self.check_key(&put.key)?;
                 self.check_value(&put.value)?;
                 check_system_value(&put.key, &put.value)?;
                 let replica = self.route(&put.key, range_id, generation)?;
+                replica.load.wrote(&put.key, put.key.len() + put.value.len());
                 let outcome =
                     self.propose(&replica, command::Op::Put(v1::CommandPut { key: put.key, value: put.value })).await?;
                 let (version, timestamp) = written(outcome)?;
@@ -223,6 +229,7 @@ impl KvService {
             Op::Delete(delete) => {
                 self.check_key(&delete.key)?;
                 let replica = self.route(&delete.key, range_id, generation)?;
+                replica.load.wrote(&delete.key, delete.key.len());
                 let outcome =
                     self.propose(&replica, command::Op::Delete(v1::CommandDelete { key: delete.key })).await?;
                 let (_, timestamp) = written(outcome)?;
@@ -236,6 +243,7 @@ impl KvService {
                     check_system_value(&cas.key, &cas.value)?;
                 }
                 let replica = self.route(&cas.key, range_id, generation)?;
+                replica.load.wrote(&cas.key, cas.key.len() + cas.value.len());
                 let command = command::Op::Cas(v1::CommandCompareAndSwap {
                     key: cas.key,
                     expected: cas.expected,
@@ -260,7 +268,9 @@ impl KvService {
                 self.check_key(&get.key)?;
                 let replica = self.route(&get.key, range_id, generation)?;
                 self.read_barrier(&replica, get.consistency()).await?;
-                let storage = self.replicas.storage();
+                self.still_holds(&replica, &get.key)?;
+                replica.load.read(&get.key);
+                let storage = self.ranges.store.storage();
                 let found = match (get.version, get.at) {
                     (0, None) => storage.get_latest(&get.key)?,
                     (0, Some(at)) => storage.get_at(&get.key, at.into())?,
@@ -290,6 +300,12 @@ impl KvService {
                     self.route(&scan.start, range_id, generation)?
                 };
                 self.read_barrier(&replica, scan.consistency()).await?;
+                if scan.reverse {
+                    self.still_holds_before(&replica, &scan.end)?;
+                } else {
+                    self.still_holds(&replica, &scan.start)?;
+                }
+                replica.load.read(&scan.start);
                 let at = match scan.at {
                     Some(at) => at.into(),
                     None => self.hlc.now()?,
@@ -298,19 +314,21 @@ impl KvService {
                     return self.scan_reverse(&replica, scan, limit, at);
                 }
                 // This range's part of the scan; the client continues in the next range.
-                let range_end = replica.span.end_key.clone();
+                let range_end = replica.span().end_key;
                 let cut_by_range = !range_end.is_empty() && (scan.end.is_empty() || range_end < scan.end);
                 let end = if cut_by_range { range_end.clone() } else { scan.end.clone() };
                 let end = (!end.is_empty()).then_some(end.as_slice());
-                let page = self.replicas.storage().scan(&scan.start, end, self.scan_limit(limit), at)?;
+                let page = self.ranges.store.storage().scan(&scan.start, end, self.scan_limit(limit), at)?;
                 Ok(self.scan_response(page, cut_by_range.then_some(range_end), at))
             }
             Op::ListVersions(list) => {
                 self.check_key(&list.key)?;
                 let replica = self.route(&list.key, range_id, generation)?;
                 self.read_barrier(&replica, list.consistency()).await?;
+                self.still_holds(&replica, &list.key)?;
                 let versions = self
-                    .replicas
+                    .ranges
+                    .store
                     .storage()
                     .list_versions(&list.key)?
                     .into_iter()
@@ -327,7 +345,8 @@ impl KvService {
                 self.check_key(&describe.key)?;
                 let replica = self.route(&describe.key, range_id, generation)?;
                 self.read_barrier(&replica, describe.consistency()).await?;
-                let descriptor = self.replicas.storage().descriptor(&describe.key)?.map(|d| v1::KeyDescriptor {
+                self.still_holds(&replica, &describe.key)?;
+                let descriptor = self.ranges.store.storage().descriptor(&describe.key)?.map(|d| v1::KeyDescriptor {
                     version_count: d.version_count,
                     latest_version: d.latest_version,
                     first_write: Some(d.first_write.into()),
@@ -349,11 +368,11 @@ impl KvService {
         limit: u32,
         at: Timestamp,
     ) -> Result<KvResult, Refusal> {
-        let range_start = replica.span.start_key.clone();
+        let range_start = replica.span().start_key;
         let cut_by_range = range_start > scan.start;
         let start = if cut_by_range { range_start.clone() } else { scan.start.clone() };
         let end = (!scan.end.is_empty()).then_some(scan.end.as_slice());
-        let page = self.replicas.storage().scan_reverse(&start, end, self.scan_limit(limit), at)?;
+        let page = self.ranges.store.storage().scan_reverse(&start, end, self.scan_limit(limit), at)?;
         Ok(self.scan_response(page, cut_by_range.then_some(range_start), at))
     }
 
@@ -377,18 +396,12 @@ impl KvService {
 
     /// The local replica holding the keys just below `end` (the last range for an empty end).
     fn route_before(&self, end: &[u8], range_id: u64, generation: u64) -> Result<Arc<Replica>, Refusal> {
-        let holder = self.replicas.hosted().into_iter().find(|r| {
-            !r.span.meta
-                && (end.is_empty() && r.span.end_key.is_empty()
-                    || !end.is_empty()
-                        && r.span.start_key.as_slice() < end
-                        && (r.span.end_key.is_empty() || end <= r.span.end_key.as_slice()))
-        });
+        let holder = self.ranges.store.hosted().into_iter().find(|r| holds_before(&r.span(), end));
         match holder {
             Some(replica) => self.check_routing(replica, range_id, generation),
             None => Err(Refusal {
                 code: ErrorCode::RangeMismatch,
-                message: format!("node {} hosts no replica of the range before this key", self.replicas.node_id),
+                message: format!("node {} hosts no replica of the range before this key", self.ranges.node_id),
                 range: None,
                 leader: None,
             }),
@@ -397,15 +410,42 @@ impl KvService {
 
     /// The local replica that must serve `key`, checked against the client's routing.
     fn route(&self, key: &[u8], range_id: u64, generation: u64) -> Result<Arc<Replica>, Refusal> {
-        let Some(replica) = self.replicas.for_key(key) else {
-            return Err(Refusal {
-                code: ErrorCode::RangeMismatch,
-                message: format!("node {} hosts no replica of the range holding this key", self.replicas.node_id),
-                range: self.replicas.descriptor_for_key(key).map(Box::new),
-                leader: None,
-            });
+        let Some(replica) = self.ranges.store.for_key(key) else {
+            return Err(self.mismatch(key));
         };
         self.check_routing(replica, range_id, generation)
+    }
+
+    fn mismatch(&self, key: &[u8]) -> Refusal {
+        Refusal {
+            code: ErrorCode::RangeMismatch,
+            message: format!("node {} hosts no replica of the range holding this key", self.ranges.node_id),
+            range: self.ranges.table.for_key(key).map(Box::new),
+            leader: None,
+        }
+    }
+
+    /// After a read's barrier: the replica still holds `key`. A split applied meanwhile hands
+    /// the key to the right half, whose replica here may lag its leader; reading it here would
+    /// not be linearizable.
+    fn still_holds(&self, replica: &Replica, key: &[u8]) -> Result<(), Refusal> {
+        match replica.descriptor.contains(key) {
+            true => Ok(()),
+            false => Err(self.mismatch(key)),
+        }
+    }
+
+    /// Like [`KvService::still_holds`], for the keys just below `end` (a reverse scan).
+    fn still_holds_before(&self, replica: &Replica, end: &[u8]) -> Result<(), Refusal> {
+        match holds_before(&replica.span(), end) {
+            true => Ok(()),
+            false => Err(Refusal {
+                code: ErrorCode::RangeMismatch,
+                message: format!("range {} no longer holds the keys before the scan's end", replica.range_id),
+                range: None,
+                leader: None,
+            }),
+        }
     }
 
     fn check_routing(&self, replica: Arc<Replica>, range_id: u64, generation: u64) -> Result<Arc<Replica>, Refusal> {
@@ -426,7 +466,13 @@ impl KvService {
 
     /// Proposes a command at a fresh HLC time and waits until it is applied.
     async fn propose(&self, replica: &Replica, op: command::Op) -> Result<Outcome, Refusal> {
-        let labels = RangeLabels { range: replica.span.range_id };
+        if replica.transferring.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Refusal::new(
+                ErrorCode::Unavailable,
+                format!("range {} is handing its leadership over: not served", replica.range_id),
+            ));
+        }
+        let labels = RangeLabels { range: replica.range_id };
         let _proposing = Proposing::count(&self.proposing);
         let command = v1::Command { timestamp: Some(self.hlc.now()?.into()), op: Some(op) };
         let started = Instant::now();
@@ -448,7 +494,7 @@ impl KvService {
                 ErrorCode::Uncertain,
                 format!(
                     "range {} stopped while the write was in flight ({e}); it may or may not apply",
-                    replica.span.range_id
+                    replica.range_id
                 ),
             )),
             Err(_) => Err(Refusal::new(
@@ -469,7 +515,7 @@ impl KvService {
             Ok(Ok(())) => {
                 self.metrics
                     .raft_read_index_seconds
-                    .get_or_create(&RangeLabels { range: replica.span.range_id })
+                    .get_or_create(&RangeLabels { range: replica.range_id })
                     .observe(started.elapsed().as_secs_f64());
                 Ok(())
             }
@@ -479,10 +525,7 @@ impl KvService {
             Ok(Err(e)) => Err(Refusal::new(ErrorCode::Unavailable, format!("cannot confirm leadership: {e}"))),
             Err(_) => Err(Refusal::new(
                 ErrorCode::Unavailable,
-                format!(
-                    "range {} could not confirm its leadership within {READ_INDEX_TIMEOUT:?}",
-                    replica.span.range_id
-                ),
+                format!("range {} could not confirm its leadership within {READ_INDEX_TIMEOUT:?}", replica.range_id),
             )),
         }
     }
@@ -510,6 +553,15 @@ impl KvService {
         }
         Ok(())
     }
+}
+
+/// Whether `span` holds the keys just below `end` (the last range for an empty end).
+fn holds_before(span: &crate::raft::state_machine::RangeSpan, end: &[u8]) -> bool {
+    !span.meta
+        && (end.is_empty() && span.end_key.is_empty()
+            || !end.is_empty()
+                && span.start_key.as_slice() < end
+                && (span.end_key.is_empty() || end <= span.end_key.as_slice()))
 }
 
 fn written(outcome: Outcome) -> Result<(u32, Timestamp), Refusal> {

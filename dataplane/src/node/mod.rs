@@ -7,7 +7,6 @@ pub mod gossip;
 pub mod kubernetes;
 mod kv;
 pub mod live;
-pub mod replicas;
 mod system;
 mod tls;
 
@@ -21,7 +20,7 @@ use bytes::Bytes;
 use pleiades_proto::payload_type;
 use pleiades_proto::v1::{
     DecommissionRequest, DecommissionResponse, HealthRequest, MembersRequest, NodeInfoRequest, QueryRequest,
-    QueryResponse, RaftRequest, RangeStatusRequest, RangeStatusResponse,
+    QueryResponse, RaftRequest, RangeAdminRequest, RangeStatusRequest, RangeStatusResponse,
 };
 use pleiades_proto::wire::{Service, ServiceDirectory, ServiceHealth, ServiceTypeStatus};
 use prometheus_client::registry::Registry;
@@ -31,12 +30,16 @@ use tracing::{error, info, warn};
 use crate::clock::{ClockError, Hlc, SystemClock, UpperBoundStore, DEFAULT_PERSIST_WINDOW};
 use crate::config::{parse_peer, ConfigError, NodeConfig};
 use crate::observe::{Health, HttpState, Metrics, OperationLabels};
+use crate::range::members::MemberView;
+use crate::range::planner::PlannerSettings;
+use crate::range::store::{self, ReplicaError, Replicas};
+use crate::range::table::DescriptorTable;
+use crate::range::Ranges;
 use crate::storage::{Storage, StorageError};
 use crate::transport::peer::{Denials, Peer};
 use crate::transport::pool::Peers;
 use crate::transport::server::{self, AcceptSettings, Dispatch, DispatchError, StreamSettings};
 use crate::transport::tls::{QuicLimits, TlsError};
-use replicas::{ReplicaError, Replicas};
 use tls::NodeTls;
 
 pub use kv::KvService;
@@ -188,7 +191,7 @@ pub fn open_clock(storage: &Storage, max_offset: Duration) -> Result<Hlc, ClockE
 struct NodeServices {
     system: SystemService,
     kv: KvService,
-    replicas: Arc<Replicas>,
+    ranges: Arc<Ranges>,
     gossip: gossip::Gossip,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
@@ -251,8 +254,9 @@ impl Dispatch for NodeServices {
             (Service::System, payload_type::system::RANGE_STATUS_REQUEST) => {
                 let started = Instant::now();
                 RangeStatusRequest::decode(payload).map_err(|e| DispatchError::malformed("RangeStatusRequest", e))?;
-                let response = RangeStatusResponse { node_id: self.system.node_id, replicas: self.replicas.status() }
-                    .encode_to_vec();
+                let response =
+                    RangeStatusResponse { node_id: self.system.node_id, replicas: self.ranges.store.status() }
+                        .encode_to_vec();
                 self.observe_system("range_status", started);
                 Ok((payload_type::system::RANGE_STATUS_RESPONSE, response.into()))
             }
@@ -261,7 +265,7 @@ impl Dispatch for NodeServices {
                 let request = DecommissionRequest::decode(payload)
                     .map_err(|e| DispatchError::malformed("DecommissionRequest", e))?;
                 self.authorizer.require_admin(peer).map_err(denied)?;
-                let response = match self.replicas.decommission(request.node_id).await {
+                let response = match self.ranges.decommission(request.node_id).await {
                     Ok(moves) => DecommissionResponse {
                         moves: moves
                             .iter()
@@ -276,6 +280,15 @@ impl Dispatch for NodeServices {
                 };
                 self.observe_system("decommission", started);
                 Ok((payload_type::system::DECOMMISSION_RESPONSE, response.encode_to_vec().into()))
+            }
+            (Service::System, payload_type::system::RANGE_ADMIN_REQUEST) => {
+                let started = Instant::now();
+                let request =
+                    RangeAdminRequest::decode(payload).map_err(|e| DispatchError::malformed("RangeAdminRequest", e))?;
+                self.authorizer.require_admin(peer).map_err(denied)?;
+                let response = self.ranges.admin(request).await;
+                self.observe_system("range_admin", started);
+                Ok((payload_type::system::RANGE_ADMIN_RESPONSE, response.encode_to_vec().into()))
             }
             (Service::System, payload_type::system::MEMBERS_REQUEST) => {
                 let started = Instant::now();
@@ -310,7 +323,7 @@ impl Dispatch for NodeServices {
                 let caller = self.authorizer.require_node(peer, Some(request.from_node)).map_err(denied)?;
                 // Known unless an --insecure node let an anonymous caller in.
                 let caller = matches!(peer, Peer::Node(_)).then_some(caller);
-                let response = self.replicas.handle(request, caller).await;
+                let response = self.ranges.handle(request, caller).await;
                 Ok((payload_type::raft::RESPONSE, response.encode_to_vec().into()))
             }
             (Service::Kv, payload_type::kv::REQUEST) => {
@@ -356,9 +369,9 @@ impl NodeServices {
 
 /// Asks the constellation, through `seed`, for this node's share of replicas until it has it.
 /// A seed that is down or busy is retried; the node serves meanwhile.
-pub(crate) async fn join_until_done(replicas: Arc<Replicas>, seed: String, joined: Arc<AtomicBool>) {
+pub(crate) async fn join_until_done(ranges: Arc<Ranges>, seed: String, joined: Arc<AtomicBool>) {
     for attempt in 1u64.. {
-        match replicas.join(&seed).await {
+        match ranges.join(&seed).await {
             Ok(moves) => {
                 info!(%seed, replicas_taken = moves.len(), "joined the constellation");
                 joined.store(true, Ordering::SeqCst);
@@ -372,9 +385,9 @@ pub(crate) async fn join_until_done(replicas: Arc<Replicas>, seed: String, joine
 
 /// Moves the replicas of `former` (this pod's retired node id, whose data was lost) to living
 /// nodes, this one included, rather than waiting for the dead-member repair.
-async fn rebuild_replicas_of(replicas: &Arc<Replicas>, former: crate::raft::NodeId) {
+async fn rebuild_replicas_of(ranges: &Arc<Ranges>, former: crate::raft::NodeId) {
     for attempt in 1u64.. {
-        match replicas.decommission(former).await {
+        match ranges.decommission(former).await {
             Ok(moves) => {
                 info!(former, moved = moves.len(), "rebuilt the replicas of this pod's former node id");
                 return;
@@ -472,19 +485,46 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         Duration::from_secs(3),
         config.constellation.name.clone(),
     ));
+    let table = Arc::new(DescriptorTable::default());
     let replicas = Replicas::new(
         node_id,
         advertise.clone(),
         storage.clone(),
         hlc.clone(),
         peers.clone(),
-        replicas::raft_config(&config.raft)?,
+        store::raft_config(&config.raft)?,
         config.data_dir.join("snapshots"),
         metrics.clone(),
-        (config.constellation.replace_dead_after_ms > 0)
-            .then(|| Duration::from_millis(config.constellation.replace_dead_after_ms)),
         config.wire.max_payload_bytes,
+        table.clone(),
     )?;
+    let constellation = &config.constellation;
+    let tag = |name: &str| config.gossip.tags.get(name).cloned().unwrap_or_default();
+    let members = Arc::new(MemberView::new(node_id, advertise.clone(), tag("zone"), tag("region")));
+    let planner_settings = PlannerSettings {
+        replication_factor: constellation.replication_factor,
+        split_bytes: constellation.range_split_bytes,
+        // Merging is not carried out yet: nothing plans one.
+        merge_bytes: 0,
+        load_split_requests_per_second: match constellation.load_split_requests_per_second {
+            0.0 => f64::INFINITY,
+            rate => rate,
+        },
+        rebalance_threshold: constellation.rebalance_threshold,
+        lease_preferences: constellation.lease_preferences.clone(),
+        ..PlannerSettings::default()
+    };
+    let ranges = Ranges::new(
+        replicas.clone(),
+        table,
+        members,
+        peers.clone(),
+        hlc.clone(),
+        metrics.clone(),
+        planner_settings,
+        constellation.rebalance,
+        (constellation.replace_dead_after_ms > 0).then(|| Duration::from_millis(constellation.replace_dead_after_ms)),
+    );
     let gossip_metrics = gossip::GossipMetrics::new(&mut registry);
     let seeds = if config.gossip.seeds.is_empty() {
         // The founders and the node to join through.
@@ -500,7 +540,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         tags: config.gossip.tags.clone(),
         max_messages_per_peer: (!config.insecure).then_some(config.gossip.max_messages_per_peer),
     };
-    let (gossip, gossip_task) = gossip::start(gossip_settings, peers.clone(), replicas.clone(), gossip_metrics);
+    let (gossip, gossip_task) = gossip::start(gossip_settings, peers.clone(), ranges.clone(), gossip_metrics);
 
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let refresh = {
@@ -521,9 +561,9 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         })
     };
     let ranges_on = {
-        let replicas = replicas.clone();
+        let table = ranges.table.clone();
         Box::new(move |node: u64| {
-            let descriptors = replicas.descriptors().into_iter();
+            let descriptors = table.descriptors().into_iter();
             descriptors.filter(|d| d.replicas.contains(&node)).map(|d| d.range_id).collect()
         })
     };
@@ -567,8 +607,8 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
             health: health.clone(),
             services: SERVED.iter().map(|s| u32::from(u8::from(*s))).collect(),
         },
-        kv: KvService::new(replicas.clone(), hlc.clone(), kv_limits.clone(), metrics.clone(), authorizer.clone()),
-        replicas: replicas.clone(),
+        kv: KvService::new(ranges.clone(), hlc.clone(), kv_limits.clone(), metrics.clone(), authorizer.clone()),
+        ranges: ranges.clone(),
         gossip: gossip.clone(),
         health: health.clone(),
         metrics: metrics.clone(),
@@ -591,19 +631,25 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         metrics.clone(),
     ));
     let reload_task = tokio::spawn(node_tls.watch(material, endpoint.clone(), peers.clone(), metrics.clone()));
-    let auth_task = tokio::spawn(auth::refresh(authorizer, replicas.clone(), peers.clone()));
+    let auth_task = tokio::spawn(auth::refresh(authorizer, ranges.clone(), peers.clone()));
 
     // Replicas start once the endpoint serves, so founders starting together can reach each other.
-    replicas.start(&founders, config.constellation.initial_ranges, config.constellation.replication_factor).await?;
-    let upkeep_task = tokio::spawn(replicas.clone().upkeep());
-    let repair_task = tokio::spawn(replicas.clone().repair());
+    let founder_ids: Vec<crate::raft::NodeId> = founders.iter().map(|(id, _)| *id).collect();
+    let layout = crate::range::placement::initial_layout(
+        &founder_ids,
+        config.constellation.initial_ranges,
+        config.constellation.replication_factor,
+    );
+    replicas.start(&founders, layout).await?;
+    let upkeep_task = tokio::spawn(ranges.clone().upkeep());
+    let repair_task = tokio::spawn(ranges.clone().repair());
     let joined = Arc::new(AtomicBool::new(config.constellation.join.is_none()));
     let join_task = config.constellation.join.clone().map(|seed| {
-        let (replicas, joined) = (replicas.clone(), joined.clone());
+        let (ranges, joined) = (ranges.clone(), joined.clone());
         tokio::spawn(async move {
-            join_until_done(replicas.clone(), seed, joined).await;
+            join_until_done(ranges.clone(), seed, joined).await;
             if let Some(former) = replaced {
-                rebuild_replicas_of(&replicas, former).await;
+                rebuild_replicas_of(&ranges, former).await;
             }
         })
     });
@@ -621,7 +667,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
             address: advertise.clone(),
             replication_factor: config.constellation.replication_factor as usize,
             join_seed: config.constellation.join.clone(),
-            replicas: replicas.clone(),
+            ranges: ranges.clone(),
             health: health.clone(),
             joined: joined.clone(),
         };
@@ -679,6 +725,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     drop(services);
     drop(hlc);
     drop(replicas);
+    drop(ranges);
     blocking(move || storage.close()).await??;
     info!(took = ?stopping.elapsed(), ?left, ?drained, ?raft_stopped, ?closed, "node stopped");
     Ok(())

@@ -51,6 +51,13 @@ pub enum Outcome {
     },
     /// Refused deterministically on every replica (e.g. a key outside the range).
     Refused(String),
+    /// A split: the range's new self and the right half.
+    Split {
+        left: pleiades_proto::v1::RangeDescriptor,
+        right: pleiades_proto::v1::RangeDescriptor,
+    },
+    /// A range id handed out by the meta range.
+    Allocated(u64),
 }
 
 /// Makes buffered raft log appends durable: one thread, one WAL fsync per batch of waiting

@@ -4,8 +4,9 @@
 // openraft's StorageError is what its storage traits return; the helpers pass it on as is.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -18,7 +19,7 @@ use tracing::{debug, info};
 use super::codec;
 use super::{io_error, Entry, LogId, NodeId, Outcome, RaftStorageError, TypeConfig};
 use crate::clock::{Hlc, Timestamp};
-use crate::storage::keys::{system_key, SYSTEM_APPLIED_STATE, SYSTEM_RANGE_DESCRIPTOR};
+use crate::storage::keys::{system_key, SYSTEM_APPLIED_STATE, SYSTEM_RANGE_DESCRIPTOR, SYSTEM_RANGE_ID_COUNTER};
 use crate::storage::{MvccBatch, RaftStateTag, SpanBounds, Storage, StorageError};
 
 /// Where a range's records live, and whether it is the meta range.
@@ -31,6 +32,15 @@ pub struct RangeSpan {
 }
 
 impl RangeSpan {
+    pub fn of(descriptor: &v1::RangeDescriptor) -> RangeSpan {
+        RangeSpan {
+            range_id: descriptor.range_id,
+            start_key: descriptor.start_key.clone(),
+            end_key: descriptor.end_key.clone(),
+            meta: descriptor.meta,
+        }
+    }
+
     pub fn contains(&self, key: &[u8]) -> bool {
         !self.meta && key >= self.start_key.as_slice() && (self.end_key.is_empty() || key < self.end_key.as_slice())
     }
@@ -42,12 +52,50 @@ impl RangeSpan {
             SpanBounds {
                 start: system_key(SYSTEM_RANGE_DESCRIPTOR, 0),
                 end: Some(system_key(SYSTEM_RANGE_DESCRIPTOR + 1, 0)),
-                system_keys: vec![applied],
+                system_keys: vec![applied, system_key(SYSTEM_RANGE_ID_COUNTER, 0)],
             }
         } else {
             SpanBounds::new(&self.start_key, &self.end_key, vec![applied])
         }
     }
+}
+
+/// The range as its replica applied it. Splits change the span and membership changes the
+/// replicas at apply, and routing reads it on every request, so the state machine and the
+/// hosting replica share it.
+#[derive(Debug, Clone)]
+pub struct SharedDescriptor(Arc<RwLock<v1::RangeDescriptor>>);
+
+impl SharedDescriptor {
+    pub fn new(descriptor: v1::RangeDescriptor) -> Self {
+        SharedDescriptor(Arc::new(RwLock::new(descriptor)))
+    }
+
+    pub fn get(&self) -> v1::RangeDescriptor {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn span(&self) -> RangeSpan {
+        RangeSpan::of(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        let descriptor = self.0.read().unwrap_or_else(|p| p.into_inner());
+        !descriptor.meta
+            && key >= descriptor.start_key.as_slice()
+            && (descriptor.end_key.is_empty() || key < descriptor.end_key.as_slice())
+    }
+
+    fn set(&self, descriptor: v1::RangeDescriptor) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = descriptor;
+    }
+}
+
+/// The log id every replica of a range born from a split starts at: as if it had been
+/// initialized and its first entry applied and purged, so any replica added later gets a
+/// snapshot (the split's data never was in this range's log).
+pub fn split_origin() -> LogId {
+    LogId::new(openraft::CommittedLeaderId::new(0, 0), 0)
 }
 
 /// Reads the descriptors the meta range holds on this node.
@@ -118,13 +166,16 @@ impl SnapshotStore {
 pub trait RangeObserver: Send + Sync + 'static {
     /// The meta range applied (or installed) a descriptor.
     fn descriptor_applied(&self, descriptor: v1::RangeDescriptor);
-    /// A range applied a membership: its voters, and the generation it defines (the entry's
-    /// index + 1, the same on every replica).
-    fn membership_applied(&self, range_id: u64, voters: Vec<NodeId>, generation: u64);
+    /// A range's own descriptor changed (a membership or a snapshot): remember it.
+    fn range_changed(&self, descriptor: v1::RangeDescriptor);
+    /// A range split: `left` is its new self; `right`, when this node hosts it now, was created
+    /// in the same write and must be opened.
+    fn range_split(&self, left: v1::RangeDescriptor, right: Option<v1::RangeDescriptor>);
 }
 
 pub struct RangeStateMachine {
-    span: RangeSpan,
+    descriptor: SharedDescriptor,
+    range_id: u64,
     storage: Storage,
     hlc: Arc<Hlc>,
     snapshots: Arc<SnapshotStore>,
@@ -136,18 +187,19 @@ pub struct RangeStateMachine {
 
 impl RangeStateMachine {
     pub fn open(
-        span: RangeSpan,
+        descriptor: SharedDescriptor,
         storage: Storage,
         hlc: Arc<Hlc>,
         snapshot_root: &Path,
         observer: Arc<dyn RangeObserver>,
     ) -> Result<Self, RaftStorageError> {
-        let dir = snapshot_root.join(format!("range-{}", span.range_id));
+        let range_id = descriptor.get().range_id;
+        let dir = snapshot_root.join(format!("range-{range_id}"));
         std::fs::create_dir_all(&dir).map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
-        let snapshots =
-            Arc::new(SnapshotStore { range_id: span.range_id, dir, storage: storage.clone(), lock: Mutex::new(()) });
+        let snapshots = Arc::new(SnapshotStore { range_id, dir, storage: storage.clone(), lock: Mutex::new(()) });
         let mut machine = RangeStateMachine {
-            span,
+            descriptor,
+            range_id,
             storage,
             hlc,
             snapshots,
@@ -161,7 +213,11 @@ impl RangeStateMachine {
     }
 
     fn applied_key(&self) -> Vec<u8> {
-        system_key(SYSTEM_APPLIED_STATE, self.span.range_id)
+        system_key(SYSTEM_APPLIED_STATE, self.range_id)
+    }
+
+    fn span(&self) -> RangeSpan {
+        self.descriptor.span()
     }
 
     fn load_applied_state(&mut self) -> Result<(), RaftStorageError> {
@@ -173,22 +229,40 @@ impl RangeStateMachine {
         self.applied = codec::opt_log_id_from_proto(state.last_applied.as_ref());
         self.membership =
             codec::stored_membership_from_proto(state.membership.as_ref()).map_err(|e| read_err(e.to_string()))?;
+        // Written by every apply since splits exist; older data keeps the recorded descriptor.
+        if let Some(descriptor) = state.descriptor.filter(|d| d.range_id == self.range_id) {
+            self.descriptor.set(descriptor);
+        }
         Ok(())
     }
 
-    fn announce_membership(&self) {
-        if let Some(log_id) = self.membership.log_id() {
-            let voters = self.membership.membership().voter_ids().collect();
-            self.observer.membership_applied(self.span.range_id, voters, log_id.index + 1);
-        }
+    /// A membership entry makes the voters the range's replicas, with a new generation: past
+    /// the entry's index (as before splits existed) and past the generation the range had, so a
+    /// range born from a split, whose log starts again at 0, still moves forward.
+    fn adopt_membership(&self, log_id: &LogId) {
+        let mut descriptor = self.descriptor.get();
+        descriptor.replicas = self.membership.membership().voter_ids().collect();
+        descriptor.generation = (descriptor.generation + 1).max(log_id.index + 1);
+        self.descriptor.set(descriptor.clone());
+        self.observer.range_changed(descriptor);
     }
 
     fn applied_record(&self) -> (Vec<u8>, Vec<u8>) {
-        let state = v1::AppliedState {
-            last_applied: codec::opt_log_id_to_proto(self.applied.as_ref()),
-            membership: Some(codec::stored_membership_to_proto(&self.membership)),
-        };
-        (self.applied_key(), state.encode_to_vec())
+        (self.applied_key(), self.encode_applied_state(self.applied.as_ref(), &self.membership, self.descriptor.get()))
+    }
+
+    fn encode_applied_state(
+        &self,
+        applied: Option<&LogId>,
+        membership: &StoredMembership<NodeId, BasicNode>,
+        descriptor: v1::RangeDescriptor,
+    ) -> Vec<u8> {
+        v1::AppliedState {
+            last_applied: codec::opt_log_id_to_proto(applied),
+            membership: Some(codec::stored_membership_to_proto(membership)),
+            descriptor: Some(descriptor),
+        }
+        .encode_to_vec()
     }
 
     /// Applies one command with the applied-state record in the same batch.
@@ -206,14 +280,17 @@ impl RangeStateMachine {
             Op::Put(p) => Some(p.key.clone()),
             Op::Delete(d) => Some(d.key.clone()),
             Op::Cas(c) => Some(c.key.clone()),
-            Op::SetDescriptor(_) => None,
+            Op::SetDescriptor(_) | Op::AllocateRangeId(_) | Op::Split(_) => None,
         };
         let Some(op) = command.op else { return refuse(&self.storage, "a command without an operation".into()) };
+        let span = self.span();
         match key_of(&op) {
-            Some(key) if !self.span.contains(&key) => {
-                return refuse(&self.storage, format!("key {key:02x?} is outside range {}", self.span.range_id))
+            Some(key) if !span.contains(&key) => {
+                return refuse(&self.storage, format!("key {key:02x?} is outside range {}", span.range_id))
             }
-            None if !self.span.meta => return refuse(&self.storage, "descriptors live in the meta range".into()),
+            None if !span.meta && !matches!(op, Op::Split(_)) => {
+                return refuse(&self.storage, "descriptors live in the meta range".into())
+            }
             _ => {}
         }
         let mut batch = MvccBatch::default();
@@ -246,9 +323,89 @@ impl RangeStateMachine {
                 self.observer.descriptor_applied(descriptor);
                 return Ok(Outcome::Nothing);
             }
+            Op::AllocateRangeId(_) => {
+                let allocated = self.next_range_id()?;
+                let counter = (system_key(SYSTEM_RANGE_ID_COUNTER, 0), (allocated + 1).to_be_bytes().to_vec());
+                self.storage.put_system(&[record[0].clone(), counter])?;
+                return Ok(Outcome::Allocated(allocated));
+            }
+            Op::Split(split) => return self.apply_split(split, &record[0]),
         }
         let (timestamp, versions) = self.storage.write_replicated(batch, ts, &record)?;
         Ok(Outcome::Written { version: versions.first().copied().unwrap_or_default(), timestamp })
+    }
+}
+
+impl RangeStateMachine {
+    /// The meta range's next unused range id: the stored counter, or past every descriptor.
+    fn next_range_id(&self) -> Result<u64, StorageError> {
+        if let Some(bytes) = self.storage.get_system(&system_key(SYSTEM_RANGE_ID_COUNTER, 0))? {
+            let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt {
+                what: "range id counter",
+                detail: format!("{} bytes", bytes.len()),
+            })?;
+            return Ok(u64::from_be_bytes(bytes));
+        }
+        Ok(read_descriptors(&self.storage)?.iter().map(|d| d.range_id).max().unwrap_or(0) + 1)
+    }
+
+    /// Cuts the range at the split key, in one write: this range's applied state with the left
+    /// half, and — unless this node already has (or had) the right half — the right half's
+    /// applied state (its raft group starts at [`split_origin`] on the same voters) and its
+    /// node-local record. Every replica decides the same way from the same state.
+    fn apply_split(&mut self, split: v1::SplitRange, record: &(Vec<u8>, Vec<u8>)) -> Result<Outcome, StorageError> {
+        let parent = self.descriptor.get();
+        let refuse = |storage: &Storage, why: String| -> Result<Outcome, StorageError> {
+            storage.put_system(std::slice::from_ref(record))?;
+            Ok(Outcome::Refused(why))
+        };
+        let inside = split.split_key > parent.start_key
+            && (parent.end_key.is_empty() || split.split_key < parent.end_key)
+            && !split.split_key.is_empty();
+        if parent.meta || !inside {
+            return refuse(
+                &self.storage,
+                format!("range {} cannot split at {:02x?}", parent.range_id, split.split_key),
+            );
+        }
+        if split.new_range_id == 0 || split.new_range_id == parent.range_id {
+            return refuse(&self.storage, format!("no valid id for the right half: {}", split.new_range_id));
+        }
+        if self.membership.membership().get_joint_config().len() > 1 {
+            return refuse(&self.storage, format!("range {} is changing its membership", parent.range_id));
+        }
+        let generation = parent.generation + 1;
+        let left = v1::RangeDescriptor { end_key: split.split_key.clone(), generation, ..parent.clone() };
+        let right = v1::RangeDescriptor {
+            range_id: split.new_range_id,
+            start_key: split.split_key,
+            end_key: parent.end_key.clone(),
+            replicas: parent.replicas.clone(),
+            generation,
+            meta: false,
+        };
+        let left_state = self.encode_applied_state(self.applied.as_ref(), &self.membership, left.clone());
+        let voters: BTreeMap<NodeId, BasicNode> = self
+            .membership
+            .membership()
+            .nodes()
+            .filter(|(id, _)| right.replicas.contains(id))
+            .map(|(id, node)| (*id, node.clone()))
+            .collect();
+        let voter_ids = voters.keys().copied().collect::<std::collections::BTreeSet<_>>();
+        let origin = split_origin();
+        let membership = StoredMembership::new(Some(origin), openraft::Membership::new(vec![voter_ids], voters));
+        let right_state = self.encode_applied_state(Some(&origin), &membership, right.clone());
+        let hosts_right = self.storage.write_split(
+            &[(self.applied_key(), left_state)],
+            &right,
+            &[(system_key(SYSTEM_APPLIED_STATE, right.range_id), right_state)],
+        )?;
+        self.descriptor.set(left.clone());
+        let right_here = hosts_right.then(|| right.clone());
+        self.observer.range_split(left.clone(), right_here);
+        info!(range_id = left.range_id, right = right.range_id, "range split");
+        Ok(Outcome::Split { left, right })
     }
 }
 
@@ -277,8 +434,8 @@ impl RaftStateMachine<TypeConfig> for RangeStateMachine {
                 }
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    self.adopt_membership(&entry.log_id);
                     self.storage.put_system(&[self.applied_record()]).map_err(apply_err)?;
-                    self.announce_membership();
                     Outcome::Nothing
                 }
                 EntryPayload::Normal(command) => self.apply_command(command).map_err(apply_err)?,
@@ -289,11 +446,7 @@ impl RaftStateMachine<TypeConfig> for RangeStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        RangeSnapshotBuilder {
-            span: self.span.clone(),
-            storage: self.storage.clone(),
-            snapshots: self.snapshots.clone(),
-        }
+        RangeSnapshotBuilder { span: self.span(), storage: self.storage.clone(), snapshots: self.snapshots.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, RaftStorageError> {
@@ -323,12 +476,16 @@ impl RaftStateMachine<TypeConfig> for RangeStateMachine {
         snapshot.sync_all().await.map_err(|e| write_err(e.to_string()))?;
         drop(snapshot);
         let path = self.incoming.take().ok_or_else(|| write_err("no snapshot is being received".into()))?;
-        let (storage, bounds, snapshots, kept_meta) =
-            (self.storage.clone(), self.span.bounds(), self.snapshots.clone(), meta.clone());
+        let (storage, current, snapshots, kept_meta) =
+            (self.storage.clone(), self.span(), self.snapshots.clone(), meta.clone());
+        let applied_key = self.applied_key();
         // Ingesting blocks on RocksDB: off the async workers, under the snapshot lock.
         tokio::task::spawn_blocking(move || {
             let _guard = snapshots.lock.lock().unwrap_or_else(|p| p.into_inner());
-            storage.ingest_span(&bounds, &path).map_err(|e| e.to_string())?;
+            // The snapshot's span is the leader's, which a split this replica has not applied
+            // may have narrowed: clearing the old span would wipe the right half's replica here.
+            let span = snapshot_span(&storage, &path, &applied_key, current).map_err(|e| e.to_string())?;
+            storage.ingest_span(&span.bounds(), &path).map_err(|e| e.to_string())?;
             snapshots.keep(&kept_meta, &path).map_err(|e| e.to_string())
         })
         .await
@@ -341,13 +498,14 @@ impl RaftStateMachine<TypeConfig> for RangeStateMachine {
                 self.applied, meta.last_log_id
             )));
         }
-        if self.span.meta {
+        let descriptor = self.descriptor.get();
+        if descriptor.meta {
             for descriptor in read_descriptors(&self.storage).map_err(|e| write_err(e.to_string()))? {
                 self.observer.descriptor_applied(descriptor);
             }
         }
-        self.announce_membership();
-        info!(range_id = self.span.range_id, snapshot = %meta.snapshot_id, "installed a snapshot");
+        self.observer.range_changed(descriptor);
+        info!(range_id = self.range_id, snapshot = %meta.snapshot_id, "installed a snapshot");
         Ok(())
     }
 
@@ -376,8 +534,19 @@ impl RaftSnapshotBuilder<TypeConfig> for RangeSnapshotBuilder {
         let built = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta<NodeId, BasicNode>, String> {
             let _guard = snapshots.lock.lock().unwrap_or_else(|p| p.into_inner());
             let partial = snapshots.dir.join(format!("building-{}.part", unique_suffix()));
-            let exported = storage.export_span(&bounds, &partial).map_err(|e| e.to_string())?;
             let applied_key = system_key(SYSTEM_APPLIED_STATE, range_id);
+            // The span as of the exported applied state: a split may apply meanwhile.
+            let span_of = |system: &crate::storage::Records| {
+                system
+                    .iter()
+                    .find(|(key, _)| *key == applied_key)
+                    .and_then(|(_, value)| v1::AppliedState::decode(value.as_slice()).ok()?.descriptor)
+                    .filter(|d| d.range_id == range_id && !d.meta)
+                    .map(|d| RangeSpan::of(&d).bounds())
+                    .unwrap_or_else(|| bounds.clone())
+            };
+            let exported =
+                storage.export_span_as_recorded(&bounds.system_keys, span_of, &partial).map_err(|e| e.to_string())?;
             let applied = exported
                 .system
                 .iter()
@@ -413,6 +582,25 @@ impl RaftSnapshotBuilder<TypeConfig> for RangeSnapshotBuilder {
             .map_err(|e| io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, e))?;
         Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
+}
+
+/// The span a received snapshot covers, from the applied state inside it (`current` for
+/// snapshots made before the applied state carried the descriptor).
+fn snapshot_span(
+    storage: &Storage,
+    path: &Path,
+    applied_key: &[u8],
+    current: RangeSpan,
+) -> Result<RangeSpan, StorageError> {
+    let Some(bytes) = storage.read_span_file_record(path, applied_key)? else { return Ok(current) };
+    let state = v1::AppliedState::decode(bytes.as_slice())
+        .map_err(|e| StorageError::Corrupt { what: "snapshot applied state", detail: e.to_string() })?;
+    Ok(match state.descriptor {
+        Some(descriptor) if descriptor.range_id == current.range_id && descriptor.meta == current.meta => {
+            RangeSpan::of(&descriptor)
+        }
+        _ => current,
+    })
 }
 
 fn unique_suffix() -> String {

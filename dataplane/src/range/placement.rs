@@ -1,11 +1,14 @@
-//! Replica placement decisions, as pure functions of the range descriptors: which replicas a
-//! joining node takes over and where a leaving node's replicas go. Sans-IO, so they are tested
+//! Replica placement decisions, as pure functions of the range descriptors: the initial layout,
+//! which replicas a joining node takes over, which replica an over-replicated range drops, and
+//! whether a move may happen. (Where a leaving or lost node's replicas go, zone-aware, is the
+//! planner's: `planner::plan_decommission_in`.) Sans-IO, so they are tested
 //! exhaustively here; the node carries the moves out one at a time through the ranges' leaders.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pleiades_proto::v1::RangeDescriptor;
+use pleiades_proto::v1::{self, RangeDescriptor};
 
+use super::META_RANGE_ID;
 use crate::raft::NodeId;
 
 /// Replace `remove` by `add` in one range's voters (`remove == 0`: only add; `add == 0`: only
@@ -67,69 +70,6 @@ pub fn plan_join(ranges: &[RangeDescriptor], nodes: &[NodeId], new_node: NodeId)
         moves.push(Move { range_id: range.range_id, add: new_node, remove: busiest });
         *load.entry(busiest).or_default() -= 1;
         *load.entry(new_node).or_default() += 1;
-    }
-    moves
-}
-
-/// Moves that take every replica off `leaving`: a range above `replication_factor` only loses
-/// that replica; any other range gets a new one on the least loaded node not already holding it.
-pub fn plan_decommission(
-    ranges: &[RangeDescriptor],
-    nodes: &[NodeId],
-    leaving: NodeId,
-    replication_factor: u32,
-) -> Result<Vec<Move>, PlanError> {
-    if !nodes.contains(&leaving) && !ranges.iter().any(|r| r.replicas.contains(&leaving)) {
-        return Err(PlanError::UnknownNode(leaving));
-    }
-    let mut load = load(ranges, nodes);
-    load.remove(&leaving);
-    let mut moves = Vec::new();
-    for range in ranges.iter().filter(|r| r.replicas.contains(&leaving)) {
-        if range.replicas.len() > replication_factor as usize {
-            moves.push(Move { range_id: range.range_id, add: 0, remove: leaving });
-            continue;
-        }
-        let target = load
-            .iter()
-            // Only listed nodes take replicas: a holder that is not listed may be dead.
-            .filter(|(node, _)| nodes.contains(node) && !range.replicas.contains(node))
-            .min_by_key(|(node, count)| (**count, **node))
-            .map(|(node, _)| *node);
-        let Some(target) = target else {
-            return Err(PlanError::NoTarget {
-                range_id: range.range_id,
-                node: leaving,
-                replicas: range.replicas.clone(),
-            });
-        };
-        *load.entry(target).or_default() += 1;
-        moves.push(Move { range_id: range.range_id, add: target, remove: leaving });
-    }
-    Ok(moves)
-}
-
-/// Additions that bring every range up to `replication_factor` replicas (or as many as there
-/// are living nodes), each on the least loaded living node not holding that range yet. Ranges
-/// founded by fewer nodes than the factor fill up as nodes join; replicas on dead nodes are
-/// replaced by decommissioning those nodes, not here.
-pub fn plan_up_replicate(ranges: &[RangeDescriptor], living: &[NodeId], replication_factor: u32) -> Vec<Move> {
-    let want = (replication_factor as usize).min(living.len());
-    let mut load = load(ranges, living);
-    let mut moves = Vec::new();
-    for range in ranges {
-        let mut holders = range.replicas.clone();
-        while holders.len() < want {
-            let target = load
-                .iter()
-                .filter(|(node, _)| living.contains(node) && !holders.contains(node))
-                .min_by_key(|(node, count)| (**count, **node))
-                .map(|(node, _)| *node);
-            let Some(target) = target else { break };
-            *load.entry(target).or_default() += 1;
-            holders.push(target);
-            moves.push(Move { range_id: range.range_id, add: target, remove: 0 });
-        }
     }
     moves
 }
@@ -204,10 +144,78 @@ pub fn voters_after(
     Ok(after)
 }
 
+/// Cuts the keyspace for a new constellation: the meta range plus `data_ranges` spans whose
+/// split points are spread over the printable ASCII bytes '0'..'z' (so textual keys spread
+/// out until load-based splitting exists), each replicated on `replication_factor` founders
+/// (all of them when there are fewer), rotated so replicas and leaders spread evenly.
+pub fn initial_layout(founders: &[NodeId], data_ranges: u32, replication_factor: u32) -> Vec<v1::RangeDescriptor> {
+    let mut nodes: Vec<NodeId> = founders.to_vec();
+    nodes.sort_unstable();
+    nodes.dedup();
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    let replicas_per_range = (replication_factor as usize).min(nodes.len());
+    let replicas_of =
+        |index: usize| -> Vec<NodeId> { (0..replicas_per_range).map(|k| nodes[(index + k) % nodes.len()]).collect() };
+    let (low, high) = (u32::from(b'0'), u32::from(b'z') + 1);
+    let split = |j: u32| vec![(low + j * (high - low) / data_ranges) as u8];
+    let mut layout = vec![v1::RangeDescriptor {
+        range_id: META_RANGE_ID,
+        replicas: replicas_of(0),
+        generation: 1,
+        meta: true,
+        ..Default::default()
+    }];
+    for j in 0..data_ranges {
+        layout.push(v1::RangeDescriptor {
+            range_id: META_RANGE_ID + 1 + u64::from(j),
+            start_key: if j == 0 { Vec::new() } else { split(j) },
+            end_key: if j + 1 == data_ranges { Vec::new() } else { split(j + 1) },
+            replicas: replicas_of(j as usize + 1),
+            generation: 1,
+            meta: false,
+        });
+    }
+    layout
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::replicas::initial_layout;
+    use crate::range::planner::{plan_decommission_in, plan_up_replicate_in, MemberInfo, PlannerSettings, View};
+    use crate::range::table::descriptor_contains;
+
+    fn members(nodes: &[NodeId], leaving: NodeId) -> Vec<MemberInfo> {
+        nodes
+            .iter()
+            .map(|id| MemberInfo {
+                node_id: *id,
+                alive: *id != leaving,
+                zone: String::new(),
+                region: String::new(),
+                coordinate: None,
+            })
+            .collect()
+    }
+
+    /// The repairs' placement (the planner's, without zones) over `nodes`.
+    fn plan_decommission(
+        ranges: &[RangeDescriptor],
+        nodes: &[NodeId],
+        leaving: NodeId,
+        factor: u32,
+    ) -> Result<Vec<Move>, PlanError> {
+        let settings = PlannerSettings { replication_factor: factor, ..PlannerSettings::default() };
+        let (members, load) = (members(nodes, leaving), BTreeMap::new());
+        plan_decommission_in(View { descriptors: ranges, load: &load, members: &members, settings: &settings }, leaving)
+    }
+
+    fn plan_up_replicate(ranges: &[RangeDescriptor], living: &[NodeId], factor: u32) -> Vec<Move> {
+        let settings = PlannerSettings { replication_factor: factor, ..PlannerSettings::default() };
+        let (members, load) = (members(living, 0), BTreeMap::new());
+        plan_up_replicate_in(View { descriptors: ranges, load: &load, members: &members, settings: &settings })
+    }
 
     fn apply(ranges: &mut [RangeDescriptor], moves: &[Move]) {
         for m in moves {
@@ -311,5 +319,31 @@ mod tests {
         assert!(voters_after(&voters, &Move { range_id: 1, add: 0, remove: 4 }, 3).is_err(), "no removal below it");
         let four: BTreeSet<NodeId> = [1, 2, 4, 5].into();
         assert_eq!(voters_after(&four, &Move { range_id: 1, add: 0, remove: 5 }, 3).unwrap(), [1, 2, 4].into());
+    }
+
+    #[test]
+    fn the_initial_layout_covers_the_keyspace_once_and_spreads_replicas() {
+        let layout = initial_layout(&[3, 1, 2], 4, 3);
+        assert_eq!(layout.len(), 5);
+        assert!(layout[0].meta);
+        let data = &layout[1..];
+        assert!(data[0].start_key.is_empty() && data[3].end_key.is_empty());
+        for pair in data.windows(2) {
+            assert_eq!(pair[0].end_key, pair[1].start_key, "adjacent and without gaps");
+            assert!(pair[0].start_key < pair[1].start_key || pair[0].start_key.is_empty());
+        }
+        for key in [&b""[..], b"\x00", b"0", b"abc", b"zzz", b"\xff\xff"] {
+            assert_eq!(data.iter().filter(|d| descriptor_contains(d, key)).count(), 1, "{key:?}");
+        }
+        assert!(layout.iter().all(|d| d.replicas.len() == 3));
+        let five = initial_layout(&[1, 2, 3, 4, 5], 4, 3);
+        let mut per_node = BTreeMap::new();
+        for d in &five {
+            for r in &d.replicas {
+                *per_node.entry(*r).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(per_node.len(), 5, "every founder gets replicas: {per_node:?}");
+        assert_eq!(initial_layout(&[7], 2, 3)[1].replicas, vec![7], "one node, one replica");
     }
 }

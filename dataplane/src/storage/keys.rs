@@ -118,6 +118,20 @@ pub fn system_key(kind: u8, range_id: u64) -> Vec<u8> {
 pub const SYSTEM_APPLIED_STATE: u8 = b'A';
 /// A range descriptor held by the meta range.
 pub const SYSTEM_RANGE_DESCRIPTOR: u8 = b'D';
+/// The meta range's next unused range id (one record, range id 0).
+pub const SYSTEM_RANGE_ID_COUNTER: u8 = b'N';
+
+/// Node-local record of a hosted replica: `replica/` ++ range id (BE) → its descriptor.
+pub const REPLICA_RECORD_PREFIX: &[u8] = b"replica/";
+/// Node-local tombstone of a replica this node removed: `removed/` ++ range id (BE). A split
+/// applied late never brings such a replica back.
+pub const REMOVED_RECORD_PREFIX: &[u8] = b"removed/";
+
+pub fn node_local_range_key(prefix: &[u8], range_id: u64) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(&range_id.to_be_bytes());
+    key
+}
 
 /// What a `raft_state` record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

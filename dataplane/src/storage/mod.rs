@@ -290,6 +290,9 @@ struct Inner {
     buffered_write: WriteOptions,
     default_retention: u8,
     key_locks: Vec<Mutex<()>>,
+    /// Held while a replica record is checked and written: a split creating the right half and
+    /// a leader creating the same replica must not both think they were first.
+    replica_records: Mutex<()>,
     metrics: StorageMetrics,
 }
 
@@ -349,6 +352,7 @@ impl Storage {
                 buffered_write: WriteOptions::default(),
                 default_retention: config.default_retention,
                 key_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+                replica_records: Mutex::new(()),
                 metrics: StorageMetrics::new(),
             }),
         })
@@ -949,6 +953,54 @@ impl Storage {
         self.timed_read(|| Ok(self.inner.db.get_cf(self.cf(CF_RAFT_STATE), keys::raft_state_key(range_id, tag))?))
     }
 
+    /// Records a replica as hosted here, unless it is already (a replica this node removed
+    /// may come back: its tombstone goes). Whether it recorded it.
+    pub fn record_replica(&self, descriptor: &pleiades_proto::v1::RangeDescriptor) -> Result<bool, StorageError> {
+        let _records = lock(&self.inner.replica_records);
+        let key = keys::node_local_range_key(keys::REPLICA_RECORD_PREFIX, descriptor.range_id);
+        if self.get_local(&key)?.is_some() {
+            return Ok(false);
+        }
+        let (key, value) = replica_record(descriptor);
+        let mut write = WriteBatch::default();
+        write.put_cf(self.cf(CF_NODE_LOCAL), key, value);
+        write.delete_cf(
+            self.cf(CF_NODE_LOCAL),
+            keys::node_local_range_key(keys::REMOVED_RECORD_PREFIX, descriptor.range_id),
+        );
+        self.commit(write)?;
+        Ok(true)
+    }
+
+    /// A split's write: `parent` (the left half's system records) always; `right` (its system
+    /// records) with its replica record only if this node never hosted that range — neither
+    /// hosts it now (a leader may have created it already) nor removed it. One buffered write
+    /// (the raft log replays it if lost). Whether the right half was created.
+    pub fn write_split(
+        &self,
+        parent: &[(Vec<u8>, Vec<u8>)],
+        right: &pleiades_proto::v1::RangeDescriptor,
+        right_system: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<bool, StorageError> {
+        let _records = lock(&self.inner.replica_records);
+        let mut known = false;
+        for prefix in [keys::REPLICA_RECORD_PREFIX, keys::REMOVED_RECORD_PREFIX] {
+            known |= self.get_local(&keys::node_local_range_key(prefix, right.range_id))?.is_some();
+        }
+        let mut write = WriteBatch::default();
+        let system =
+            if known { parent.iter().collect::<Vec<_>>() } else { parent.iter().chain(right_system).collect() };
+        for (key, value) in system {
+            write.put_cf(self.cf(CF_RANGE_DATA), key, value);
+        }
+        if !known {
+            let (key, value) = replica_record(right);
+            write.put_cf(self.cf(CF_NODE_LOCAL), key, value);
+        }
+        self.commit_with(write, Durability::Buffered)?;
+        Ok(!known)
+    }
+
     /// Node metadata (node id, the clock's persisted bound), synced.
     pub fn put_local(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         let mut write = WriteBatch::default();
@@ -998,12 +1050,19 @@ impl Storage {
 }
 
 /// The `range_data` keys of one range: its user-key span and its system records.
+#[derive(Debug, Clone)]
 pub struct SpanBounds {
     /// Raw (escaped) bounds of the user keys: `[start, end)`, `end = None` for the keyspace end.
     pub start: Vec<u8>,
     pub end: Option<Vec<u8>>,
     /// The range's own system records, which travel with its data.
     pub system_keys: Vec<Vec<u8>>,
+}
+
+/// The node-local record of a hosted replica.
+pub fn replica_record(descriptor: &pleiades_proto::v1::RangeDescriptor) -> (Vec<u8>, Vec<u8>) {
+    use prost::Message;
+    (keys::node_local_range_key(keys::REPLICA_RECORD_PREFIX, descriptor.range_id), descriptor.encode_to_vec())
 }
 
 impl SpanBounds {
@@ -1019,20 +1078,7 @@ impl SpanBounds {
 /// start and the first one at the end are visited, whatever the file's size.
 pub fn check_span_file(bounds: &SpanBounds, path: &Path) -> Result<(), StorageError> {
     let refused = |detail: String| StorageError::Corrupt { what: "range snapshot", detail };
-    let scratch = path.with_extension("check");
-    let _ = std::fs::remove_dir_all(&scratch);
-    let result = (|| {
-        std::fs::create_dir_all(&scratch).map_err(|e| refused(format!("cannot create {}: {e}", scratch.display())))?;
-        let linked = scratch.join("snapshot.sst");
-        if std::fs::hard_link(path, &linked).is_err() {
-            std::fs::copy(path, &linked).map_err(|e| refused(format!("cannot copy {}: {e}", path.display())))?;
-        }
-        let mut options = Options::default();
-        options.create_if_missing(true);
-        let db = DB::open(&options, scratch.join("db"))?;
-        let mut ingest = rocksdb::IngestExternalFileOptions::default();
-        ingest.set_move_files(true);
-        db.ingest_external_file_opts(&ingest, vec![&linked]).map_err(|e| refused(format!("not a valid SST: {e}")))?;
+    with_span_file(path, "check", |db| {
         let mut it = db.raw_iterator();
         it.seek_to_first();
         while let Some(key) = it.key() {
@@ -1052,9 +1098,49 @@ pub fn check_span_file(bounds: &SpanBounds, path: &Path) -> Result<(), StorageEr
         }
         it.status()?;
         Ok(())
+    })
+}
+
+/// Runs `read` on the SST at `path`, linked into a scratch RocksDB beside it (`suffix` names
+/// the scratch directory), which is removed afterwards.
+fn with_span_file<T>(
+    path: &Path,
+    suffix: &str,
+    read: impl FnOnce(&DB) -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    let refused = |detail: String| StorageError::Corrupt { what: "range snapshot", detail };
+    let scratch = path.with_extension(suffix);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let result = (|| {
+        std::fs::create_dir_all(&scratch).map_err(|e| refused(format!("cannot create {}: {e}", scratch.display())))?;
+        let linked = scratch.join("snapshot.sst");
+        if std::fs::hard_link(path, &linked).is_err() {
+            std::fs::copy(path, &linked).map_err(|e| refused(format!("cannot copy {}: {e}", path.display())))?;
+        }
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        let db = DB::open(&options, scratch.join("db"))?;
+        let mut ingest = rocksdb::IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        db.ingest_external_file_opts(&ingest, vec![&linked]).map_err(|e| refused(format!("not a valid SST: {e}")))?;
+        read(&db)
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// What a span holds, from [`Storage::span_stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpanStats {
+    /// Every record of the span: all versions, tombstones and descriptors.
+    pub bytes: u64,
+    /// Keys whose latest version is a value, and the bytes of those values with their keys.
+    pub live_keys: u64,
+    pub live_bytes: u64,
+    /// The first user key at or past half of `bytes` (None if the span holds under two keys).
+    pub middle_key: Option<Vec<u8>>,
+    /// The walk stopped at its byte limit: the span holds at least `bytes`.
+    pub truncated: bool,
 }
 
 /// What [`Storage::export_span`] wrote.
@@ -1068,6 +1154,18 @@ impl Storage {
     /// Writes the span's records, as of one consistent RocksDB snapshot, to an SST file at
     /// `path`. Streams: memory use does not grow with the span.
     pub fn export_span(&self, bounds: &SpanBounds, path: &Path) -> Result<Exported, StorageError> {
+        self.export_span_as_recorded(&bounds.system_keys, |_| bounds.clone(), path)
+    }
+
+    /// Like [`Storage::export_span`], for a span its own system records define (a range's
+    /// applied state names its span, which a split may change at any moment): `span_of` gets
+    /// the system records read from the same consistent snapshot as the data.
+    pub fn export_span_as_recorded(
+        &self,
+        system_keys: &[Vec<u8>],
+        span_of: impl FnOnce(&Records) -> SpanBounds,
+        path: &Path,
+    ) -> Result<Exported, StorageError> {
         let db = &self.inner.db;
         let cf = self.cf(CF_RANGE_DATA);
         let snapshot = db.snapshot();
@@ -1076,7 +1174,7 @@ impl Storage {
         writer.open(path)?;
         let mut count = 0u64;
         // System keys (0x00 0x00 ...) sort before every user key; the writer needs sorted input.
-        let mut system_keys = bounds.system_keys.clone();
+        let mut system_keys = system_keys.to_vec();
         system_keys.sort();
         let mut system = Vec::new();
         for key in system_keys {
@@ -1086,6 +1184,7 @@ impl Storage {
                 count += 1;
             }
         }
+        let bounds = span_of(&system);
         let mut read = rocksdb::ReadOptions::default();
         read.set_snapshot(&snapshot);
         if let Some(end) = &bounds.end {
@@ -1106,6 +1205,51 @@ impl Storage {
         Ok(Exported { records: count, system })
     }
 
+    /// Sizes the span by walking it (at most `stop_after` bytes of it, so a range far past its
+    /// split size costs no more than one at it), with a key near the middle of what was walked.
+    pub fn span_stats(&self, bounds: &SpanBounds, stop_after: u64) -> Result<SpanStats, StorageError> {
+        let mut stats = SpanStats::default();
+        // User keys at the byte offsets they start at, sparsely, to find the middle afterwards.
+        let mut marks: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mark_every = (stop_after / 64).max(1);
+        let mut it = self.data_iter();
+        it.seek(&bounds.start);
+        let mut prefix: Vec<u8> = Vec::new();
+        let mut newest_seen = false;
+        while let (Some(raw), Some(value)) = (it.key(), it.value()) {
+            if bounds.end.as_ref().is_some_and(|end| raw >= end.as_slice()) {
+                break;
+            }
+            let decoded = decode(raw)?;
+            if raw[..decoded.prefix_len] != prefix[..] {
+                prefix = raw[..decoded.prefix_len].to_vec();
+                newest_seen = false;
+                if marks.last().is_none_or(|(at, _)| stats.bytes >= at + mark_every) {
+                    marks.push((stats.bytes, decoded.user_key.clone()));
+                }
+            }
+            // Versions sort newest first, after the key's descriptor.
+            if decoded.version.is_some() && !newest_seen {
+                newest_seen = true;
+                let (record, stored) = VersionRecord::decode(value)?;
+                if !record.tombstone {
+                    stats.live_keys += 1;
+                    stats.live_bytes += (decoded.user_key.len() + stored.len()) as u64;
+                }
+            }
+            stats.bytes += (raw.len() + value.len()) as u64;
+            if stats.bytes >= stop_after {
+                stats.truncated = true;
+                break;
+            }
+            it.next();
+        }
+        it.status()?;
+        let half = stats.bytes / 2;
+        stats.middle_key = marks.into_iter().skip(1).find(|(at, _)| *at >= half).map(|(_, key)| key);
+        Ok(stats)
+    }
+
     /// Raw `range_data` records in `[start, end)`; for the small system spans (descriptors).
     pub fn system_records(&self, start: &[u8], end: &[u8]) -> Result<Records, StorageError> {
         let mut it = self.data_iter();
@@ -1120,6 +1264,11 @@ impl Storage {
         }
         it.status()?;
         Ok(out)
+    }
+
+    /// One record of an SST file made by [`Storage::export_span`], read without ingesting it.
+    pub fn read_span_file_record(&self, path: &Path, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        with_span_file(path, "peek", |db| Ok(db.get(key)?))
     }
 
     /// Replaces the span's records by those of an SST file made by [`Storage::export_span`].

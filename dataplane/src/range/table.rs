@@ -1,0 +1,123 @@
+//! The descriptor table: every range descriptor this node knows, newest generation first. The
+//! meta range's replicas fill it from what meta applies; every other node from reads of meta
+//! (`range::meta`), from the replicas it hosts, and from the answers of moves and splits.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use pleiades_proto::v1;
+
+use super::META_RANGE_ID;
+use crate::raft::NodeId;
+
+pub fn descriptor_contains(descriptor: &v1::RangeDescriptor, key: &[u8]) -> bool {
+    !descriptor.meta
+        && key >= descriptor.start_key.as_slice()
+        && (descriptor.end_key.is_empty() || key < descriptor.end_key.as_slice())
+}
+
+#[derive(Default)]
+pub struct DescriptorTable {
+    ranges: RwLock<BTreeMap<u64, v1::RangeDescriptor>>,
+}
+
+impl DescriptorTable {
+    /// Keeps `descriptor` unless a newer generation of the range is known.
+    pub fn learn(&self, descriptor: v1::RangeDescriptor) {
+        let mut ranges = self.ranges.write().unwrap_or_else(|p| p.into_inner());
+        match ranges.get(&descriptor.range_id) {
+            Some(known) if known.generation >= descriptor.generation => {}
+            _ => {
+                ranges.insert(descriptor.range_id, descriptor);
+            }
+        }
+    }
+
+    pub fn get(&self, range_id: u64) -> Option<v1::RangeDescriptor> {
+        self.read().get(&range_id).cloned()
+    }
+
+    pub fn meta(&self) -> Option<v1::RangeDescriptor> {
+        self.get(META_RANGE_ID)
+    }
+
+    /// The range holding `key`; while a split is learned half-way (the right half before the
+    /// left's new span), the newest generation that contains it.
+    pub fn for_key(&self, key: &[u8]) -> Option<v1::RangeDescriptor> {
+        self.read().values().filter(|d| descriptor_contains(d, key)).max_by_key(|d| d.generation).cloned()
+    }
+
+    pub fn descriptors(&self) -> Vec<v1::RangeDescriptor> {
+        self.read().values().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// Ranges with a replica on `node`.
+    pub fn held_by(&self, node: NodeId) -> usize {
+        self.read().values().filter(|d| d.replicas.contains(&node)).count()
+    }
+
+    /// Whether the data ranges known tile the whole keyspace, without a gap.
+    pub fn covers_keyspace(&self) -> bool {
+        let ranges = self.read();
+        let mut data: Vec<&v1::RangeDescriptor> = ranges.values().filter(|d| !d.meta).collect();
+        data.sort_by(|a, b| a.start_key.cmp(&b.start_key).then(b.generation.cmp(&a.generation)));
+        let mut reached: Vec<u8> = Vec::new();
+        for descriptor in data {
+            if descriptor.start_key > reached {
+                return false;
+            }
+            if descriptor.end_key.is_empty() {
+                return true;
+            }
+            reached = reached.max(descriptor.end_key.clone());
+        }
+        false
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, v1::RangeDescriptor>> {
+        self.ranges.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(range_id: u64, start: &[u8], end: &[u8], generation: u64) -> v1::RangeDescriptor {
+        v1::RangeDescriptor {
+            range_id,
+            start_key: start.to_vec(),
+            end_key: end.to_vec(),
+            replicas: vec![1, 2, 3],
+            generation,
+            meta: false,
+        }
+    }
+
+    #[test]
+    fn a_split_learned_half_way_routes_by_the_newest_generation() {
+        let table = DescriptorTable::default();
+        table.learn(range(2, b"", b"", 1));
+        assert!(table.covers_keyspace());
+        // The right half arrives before the left's new span.
+        table.learn(range(7, b"m", b"", 2));
+        assert_eq!(table.for_key(b"x").unwrap().range_id, 7);
+        assert_eq!(table.for_key(b"a").unwrap().range_id, 2);
+        table.learn(range(2, b"", b"m", 2));
+        table.learn(range(2, b"", b"", 1));
+        assert_eq!(table.get(2).unwrap().end_key, b"m", "an older generation never replaces a newer one");
+        assert!(table.covers_keyspace());
+        let gap = DescriptorTable::default();
+        gap.learn(range(2, b"", b"f", 1));
+        gap.learn(range(3, b"g", b"", 1));
+        assert!(!gap.covers_keyspace(), "nothing holds [f, g)");
+    }
+}
