@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod chart;
 pub mod cli;
 pub mod client;
 pub mod clock;

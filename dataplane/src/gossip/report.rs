@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use super::epidemic;
 use super::sim::Sim;
 use super::swim::{Event, Millis, State, SwimConfig};
+use crate::chart::Frame;
 
 pub struct ReportConfig {
     pub nodes: u64,
@@ -173,47 +174,17 @@ impl Report {
 
     /// The join's spread over time as an SVG line chart.
     pub fn svg(&self) -> String {
-        let (width, height, left, bottom, top, right) = (640.0, 360.0, 60.0, 40.0, 30.0, 20.0);
+        let frame = Frame { width: 640.0, height: 360.0, left: 60.0, bottom: 40.0, top: 30.0, right: 20.0 };
         let last = self.join_curve.last().map(|(t, _)| *t).unwrap_or(1).max(1) as f64;
-        let x = |t: f64| left + t / last * (width - left - right);
-        let y = |f: f64| height - bottom - f * (height - bottom - top);
-        let points: Vec<String> =
-            self.join_curve.iter().map(|(t, f)| format!("{:.1},{:.1}", x(*t as f64), y(*f))).collect();
-        let mut svg = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-             <text x=\"{left}\" y=\"18\" font-size=\"14\">Join of one node reaching {} nodes (fraction that knows it)</text>\n\
-             <line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
-             <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n",
-            self.nodes,
-            height - bottom,
-            width - right,
-            height - bottom,
-            height - bottom
-        );
+        let mut svg = frame.open(&format!("Join of one node reaching {} nodes (fraction that knows it)", self.nodes));
         for tick in 0..=4 {
             let fraction = f64::from(tick) / 4.0;
-            let _ = writeln!(
-                svg,
-                "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">{:.0} %</text>",
-                left - 6.0,
-                y(fraction) + 4.0,
-                fraction * 100.0
-            );
             let t = fraction * last;
-            let _ = writeln!(
-                svg,
-                "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\">{:.1} s</text>",
-                x(t),
-                height - bottom + 18.0,
-                t / 1000.0
-            );
+            let (percent, seconds) = (format!("{:.0} %", fraction * 100.0), format!("{:.1} s", t / 1000.0));
+            frame.ticks(&mut svg, frame.y(fraction), &percent, frame.x(t, last), &seconds);
         }
-        let _ = writeln!(
-            svg,
-            "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>",
-            points.join(" ")
-        );
+        let points = self.join_curve.iter().map(|(t, f)| (frame.x(*t as f64, last), frame.y(*f)));
+        Frame::polyline(&mut svg, points, "#1f77b4");
         svg.push_str("</svg>\n");
         svg
     }

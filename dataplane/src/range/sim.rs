@@ -25,6 +25,7 @@ use super::planner::{
     plan, plan_decommission_in, plan_up_replicate_in, Decision, MemberInfo, PlannerSettings, RangeLoad, SplitReason,
     View,
 };
+use crate::chart::Frame;
 use crate::gossip::vivaldi::Coordinate;
 use crate::raft::NodeId;
 
@@ -540,69 +541,43 @@ impl PlacementReport {
 
     /// Max/mean replicas and leaders per node over the rounds, as an SVG line chart.
     pub fn svg(&self) -> String {
-        let (width, height, left, bottom, top, right) = (720.0, 380.0, 60.0, 40.0, 40.0, 20.0);
+        let frame = Frame { width: 720.0, height: 380.0, left: 60.0, bottom: 40.0, top: 40.0, right: 20.0 };
         let rounds = self.curve.len().saturating_sub(1).max(1) as f64;
         let highest = self.curve.iter().map(|(r, l)| r.max(*l)).fold(1.0_f64, f64::max).min(10.0).ceil().max(2.0);
-        let x = |round: f64| left + round / rounds * (width - left - right);
-        let y = |ratio: f64| height - bottom - (ratio.min(highest) - 1.0) / (highest - 1.0) * (height - bottom - top);
-        let mut svg = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-             <text x=\"{left}\" y=\"18\" font-size=\"14\">Placement of {} ranges on {} nodes: busiest node / mean, per planner round</text>\n\
-             <line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
-             <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n",
-            self.ranges,
-            self.nodes,
-            height - bottom,
-            width - right,
-            height - bottom,
-            height - bottom
-        );
+        let y = |ratio: f64| frame.y((ratio.min(highest) - 1.0) / (highest - 1.0));
+        let mut svg = frame.open(&format!(
+            "Placement of {} ranges on {} nodes: busiest node / mean, per planner round",
+            self.ranges, self.nodes
+        ));
         for tick in 0..=4 {
             let ratio = 1.0 + f64::from(tick) / 4.0 * (highest - 1.0);
-            let _ = writeln!(
-                svg,
-                "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">{ratio:.2}</text>",
-                left - 6.0,
-                y(ratio) + 4.0
-            );
             let round = f64::from(tick) / 4.0 * rounds;
-            let _ = writeln!(
-                svg,
-                "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\">{round:.0}</text>",
-                x(round),
-                height - bottom + 18.0
-            );
+            frame.ticks(&mut svg, y(ratio), &format!("{ratio:.2}"), frame.x(round, rounds), &format!("{round:.0}"));
         }
         for (number, (start, scenario)) in self.starts.iter().zip(&self.scenarios).enumerate() {
-            let at = x(*start as f64);
+            let at = frame.x(*start as f64, rounds);
             // Labels step down, and those in the right half end at their line, so none overlap.
-            let (label_x, anchor) = if at > width / 2.0 { (at - 4.0, "end") } else { (at + 4.0, "start") };
+            let (label_x, anchor) = if at > frame.width / 2.0 { (at - 4.0, "end") } else { (at + 4.0, "start") };
             let _ = writeln!(
                 svg,
-                "<line x1=\"{at:.1}\" y1=\"{top}\" x2=\"{at:.1}\" y2=\"{}\" stroke=\"gray\" stroke-dasharray=\"4 4\"/>\n\
+                "<line x1=\"{at:.1}\" y1=\"{}\" x2=\"{at:.1}\" y2=\"{}\" stroke=\"gray\" stroke-dasharray=\"4 4\"/>\n\
                  <text x=\"{label_x:.1}\" y=\"{}\" fill=\"gray\" text-anchor=\"{anchor}\">{}</text>",
-                height - bottom,
-                top + 14.0 * (number as f64 + 1.0),
+                frame.top,
+                frame.height - frame.bottom,
+                frame.top + 14.0 * (number as f64 + 1.0),
                 scenario.name
             );
         }
         for (series, color, label) in [(0, "#1f77b4", "replicas"), (1, "#ff7f0e", "leaders")] {
-            let points: Vec<String> = self
-                .curve
-                .iter()
-                .enumerate()
-                .map(|(round, pair)| {
-                    let ratio = if series == 0 { pair.0 } else { pair.1 };
-                    format!("{:.1},{:.1}", x(round as f64), y(ratio))
-                })
-                .collect();
+            let points = self.curve.iter().enumerate().map(|(round, pair)| {
+                let ratio = if series == 0 { pair.0 } else { pair.1 };
+                (frame.x(round as f64, rounds), y(ratio))
+            });
+            Frame::polyline(&mut svg, points, color);
             let _ = writeln!(
                 svg,
-                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n\
-                 <text x=\"{:.0}\" y=\"34\" fill=\"{color}\">{label}</text>",
-                points.join(" "),
-                left + 80.0 * f64::from(series),
+                "<text x=\"{:.0}\" y=\"34\" fill=\"{color}\">{label}</text>",
+                frame.left + 80.0 * f64::from(series)
             );
         }
         svg.push_str("</svg>\n");
