@@ -190,6 +190,59 @@ fn check_register(ops: &[&Operation]) -> bool {
     }
 }
 
+/// One client of a register workload: puts, linearizable gets and compare-and-swaps (from
+/// what a stale get saw) on the registers `register(n)` picks, until `running()` is false; every
+/// operation goes into `history` with its call and return times since `epoch`. A failed get
+/// had no effect and is left out.
+pub async fn register_client(
+    client: pleiades::client::cluster::Cluster,
+    client_id: usize,
+    register: impl Fn(u64) -> Vec<u8>,
+    running: impl Fn() -> bool,
+    epoch: std::time::Instant,
+    history: std::sync::Arc<std::sync::Mutex<Vec<Operation>>>,
+) {
+    use pleiades_proto::v1::ReadConsistency;
+    let now = || epoch.elapsed().as_nanos() as u64;
+    let mut n = 0u64;
+    while running() {
+        n += 1;
+        let key = register(n);
+        let value = format!("c{client_id}-{n}").into_bytes();
+        let mut call = now();
+        let (input, output) = match n % 3 {
+            0 => match client.put(&key, &value).await {
+                Ok(_) => (Input::Put(value), Output::Done),
+                Err(_) => (Input::Put(value), Output::Unknown),
+            },
+            1 => match client.get(&key, 0, ReadConsistency::Linearizable).await {
+                Ok(found) => (Input::Get, Output::Value(found.map(|v| v.value))),
+                Err(_) => continue,
+            },
+            _ => {
+                // Swap from what this client last saw to a fresh value.
+                let expected = client.get(&key, 0, ReadConsistency::Stale).await.ok().flatten().map(|v| v.value);
+                call = now();
+                let input = Input::Cas { expected: expected.clone(), new: Some(value.clone()) };
+                match client.cas(&key, expected.as_deref(), Some(&value)).await {
+                    Ok(swapped) => (input, Output::Swapped(swapped.succeeded)),
+                    Err(_) => (input, Output::Unknown),
+                }
+            }
+        };
+        let ret = (output != Output::Unknown).then(now);
+        history.lock().unwrap_or_else(|p| p.into_inner()).push(Operation {
+            client: client_id,
+            key,
+            input,
+            output,
+            call,
+            ret,
+        });
+    }
+    client.close().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,8 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pleiades_proto::v1::ReadConsistency;
-use pleiades_tests::linearizability::{check, Input, Operation, Output};
+use pleiades_tests::linearizability::{check, register_client, Operation};
 use pleiades_tests::{TestCluster, FAST_RAFT};
 
 const CLIENTS: usize = 8;
@@ -22,43 +21,14 @@ async fn histories_under_leader_kills_are_linearizable() {
     for client_id in 0..CLIENTS {
         let client = cluster.client().await.unwrap();
         let history = history.clone();
-        workers.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while epoch.elapsed() < RUN {
-                n += 1;
-                let key = pleiades::bench::bench_key((client_id as u64 + n) % KEYS);
-                let value = format!("c{client_id}-{n}").into_bytes();
-                let call = epoch.elapsed().as_nanos() as u64;
-                let (input, output) = match n % 3 {
-                    0 => match client.put(&key, &value).await {
-                        Ok(_) => (Input::Put(value), Output::Done),
-                        Err(_) => (Input::Put(value), Output::Unknown),
-                    },
-                    1 => match client.get(&key, 0, ReadConsistency::Linearizable).await {
-                        Ok(found) => (Input::Get, Output::Value(found.map(|v| v.value))),
-                        // A failed read had no effect: leave it out.
-                        Err(_) => continue,
-                    },
-                    _ => {
-                        // Swap from what this client last saw to a fresh value.
-                        let expected =
-                            client.get(&key, 0, ReadConsistency::Stale).await.ok().flatten().map(|v| v.value);
-                        let call = epoch.elapsed().as_nanos() as u64;
-                        let input = Input::Cas { expected: expected.clone(), new: Some(value.clone()) };
-                        let output = match client.cas(&key, expected.as_deref(), Some(&value)).await {
-                            Ok(swapped) => Output::Swapped(swapped.succeeded),
-                            Err(_) => Output::Unknown,
-                        };
-                        let ret = (output != Output::Unknown).then(|| epoch.elapsed().as_nanos() as u64);
-                        history.lock().unwrap().push(Operation { client: client_id, key, input, output, call, ret });
-                        continue;
-                    }
-                };
-                let ret = (output != Output::Unknown).then(|| epoch.elapsed().as_nanos() as u64);
-                history.lock().unwrap().push(Operation { client: client_id, key, input, output, call, ret });
-            }
-            client.close().await;
-        }));
+        workers.push(tokio::spawn(register_client(
+            client,
+            client_id,
+            move |n| pleiades::bench::bench_key((client_id as u64 + n) % KEYS),
+            move || epoch.elapsed() < RUN,
+            epoch,
+            history,
+        )));
     }
     // Kill the leader of the keys' ranges twice while the clients run.
     for _ in 0..2 {

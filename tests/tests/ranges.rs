@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pleiades_proto::v1::{self, ReadConsistency};
-use pleiades_tests::linearizability::{check, Input, Operation, Output};
+use pleiades_tests::linearizability::{check, register_client, Operation};
 use pleiades_tests::{TestCluster, FAST_RAFT};
 
 /// Each range's descriptor as its leader reports it, and the replicas and leaders per node.
@@ -64,50 +64,15 @@ async fn loading_200000_keys_splits_the_keyspace_while_histories_stay_linearizab
     for client_id in 0..8usize {
         let client = cluster.client().await.unwrap();
         let (history, loading) = (history.clone(), loading.clone());
-        workers.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while loading.load(Ordering::Relaxed) {
-                n += 1;
-                // Beside loaded keys, not among them: the loaders never write a register.
-                let mut register = key(((client_id as u64 + n) % 3) * 70_000 + 5);
-                register.extend_from_slice(b"/register");
-                let value = format!("c{client_id}-{n}").into_bytes();
-                let call = epoch.elapsed().as_nanos() as u64;
-                let (input, output) = match n % 3 {
-                    0 => match client.put(&register, &value).await {
-                        Ok(_) => (Input::Put(value), Output::Done),
-                        Err(_) => (Input::Put(value), Output::Unknown),
-                    },
-                    1 => match client.get(&register, 0, ReadConsistency::Linearizable).await {
-                        Ok(found) => (Input::Get, Output::Value(found.map(|v| v.value))),
-                        Err(_) => continue,
-                    },
-                    _ => {
-                        let expected =
-                            client.get(&register, 0, ReadConsistency::Stale).await.ok().flatten().map(|v| v.value);
-                        let call = epoch.elapsed().as_nanos() as u64;
-                        let input = Input::Cas { expected: expected.clone(), new: Some(value.clone()) };
-                        let output = match client.cas(&register, expected.as_deref(), Some(&value)).await {
-                            Ok(swapped) => Output::Swapped(swapped.succeeded),
-                            Err(_) => Output::Unknown,
-                        };
-                        let ret = (output != Output::Unknown).then(|| epoch.elapsed().as_nanos() as u64);
-                        history.lock().unwrap().push(Operation {
-                            client: client_id,
-                            key: register,
-                            input,
-                            output,
-                            call,
-                            ret,
-                        });
-                        continue;
-                    }
-                };
-                let ret = (output != Output::Unknown).then(|| epoch.elapsed().as_nanos() as u64);
-                history.lock().unwrap().push(Operation { client: client_id, key: register, input, output, call, ret });
-            }
-            client.close().await;
-        }));
+        workers.push(tokio::spawn(register_client(
+            client,
+            client_id,
+            // Beside loaded keys, not among them: the loaders never write a register.
+            move |n| [key(((client_id as u64 + n) % 3) * 70_000 + 5), b"/register".to_vec()].concat(),
+            move || loading.load(Ordering::Relaxed),
+            epoch,
+            history,
+        )));
     }
     // 200,000 keys from 48 loaders, each writing its own block of the span in order, so the
     // load spreads over the ranges as they split; every key is read back at the end.
@@ -404,14 +369,26 @@ async fn decommission_empties_a_node_that_holds_over_fifty_ranges() {
     assert!(held >= 50, "node 4 holds {held} replicas");
     let client = cluster.client().await.unwrap();
     client.put(b"before-decommission", b"v").await.unwrap();
-    let mut system = client.system(&cluster.nodes[0].quic.to_string()).await.unwrap();
-    let answer = system.decommission(4).await.unwrap();
+    // The decommission is answered once every move is made: allow minutes, not seconds.
+    let config =
+        pleiades::client::ClientConfig { timeout: Duration::from_secs(300), ..cluster.nodes[0].client_config() };
+    let admin = pleiades::client::Client::connect(&config).await.unwrap();
+    let answer = admin.system().await.unwrap().decommission(4).await.unwrap();
+    admin.close().await;
     assert!(answer.error.is_empty(), "{}", answer.error);
     assert!(answer.moves.len() >= 50, "{} moves", answer.moves.len());
     // Nothing moves back onto the decommissioned node while it is still up.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let after = layout(&cluster).await;
-    assert_eq!(after.replicas.get(&4).copied().unwrap_or(0), 0, "node 4 still holds replicas");
+    let left_on_4: Vec<String> = cluster
+        .status()
+        .await
+        .into_iter()
+        .filter(|s| s.node_id == 4)
+        .flat_map(|s| s.replicas)
+        .map(|r| format!("{:?} {} members {:?}", r.descriptor.map(|d| (d.range_id, d.replicas)), r.role, r.members))
+        .collect();
+    assert!(left_on_4.is_empty(), "node 4 still holds replicas: {left_on_4:#?}");
     assert!(after.ranges.values().all(|d| d.replicas.len() == 3 && !d.replicas.contains(&4)));
     let found = client.get(b"before-decommission", 0, ReadConsistency::Linearizable).await.unwrap();
     assert_eq!(found.map(|v| v.value), Some(b"v".to_vec()));

@@ -21,6 +21,10 @@ use crate::raft::network::RpcFailure;
 use crate::raft::NodeId;
 use crate::transport::pool::Peers;
 
+/// Survey-and-move passes of a decommission, at most.
+const DECOMMISSION_PASSES: usize = 10;
+/// How long a decommission that found nothing left to move waits before it looks again.
+const DECOMMISSION_SETTLE: Duration = Duration::from_secs(3);
 /// Decisions carried out per planner round, so a round never takes long.
 const DECISIONS_PER_ROUND: usize = 16;
 
@@ -164,6 +168,14 @@ impl Ranges {
             }
         }
         nodes.into_iter().map(|(node_id, addr)| v1::MemberNode { node_id, addr }).collect()
+    }
+
+    /// Whether `node` may take a replica or a leadership: alive, and not being decommissioned.
+    pub(super) fn takes_replicas(&self, node: NodeId) -> bool {
+        match node == self.node_id {
+            true => !self.is_decommissioning(),
+            false => self.members.infos([node]).first().is_some_and(|info| info.alive),
+        }
     }
 
     pub(super) fn address_of(&self, node_id: NodeId) -> Option<String> {
@@ -330,25 +342,46 @@ impl Ranges {
     /// Moves every replica off `leaving` (a member or this node), never below quorum: each move
     /// adds the new replica before removing the old one.
     pub async fn decommission(&self, leaving: NodeId) -> Result<Vec<Move>, DecommissionError> {
-        let Survey { ranges, members, load } = self.survey(None).await;
-        self.announce_decommissioning(leaving, &members).await;
-        let mut infos = self.members.infos(members.keys().copied());
-        // The leaving node takes nothing, even while it is alive.
-        for info in infos.iter_mut().filter(|info| info.node_id == leaving) {
-            info.alive = false;
-        }
-        let settings = self.settings();
-        let view = planner::View { descriptors: &ranges, load: &load, members: &infos, settings: &settings };
-        let moves = planner::plan_decommission_in(view, leaving).map_err(DecommissionError::NoPlacement)?;
-        for step in &moves {
-            self.execute_move(step, &members).await.map_err(DecommissionError::Failed)?;
-            match step.add {
-                0 => info!(range_id = step.range_id, "removed node {leaving}'s replica, which the range could spare"),
-                to => info!(range_id = step.range_id, to, "moved a replica off node {leaving}"),
+        let (mut made, mut quiet) = (Vec::new(), false);
+        // Until the leaving node holds nothing: the coordinator may have placed a replica there
+        // before gossip told it of the decommissioning, so each pass plans from a fresh survey.
+        for pass in 0..DECOMMISSION_PASSES {
+            let Survey { ranges, members, load } = self.survey(None).await;
+            if pass == 0 {
+                self.announce_decommissioning(leaving, &members).await;
             }
-            self.count_rebalance();
+            let mut infos = self.members.infos(members.keys().copied());
+            // The leaving node takes nothing, even while it is alive.
+            for info in infos.iter_mut().filter(|info| info.node_id == leaving) {
+                info.alive = false;
+            }
+            let settings = self.settings();
+            let view = planner::View { descriptors: &ranges, load: &load, members: &infos, settings: &settings };
+            let moves = planner::plan_decommission_in(view, leaving).map_err(DecommissionError::NoPlacement)?;
+            if moves.is_empty() {
+                // Done once a second look, after a planner round's worth of moves already under
+                // way elsewhere have landed, finds nothing either.
+                if quiet {
+                    break;
+                }
+                quiet = true;
+                tokio::time::sleep(DECOMMISSION_SETTLE).await;
+                continue;
+            }
+            quiet = false;
+            for step in &moves {
+                self.execute_move(step, &members).await.map_err(DecommissionError::Failed)?;
+                match step.add {
+                    0 => {
+                        info!(range_id = step.range_id, "removed node {leaving}'s replica, which the range could spare")
+                    }
+                    to => info!(range_id = step.range_id, to, "moved a replica off node {leaving}"),
+                }
+                self.count_rebalance();
+            }
+            made.extend(moves);
         }
-        Ok(moves)
+        Ok(made)
     }
 
     pub(super) fn count_rebalance(&self) {
@@ -442,9 +475,16 @@ impl Ranges {
                 }
             }
             Decision::Move(step) => {
+                // Planned a moment ago: the target may have started leaving since.
+                if step.add != 0 && !self.takes_replicas(step.add) {
+                    return Err(format!("node {} no longer takes replicas", step.add));
+                }
                 self.execute_move(step, members).await?;
                 self.count_rebalance();
                 Ok(format!("range {}: node {} -> node {}", step.range_id, step.remove, step.add))
+            }
+            Decision::TransferLeader { range_id, to } if !self.takes_replicas(*to) => {
+                Err(format!("node {to} no longer takes leaderships (range {range_id})"))
             }
             Decision::TransferLeader { range_id, to } => {
                 let rpc = Rpc::TransferLeader(v1::TransferLeaderRequest { to_node: *to });

@@ -73,6 +73,9 @@ impl Ranges {
         if request.add_node != 0 && request.add_addr.is_empty() {
             return Err(refused("the node to add needs an address".into()));
         }
+        if request.add_node != 0 && !voters.contains(&request.add_node) && !self.takes_replicas(request.add_node) {
+            return Err(refused(format!("node {} is leaving or down: it takes no replica", request.add_node)));
+        }
         let step = Move { range_id, add: request.add_node, remove: request.remove_node };
         let after = voters_after(&voters, &step, self.factor() as usize).map_err(refused)?;
         if request.add_node != 0 && !voters.contains(&request.add_node) {
@@ -181,6 +184,9 @@ impl Ranges {
         let metrics = replica.raft.metrics().borrow().clone();
         if metrics.state != ServerState::Leader {
             return Err(not_leader(replica));
+        }
+        if !self.takes_replicas(to) {
+            return Err(refused(format!("node {to} is leaving or down: it takes no leadership")));
         }
         if !metrics.membership_config.voter_ids().any(|voter| voter == to) {
             return Err(refused(format!("node {to} holds no voting replica of range {}", replica.range_id)));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 use pleiades_proto::v1::{self, raft_request::Rpc, raft_response::Result as RaftResult};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::executor::Ranges;
 use super::leader::propose;
@@ -195,6 +195,27 @@ impl Ranges {
         }
     }
 
+    /// Removes replicas left behind: a replica whose range, by a newer descriptor from meta, no
+    /// longer lists this node was moved away while this node missed being told (it was busy,
+    /// or down). CockroachDB's replica GC queue does the same.
+    async fn collect_removed_replicas(&self) {
+        for replica in self.store.hosted() {
+            let own = replica.descriptor();
+            let Some(known) = self.table.get(own.range_id) else { continue };
+            if known.generation <= own.generation || known.replicas.contains(&self.node_id) || replica.is_leader() {
+                continue;
+            }
+            info!(
+                range_id = own.range_id,
+                generation = known.generation,
+                "removing a replica its range no longer lists"
+            );
+            if let Err(e) = self.store.remove(own.range_id).await {
+                warn!(range_id = own.range_id, error = %e, "cannot remove a replica left behind");
+            }
+        }
+    }
+
     /// Runs the periodic upkeep until the task is aborted.
     pub async fn upkeep(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -206,6 +227,7 @@ impl Ranges {
             self.refresh_from_meta(META_REFRESH_EVERY).await;
             if rounds.is_multiple_of(3) {
                 self.tend_led_ranges().await;
+                self.collect_removed_replicas().await;
             }
         }
     }
