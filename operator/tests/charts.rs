@@ -2,6 +2,9 @@
 //! with default and example values; every rendered manifest validated offline
 //! (kubernetes-validate for built-in kinds, the CRD's own schema and CEL rules for Constellations).
 
+mod support;
+use support::manifest_dir;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -9,7 +12,7 @@ use pleiades_crds::{Constellation, ConstellationSpec};
 use pleiades_operator::desired::desired;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(&manifest_dir()).join("..")
 }
 
 /// `$HELM`, else the one ../shared/tools/get-helm.sh installs (and caches), else `helm` on PATH.

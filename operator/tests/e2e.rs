@@ -12,6 +12,9 @@
 //! `PLEIADES_NODE_IMAGE` (`repository:tag`), defaulting to the released ones; the constellation
 //! uses the dev example (any architecture, no RT kernel) so it schedules on any cluster.
 
+mod support;
+use support::manifest_dir;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -28,7 +31,7 @@ const NAMESPACE: &str = "pleiades-e2e";
 const TIMEOUT: Duration = Duration::from_secs(600);
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(&manifest_dir()).join("..")
 }
 
 fn helm() -> String {

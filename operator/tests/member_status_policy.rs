@@ -2,6 +2,9 @@
 //! pods' writes to a Constellation's status: a pod changes its own member entry only, never a
 //! certificate, never the operator's fields; the operator is not held to it.
 
+mod support;
+use support::manifest_dir;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -15,8 +18,7 @@ const OPERATOR: &str = "system:serviceaccount:pleiades-system:pleiades-operator"
 /// The policy template with Helm's actions replaced: lines that are only an action go, inline
 /// ones (the operator's namespace and service account, names, labels) get fixed values.
 fn policy() -> Value {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/pleiades-operator/templates/member-status-policy.yaml");
+    let path = Path::new(&manifest_dir()).join("../charts/pleiades-operator/templates/member-status-policy.yaml");
     let text = std::fs::read_to_string(path).unwrap();
     let mut yaml = String::new();
     for line in text.lines() {

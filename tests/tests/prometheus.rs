@@ -53,7 +53,10 @@ fn query(web: SocketAddr, promql: &str) -> Vec<serde_json::Value> {
 
 /// Node metric names the dashboard queries (the operator's are checked in its own crate).
 fn dashboard_node_metrics() -> Vec<String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/pleiades-operator/dashboards/pleiades.json");
+    // The package's directory as cargo gives it to the running test, not as compiled in: the
+    // target directory is shared between checkouts.
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let path = format!("{dir}/../charts/pleiades-operator/dashboards/pleiades.json");
     let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut names = Vec::new();
     for panel in dashboard["panels"].as_array().unwrap() {
