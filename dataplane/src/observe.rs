@@ -220,8 +220,9 @@ impl Metrics {
             "Leaderships this node handed over on request",
             metrics.range_leader_transfers.clone(),
         );
-        range.register("count", "Replicas this node hosts", metrics.range_count.clone());
-        range.register("leader_count", "Ranges this node leads", metrics.range_leader_count.clone());
+        // Not `count`/`leader_count`: Prometheus keeps the `_count` suffix for histograms.
+        range.register("replicas", "Replicas this node hosts", metrics.range_count.clone());
+        range.register("leaders", "Ranges this node leads", metrics.range_leader_count.clone());
         range.register("bytes", "Bytes of the ranges this node hosts, as last sized", metrics.range_bytes.clone());
         r.register(
             "system_request_seconds",
