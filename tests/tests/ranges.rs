@@ -11,6 +11,10 @@ use pleiades_proto::v1::{self, ReadConsistency};
 use pleiades_tests::linearizability::{check, register_client, Operation};
 use pleiades_tests::{TestCluster, FAST_RAFT};
 
+/// One test at a time: each runs a constellation under load, and two at once on two cores starve
+/// each other's nodes past the clients' timeouts.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Each range's descriptor as its leader reports it, and the replicas and leaders per node.
 struct Layout {
     ranges: BTreeMap<u64, v1::RangeDescriptor>,
@@ -51,6 +55,7 @@ fn key(i: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loading_200000_keys_splits_the_keyspace_while_histories_stay_linearizable() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     // The first lines land in the [constellation] table the cluster's config opens.
     let config = format!("range-split-bytes = 262144\ninitial-ranges = 2\n{FAST_RAFT}");
     let cluster = TestCluster::start(3, &config).unwrap();
@@ -139,6 +144,7 @@ async fn loading_200000_keys_splits_the_keyspace_while_histories_stay_linearizab
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_constellation_grown_from_3_to_6_nodes_balances_replicas_and_leaders_by_itself() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let config = format!("initial-ranges = 12\n{FAST_RAFT}");
     let mut cluster = TestCluster::start(3, &config).unwrap();
     cluster.wait_for_leaders(Duration::from_secs(30)).await.unwrap();
@@ -177,6 +183,7 @@ async fn a_constellation_grown_from_3_to_6_nodes_balances_replicas_and_leaders_b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_restart_of_five_nodes_every_key_is_readable_through_every_node() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut cluster = TestCluster::start(5, FAST_RAFT).unwrap();
     cluster.wait_for_leaders(Duration::from_secs(30)).await.unwrap();
     let client = cluster.client().await.unwrap();
@@ -214,6 +221,7 @@ async fn after_a_restart_of_five_nodes_every_key_is_readable_through_every_node(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn splits_racing_leader_kills_lose_no_acknowledged_write() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut cluster = TestCluster::start(3, FAST_RAFT).unwrap();
     cluster.wait_for_leaders(Duration::from_secs(30)).await.unwrap();
     let client = cluster.client().await.unwrap();
@@ -339,6 +347,7 @@ async fn settle_zones(cluster: &TestCluster, gone: Option<u64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_nodes_in_three_zones_keep_every_range_in_three_zones_through_a_node_loss() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let config = format!("replace-dead-after-ms = 3000\ninitial-ranges = 6\n{FAST_RAFT}");
     let mut cluster =
         TestCluster::start_each(6, &config, |id| format!("[gossip]\ntags = {{ zone = \"{}\" }}\n", zone_of(id)))
@@ -361,6 +370,7 @@ async fn six_nodes_in_three_zones_keep_every_range_in_three_zones_through_a_node
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decommission_empties_a_node_that_holds_over_fifty_ranges() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     // 71 ranges of 3 replicas on 4 nodes: about 53 on each.
     let config = format!("initial-ranges = 70\n{FAST_RAFT}");
     let cluster = TestCluster::start(4, &config).unwrap();

@@ -212,7 +212,11 @@ impl KvService {
                             r.leader().map(|leader| v1::RangeLeader { range_id: r.range_id, leader: Some(leader) })
                         })
                         .collect(),
-                    loads: hosted.iter().filter(|r| r.is_leader()).map(|r| r.load.report(r.range_id)).collect(),
+                    loads: hosted
+                        .iter()
+                        .filter(|r| r.is_leader())
+                        .map(|r| r.load.report(r.range_id, r.term()))
+                        .collect(),
                 }))
             }
             Op::Put(put) => {

@@ -219,7 +219,15 @@ impl Ranges {
     /// what each range's leader measured.
     pub async fn survey(&self, seed: Option<&str>) -> Survey {
         let mut members: BTreeMap<NodeId, String> = self.members().into_iter().map(|m| (m.node_id, m.addr)).collect();
-        let mut load: BTreeMap<u64, RangeLoad> = self.local_load();
+        let mut terms: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut load: BTreeMap<u64, RangeLoad> = BTreeMap::new();
+        for replica in self.store.hosted().into_iter().filter(|r| r.is_leader()) {
+            terms.insert(replica.range_id, replica.term());
+            load.insert(
+                replica.range_id,
+                range_load(replica.load.report(replica.range_id, replica.term()), Some(self.node_id)),
+            );
+        }
         let mut asked = BTreeSet::new();
         let mut to_ask: Vec<String> = seed.into_iter().map(str::to_string).chain(members.values().cloned()).collect();
         while let Some(addr) = to_ask.pop() {
@@ -243,6 +251,12 @@ impl Ranges {
                     let leaders: BTreeMap<u64, NodeId> =
                         answer.leaders.iter().filter_map(|l| Some((l.range_id, l.leader.as_ref()?.node_id))).collect();
                     for report in answer.loads {
+                        // Two replicas may both think they lead: the deposed one has not heard
+                        // of the next term yet. The higher term is the leader.
+                        if terms.get(&report.range_id).is_some_and(|term| *term >= report.term) {
+                            continue;
+                        }
+                        terms.insert(report.range_id, report.term);
                         let leader = leaders.get(&report.range_id).copied();
                         load.insert(report.range_id, range_load(report, leader));
                     }
@@ -251,16 +265,6 @@ impl Ranges {
             }
         }
         Survey { ranges: self.table.descriptors(), members, load }
-    }
-
-    /// What the ranges this node leads measured.
-    pub fn local_load(&self) -> BTreeMap<u64, RangeLoad> {
-        self.store
-            .hosted()
-            .into_iter()
-            .filter(|r| r.is_leader())
-            .map(|r| (r.range_id, range_load(r.load.report(r.range_id), Some(self.node_id))))
-            .collect()
     }
 
     /// Sends `rpc` for `range_id` to the range's leader, following redirects; retries a while.
@@ -447,6 +451,7 @@ impl Ranges {
         let view =
             planner::View { descriptors: &survey.ranges, load: &survey.load, members: &infos, settings: &settings };
         let decisions = planner::plan(view);
+
         if !decisions.is_empty() {
             debug!(decisions = decisions.len(), "planner round");
         }

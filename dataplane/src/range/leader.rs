@@ -178,12 +178,14 @@ impl Ranges {
     /// (at most [`TRANSFER_LIMIT`]) so the target can catch up with the whole log.
     pub(super) async fn transfer_leader(&self, replica: &Replica, to: NodeId) -> Result<(), v1::RaftError> {
         let _one_at_a_time = replica.changing.lock().await;
-        if to == self.node_id {
-            return Ok(());
-        }
         let metrics = replica.raft.metrics().borrow().clone();
+        // The target itself, asked as a follower, must redirect like anyone else: only the
+        // leader knows whether the leadership has moved.
         if metrics.state != ServerState::Leader {
             return Err(not_leader(replica));
+        }
+        if to == self.node_id {
+            return Ok(());
         }
         if !self.takes_replicas(to) {
             return Err(refused(format!("node {to} is leaving or down: it takes no leadership")));

@@ -118,7 +118,7 @@ impl ReplicaLoad {
         self.lock().size = None;
     }
 
-    pub fn report(&self, range_id: u64) -> v1::RangeLoadReport {
+    pub fn report(&self, range_id: u64, term: u64) -> v1::RangeLoadReport {
         let mut window = self.lock();
         self.roll(&mut window);
         let size = window.size.clone().unwrap_or_default();
@@ -132,6 +132,7 @@ impl ReplicaLoad {
             write_bytes_per_second: window.rates.write_bytes_per_second,
             middle_key: size.middle_key.unwrap_or_default(),
             load_split_key: window.rates.median_key.clone().unwrap_or_default(),
+            term,
             split_for_load_ms_ago: window
                 .split_for_load_at
                 .map(|at| (at.elapsed().as_millis() as u64).max(1))

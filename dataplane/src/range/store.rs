@@ -111,6 +111,10 @@ impl Replica {
         self.descriptor.span()
     }
 
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
@@ -352,7 +356,7 @@ impl Replicas {
                         .nodes()
                         .map(|(id, node)| v1::MemberNode { node_id: *id, addr: node.addr.clone() })
                         .collect(),
-                    load: Some(replica.load.report(replica.range_id)),
+                    load: Some(replica.load.report(replica.range_id, replica.term())),
                 }
             })
             .collect()
@@ -427,7 +431,9 @@ impl Replicas {
         let hosted = self.hosted();
         self.metrics.range_count.set(hosted.len() as i64);
         self.metrics.range_leader_count.set(hosted.iter().filter(|r| r.is_leader()).count() as i64);
-        self.metrics.range_bytes.set(hosted.iter().map(|r| r.load.report(r.range_id).bytes).sum::<u64>() as i64);
+        self.metrics
+            .range_bytes
+            .set(hosted.iter().map(|r| r.load.report(r.range_id, r.term()).bytes).sum::<u64>() as i64);
         for replica in hosted {
             let labels = RangeLabels { range: replica.range_id };
             let raft = replica.raft.metrics().borrow().clone();
