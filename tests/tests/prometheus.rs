@@ -142,10 +142,19 @@ async fn prometheus_scrapes_every_node_of_a_constellation() {
         assert_eq!(target["health"], "up", "{target}");
         assert_eq!(target["lastError"], "", "{target}");
     }
-    // Every range has exactly one leader across the constellation.
-    let leaders = query(web, "sum(pleiades_raft_is_leader)");
+    // Every range has exactly one leader across the constellation, once the scrapes have caught
+    // up with the leadership transfers that balance a new constellation.
     let ranges = cluster.wait_for_leaders(Duration::from_secs(10)).await.unwrap().len();
-    assert_eq!(leaders[0]["value"][1], ranges.to_string(), "{leaders:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leaders = query(web, "sum(pleiades_raft_is_leader)");
+        let counted = leaders.first().and_then(|l| l["value"][1].as_str()?.parse::<usize>().ok());
+        if counted == Some(ranges) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{leaders:?} leaders for {ranges} ranges");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let puts = query(web, "sum(pleiades_kv_request_seconds_count{op=\"put\",outcome=\"ok\"})");
     let puts: f64 = puts[0]["value"][1].as_str().unwrap().parse().unwrap();
     assert!(puts >= 50.0, "{puts} puts recorded");
