@@ -248,16 +248,23 @@ async fn splits_racing_leader_kills_lose_no_acknowledged_write() {
     let mut splits = 0;
     for round in 0..4u32 {
         // Kill the leader of the range that holds the writers' keys, and split it meanwhile.
-        let leaders = cluster.wait_for_leaders(Duration::from_secs(30)).await.unwrap();
-        let now = layout(&cluster).await;
-        let holder = now
-            .ranges
-            .values()
-            .filter(|d| pleiades::range::table::descriptor_contains(d, format!("race/{round}").as_bytes()))
-            .map(|d| d.range_id)
-            .next()
-            .unwrap();
-        let victim = leaders[&holder];
+        // The range and its leader as the leader reports them (retried: a leadership moving for
+        // balance leaves a moment in which no replica says it leads).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let victim = loop {
+            let leaders = cluster.wait_for_leaders(Duration::from_secs(30)).await.unwrap();
+            let now = layout(&cluster).await;
+            let holder = now
+                .ranges
+                .values()
+                .find(|d| pleiades::range::table::descriptor_contains(d, format!("race/{round}").as_bytes()))
+                .map(|d| d.range_id);
+            if let Some(leader) = holder.and_then(|h| leaders.get(&h).copied()) {
+                break leader;
+            }
+            assert!(Instant::now() < deadline, "no leader reports the range of race/{round}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         let split_key = format!("race/{}/{:06}", round % 8, 1 + round * 10);
         let addr = admin_addr(&cluster, victim);
         let split = {

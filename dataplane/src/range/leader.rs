@@ -23,6 +23,22 @@ const STEP_ASIDE_DELAY: Duration = Duration::from_millis(500);
 /// How long a leadership transfer may take before the leader takes writes again.
 const TRANSFER_LIMIT: Duration = Duration::from_secs(2);
 
+/// Holds a range's new writes back while it exists.
+struct HoldWrites<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl<'a> HoldWrites<'a> {
+    fn on(flag: &'a std::sync::atomic::AtomicBool) -> Self {
+        flag.store(true, Ordering::Release);
+        HoldWrites(flag)
+    }
+}
+
+impl Drop for HoldWrites<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 pub(super) fn refused(message: String) -> v1::RaftError {
     v1::RaftError { kind: v1::RaftErrorKind::Refused.into(), message, ..Default::default() }
 }
@@ -193,10 +209,13 @@ impl Ranges {
         if !metrics.membership_config.voter_ids().any(|voter| voter == to) {
             return Err(refused(format!("node {to} holds no voting replica of range {}", replica.range_id)));
         }
-        replica.transferring.store(true, Ordering::Release);
         let deadline = tokio::time::Instant::now() + TRANSFER_LIMIT;
-        let result = super::leadership::hand_over(replica, &self.peers, self.node_id, Some(to), deadline).await;
-        replica.transferring.store(false, Ordering::Release);
+        let result = {
+            // Writes resume however this ends, even if the caller goes away mid-transfer and
+            // this future is dropped: a flag left set would refuse the range's writes for good.
+            let _holding_writes = HoldWrites::on(&replica.transferring);
+            super::leadership::hand_over(replica, &self.peers, self.node_id, Some(to), deadline).await
+        };
         let new_leader = result.map_err(refused)?;
         self.metrics.range_leader_transfers.inc();
         info!(range_id = replica.range_id, to = new_leader, "handed the range's leadership over");
