@@ -77,13 +77,6 @@ impl MemberView {
         self.read().is_empty()
     }
 
-    pub fn addr(&self, id: NodeId) -> Option<String> {
-        if id == self.node_id {
-            return Some(self.own.read().unwrap_or_else(|p| p.into_inner()).addr.clone());
-        }
-        self.read().get(&id).map(|m| m.addr.clone()).filter(|a| !a.is_empty())
-    }
-
     /// Members and where gossip last saw them; the dead ones too, when `with_dead`.
     pub fn addresses(&self, with_dead: bool) -> BTreeMap<NodeId, String> {
         self.read()

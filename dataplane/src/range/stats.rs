@@ -14,12 +14,17 @@ use crate::storage::SpanStats;
 pub const LOAD_WINDOW: Duration = Duration::from_secs(10);
 /// Keys sampled per window (reservoir sampling: each request equally likely to be kept).
 const SAMPLES: usize = 64;
+/// One request in this many is offered to the reservoir, so the hot path rarely takes its lock.
+const OFFER_EVERY: u64 = 16;
 
 #[derive(Default)]
 pub struct ReplicaLoad {
     reads: AtomicU64,
     writes: AtomicU64,
     write_bytes: AtomicU64,
+    /// Bytes written since the size was measured, so the upkeep measures again only when the
+    /// range may have crossed a threshold.
+    written_since_sized: AtomicU64,
     window: Mutex<Window>,
 }
 
@@ -32,9 +37,6 @@ struct Window {
     /// The last full window.
     rates: Rates,
     size: Option<SpanStats>,
-    /// Bytes written since the size was measured, so the upkeep measures again only when it
-    /// may have crossed a threshold.
-    written_since_sized: u64,
     split_for_load_at: Option<Instant>,
 }
 
@@ -48,19 +50,22 @@ struct Rates {
 
 impl ReplicaLoad {
     pub fn read(&self, key: &[u8]) {
-        self.reads.fetch_add(1, Relaxed);
-        self.sample(key, 0);
+        let count = self.reads.fetch_add(1, Relaxed);
+        self.sample(key, count);
     }
 
     pub fn wrote(&self, key: &[u8], bytes: usize) {
-        self.writes.fetch_add(1, Relaxed);
+        let count = self.writes.fetch_add(1, Relaxed);
         self.write_bytes.fetch_add(bytes as u64, Relaxed);
-        self.sample(key, bytes as u64);
+        self.written_since_sized.fetch_add(bytes as u64, Relaxed);
+        self.sample(key, count);
     }
 
-    fn sample(&self, key: &[u8], bytes: u64) {
+    fn sample(&self, key: &[u8], count: u64) {
+        if !count.is_multiple_of(OFFER_EVERY) {
+            return;
+        }
         let mut window = self.lock();
-        window.written_since_sized += bytes;
         self.roll(&mut window);
         window.offered += 1;
         if window.samples.len() < SAMPLES {
@@ -98,14 +103,13 @@ impl ReplicaLoad {
     /// Whether the size should be measured again: never measured, or enough written since to
     /// have crossed `threshold` (a fraction of the split size).
     pub fn needs_sizing(&self, threshold: u64) -> bool {
-        let window = self.lock();
-        window.size.is_none() || window.written_since_sized >= threshold
+        self.lock().size.is_none() || self.written_since_sized.load(Relaxed) >= threshold
     }
 
     pub fn sized(&self, stats: SpanStats) {
         let mut window = self.lock();
         window.size = Some(stats);
-        window.written_since_sized = 0;
+        self.written_since_sized.store(0, Relaxed);
     }
 
     /// The range was just split for load (by this replica's leadership).

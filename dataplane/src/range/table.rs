@@ -64,24 +64,6 @@ impl DescriptorTable {
         self.read().values().filter(|d| d.replicas.contains(&node)).count()
     }
 
-    /// Whether the data ranges known tile the whole keyspace, without a gap.
-    pub fn covers_keyspace(&self) -> bool {
-        let ranges = self.read();
-        let mut data: Vec<&v1::RangeDescriptor> = ranges.values().filter(|d| !d.meta).collect();
-        data.sort_by(|a, b| a.start_key.cmp(&b.start_key).then(b.generation.cmp(&a.generation)));
-        let mut reached: Vec<u8> = Vec::new();
-        for descriptor in data {
-            if descriptor.start_key > reached {
-                return false;
-            }
-            if descriptor.end_key.is_empty() {
-                return true;
-            }
-            reached = reached.max(descriptor.end_key.clone());
-        }
-        false
-    }
-
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, v1::RangeDescriptor>> {
         self.ranges.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -106,7 +88,6 @@ mod tests {
     fn a_split_learned_half_way_routes_by_the_newest_generation() {
         let table = DescriptorTable::default();
         table.learn(range(2, b"", b"", 1));
-        assert!(table.covers_keyspace());
         // The right half arrives before the left's new span.
         table.learn(range(7, b"m", b"", 2));
         assert_eq!(table.for_key(b"x").unwrap().range_id, 7);
@@ -114,10 +95,5 @@ mod tests {
         table.learn(range(2, b"", b"m", 2));
         table.learn(range(2, b"", b"", 1));
         assert_eq!(table.get(2).unwrap().end_key, b"m", "an older generation never replaces a newer one");
-        assert!(table.covers_keyspace());
-        let gap = DescriptorTable::default();
-        gap.learn(range(2, b"", b"f", 1));
-        gap.learn(range(3, b"g", b"", 1));
-        assert!(!gap.covers_keyspace(), "nothing holds [f, g)");
     }
 }
