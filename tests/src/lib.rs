@@ -33,6 +33,32 @@ pub fn pleiades_binary() -> PathBuf {
         .clone()
 }
 
+/// A child process started in its own process group, killed with everything it started when
+/// dropped: a failing test must not leave a `pleiades up` and its nodes running (they would
+/// hold the test runner's output open and keep their ports).
+pub struct ProcessGroup(pub Child);
+
+impl ProcessGroup {
+    pub fn spawn(command: &mut Command) -> std::io::Result<ProcessGroup> {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0).spawn().map(ProcessGroup)
+    }
+
+    /// Sends `signal` to the child alone (its children are its business).
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on a child we spawned and have not reaped; no memory is touched.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, signal) };
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // SAFETY: as above, to the group the child leads (its pid is the group id).
+        unsafe { libc::kill(-(self.0.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
 /// A node process with its data directory.
 pub struct TestNode {
     child: Option<Child>,

@@ -3,10 +3,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pleiades_tests::pleiades_binary;
+use pleiades_tests::{pleiades_binary, ProcessGroup};
 
 fn cli(dir: &Path, addr: &str, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(pleiades_binary())
@@ -23,16 +23,17 @@ fn cli(dir: &Path, addr: &str, args: &[&str]) -> (bool, String, String) {
 }
 
 /// Starts `pleiades up` and waits for its "is up" line.
-fn up(dir: &Path, base_port: u16) -> Child {
-    let mut child = Command::new(pleiades_binary())
-        .args(["up", "--nodes", "3", "--base-port", &base_port.to_string(), "--data-dir"])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start pleiades up");
-    let stdout = child.stdout.take().expect("stdout");
+fn up(dir: &Path, base_port: u16) -> ProcessGroup {
+    let mut child = ProcessGroup::spawn(
+        Command::new(pleiades_binary())
+            .args(["up", "--nodes", "3", "--base-port", &base_port.to_string(), "--data-dir"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+    )
+    .expect("start pleiades up");
+    let stdout = child.0.stdout.take().expect("stdout");
     let (ready, wait) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -45,12 +46,11 @@ fn up(dir: &Path, base_port: u16) -> Child {
     child
 }
 
-fn interrupt_and_wait(mut child: Child) {
-    // SAFETY: kill(2) on a child we spawned and still own.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+fn interrupt_and_wait(mut child: ProcessGroup) {
+    child.signal(libc::SIGINT);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             assert!(status.success(), "pleiades up exited with {status}");
             return;
         }

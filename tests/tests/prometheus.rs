@@ -4,20 +4,11 @@
 //! queries exists.
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pleiades_proto::v1::ReadConsistency;
-use pleiades_tests::{http_get, TestCluster, FAST_RAFT};
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use pleiades_tests::{http_get, ProcessGroup, TestCluster, FAST_RAFT};
 
 fn free_loopback_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
@@ -101,16 +92,15 @@ async fn prometheus_scrapes_every_node_of_a_constellation() {
     )
     .unwrap();
     let web = free_loopback_port();
-    let _prometheus = KillOnDrop(
+    let _prometheus = ProcessGroup::spawn(
         Command::new(prometheus)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", cluster.root.path().join("tsdb").display()))
             .arg(format!("--web.listen-address={web}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus"),
-    );
+            .stderr(Stdio::null()),
+    )
+    .expect("start prometheus");
 
     // Bounded wait: Prometheus starts, scrapes every second, and must then hold samples from
     // every node for every key series.

@@ -248,18 +248,19 @@ impl Cluster {
             let len = replicas.len();
             replicas.rotate_left(attempt % len);
         }
-        let mut targets = match (kind, routing.leaders.get(&range.range_id)) {
+        // Recently failed nodes go last (stable sort keeps the order otherwise)...
+        let penalty = self.inner.attempt_timeout * FAILED_NODE_PENALTY_ATTEMPTS;
+        replicas.sort_by_key(|addr| routing.failed.get(addr).is_some_and(|at| at.elapsed() < penalty));
+        match (kind, routing.leaders.get(&range.range_id)) {
             (Kind::Read(ReadConsistency::Stale), _) | (_, None) => replicas,
+            // ...but a known leader goes first all the same: it was learned (from an answer or
+            // a hint) after the failure, or the failure would have forgotten it.
             (_, Some(leader)) => {
                 let mut targets = vec![leader.clone()];
                 targets.extend(replicas.into_iter().filter(|r| r != leader));
                 targets
             }
-        };
-        // Recently failed nodes go last (stable sort keeps the order otherwise).
-        let penalty = self.inner.attempt_timeout * FAILED_NODE_PENALTY_ATTEMPTS;
-        targets.sort_by_key(|addr| routing.failed.get(addr).is_some_and(|at| at.elapsed() < penalty));
-        targets
+        }
     }
 
     /// Forgets `addr` as the range's leader and tries it last for a while.
@@ -342,8 +343,10 @@ impl Cluster {
             let error = match response.result {
                 Some(KvResult::Error(error)) => error,
                 Some(result) => {
+                    let mut routing = lock(&self.inner.routing);
+                    routing.failed.remove(&target);
                     if kind != Kind::Read(ReadConsistency::Stale) {
-                        lock(&self.inner.routing).leaders.insert(range.range_id, target);
+                        routing.leaders.insert(range.range_id, target);
                     }
                     return Ok(result);
                 }
@@ -351,18 +354,19 @@ impl Cluster {
             };
             match error.code() {
                 ErrorCode::NotLeader => {
-                    let hinted = {
+                    let go_now = {
                         let mut routing = lock(&self.inner.routing);
                         let penalty = self.inner.attempt_timeout * FAILED_NODE_PENALTY_ATTEMPTS;
-                        let recently_failed =
-                            |addr: &str| routing.failed.get(addr).is_some_and(|at| at.elapsed() < penalty);
                         match &error.leader {
-                            // A hint at a node that just failed us is likely stale (an election is
-                            // under way): back off instead of going straight back to it.
-                            Some(leader) if leader.addr != target && !recently_failed(&leader.addr) => {
+                            // The hint is followed even to a node that failed us lately (it may
+                            // have failed for another range, or be back): a live replica's
+                            // word beats an old failure. Only the pace differs: a hint at a
+                            // node that just failed may be stale (an election is under way),
+                            // so it is followed after the backoff, not at once.
+                            Some(leader) if leader.addr != target => {
                                 routing.nodes.insert(leader.node_id, leader.addr.clone());
                                 routing.leaders.insert(range.range_id, leader.addr.clone());
-                                true
+                                routing.failed.get(&leader.addr).is_none_or(|at| at.elapsed() >= penalty)
                             }
                             _ => {
                                 routing.leaders.remove(&range.range_id);
@@ -370,8 +374,7 @@ impl Cluster {
                             }
                         }
                     };
-                    // A fresh hint: go there at once.
-                    if hinted {
+                    if go_now {
                         continue;
                     }
                 }
@@ -392,7 +395,12 @@ impl Cluster {
                     }
                     let _ = self.refresh_ranges().await;
                 }
-                ErrorCode::Unavailable => self.mark_failed(range.range_id, &target),
+                // The node is alive but cannot serve this range now (a leadership hand-over,
+                // a leadership it cannot confirm, draining): another replica may, and the node
+                // stays a fine choice for its other ranges.
+                ErrorCode::Unavailable => {
+                    lock(&self.inner.routing).leaders.remove(&range.range_id);
+                }
                 code => return Err(ClientError::Kv { code, message: error.message }),
             }
             last_error = ClientError::Kv { code: error.code(), message: error.message };
