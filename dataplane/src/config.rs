@@ -267,9 +267,13 @@ pub struct ConstellationConfig {
     /// How long a node declared dead by gossip may stay dead before its replicas are rebuilt
     /// elsewhere; 0 never rebuilds them automatically.
     pub replace_dead_after_ms: u64,
-    /// A range larger than this (all versions) splits at its middle key; down to kilobytes for
-    /// tests.
+    /// A range whose live data passes this, or whose versions (history included) pass four
+    /// times this, splits at its middle key; down to kilobytes for tests.
     pub range_split_bytes: u64,
+    /// Two neighbouring ranges smaller than this together, both cold (under a quarter of the
+    /// load split rate), merge; at most half the split size. Unset: a quarter of the split size
+    /// (CockroachDB's range_min_bytes to range_max_bytes); 0 never merges.
+    pub range_merge_bytes: Option<u64>,
     /// A range busier than this (reads + writes per second, over 10 s) splits at the median of
     /// the keys it was asked for; 0 never splits for load.
     pub load_split_requests_per_second: f64,
@@ -280,6 +284,13 @@ pub struct ConstellationConfig {
     /// Whether the constellation reshapes itself (splits, rebalancing, leadership balance);
     /// repairs of lost replicas happen regardless.
     pub rebalance: bool,
+}
+
+impl ConstellationConfig {
+    /// The merge size in effect (see `range_merge_bytes`).
+    pub fn merge_bytes(&self) -> u64 {
+        self.range_merge_bytes.unwrap_or(self.range_split_bytes / 4)
+    }
 }
 
 impl Default for ConstellationConfig {
@@ -295,6 +306,7 @@ impl Default for ConstellationConfig {
             replace_dead_after_ms: 300_000,
             // CockroachDB's range_max_bytes.
             range_split_bytes: 512 << 20,
+            range_merge_bytes: None,
             // CockroachDB's kv.range_split.load_qps_threshold.
             load_split_requests_per_second: 2_500.0,
             rebalance_threshold: 0.2,
@@ -537,6 +549,13 @@ impl NodeConfig {
         }
         if constellation.range_split_bytes < 1024 {
             return invalid("constellation.range-split-bytes must be at least 1024".into());
+        }
+        if constellation.range_merge_bytes.is_some_and(|merge| merge > constellation.range_split_bytes / 2) {
+            return invalid(
+                "constellation.range-merge-bytes must be at most half of range-split-bytes, or a merged range \
+                 would split again"
+                    .into(),
+            );
         }
         if !constellation.load_split_requests_per_second.is_finite()
             || constellation.load_split_requests_per_second < 0.0

@@ -40,13 +40,27 @@ async fn layout(cluster: &TestCluster) -> Layout {
 
 /// Data ranges tile the keyspace exactly once.
 fn assert_tiles(ranges: &BTreeMap<u64, v1::RangeDescriptor>) {
+    if let Some(flaw) = tiling_flaw(ranges) {
+        panic!("{flaw}");
+    }
+}
+
+/// Where the data ranges fail to tile the keyspace exactly once, if they do.
+fn tiling_flaw(ranges: &BTreeMap<u64, v1::RangeDescriptor>) -> Option<String> {
     let mut data: Vec<&v1::RangeDescriptor> = ranges.values().filter(|d| !d.meta).collect();
     data.sort_by(|a, b| a.start_key.cmp(&b.start_key));
-    assert!(data.first().is_some_and(|d| d.start_key.is_empty()), "the first range starts the keyspace");
-    assert!(data.last().is_some_and(|d| d.end_key.is_empty()), "the last range ends it");
-    for pair in data.windows(2) {
-        assert_eq!(pair[0].end_key, pair[1].start_key, "ranges {} and {} meet", pair[0].range_id, pair[1].range_id);
+    if !data.first().is_some_and(|d| d.start_key.is_empty()) || !data.last().is_some_and(|d| d.end_key.is_empty()) {
+        return Some("the ranges do not reach both ends of the keyspace".into());
     }
+    data.windows(2).find(|pair| pair[0].end_key != pair[1].start_key).map(|pair| {
+        format!(
+            "ranges {} and {} do not meet: {:?} then {:?}",
+            pair[0].range_id,
+            pair[1].range_id,
+            String::from_utf8_lossy(&pair[0].end_key),
+            String::from_utf8_lossy(&pair[1].start_key)
+        )
+    })
 }
 
 fn key(i: u64) -> Vec<u8> {
@@ -140,6 +154,134 @@ async fn loading_200000_keys_splits_the_keyspace_while_histories_stay_linearizab
     let loaded = seen.iter().filter(|kv| !kv.key.ends_with(b"/register")).count() as u64;
     assert_eq!(loaded, KEYS, "every loaded key is there after the splits");
     loader.close().await;
+}
+
+fn data_ranges(layout: &Layout) -> usize {
+    layout.ranges.values().filter(|d| !d.meta).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_most_keys_merges_ranges_back_down_while_histories_stay_linearizable() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    // Live data splits at 16 KiB; nothing splits for load, so every range is cold (mergeable)
+    // whatever the clients do.
+    let config = format!(
+        "range-split-bytes = 16384
+load-split-requests-per-second = 0
+initial-ranges = 1
+{FAST_RAFT}"
+    );
+    let mut cluster = TestCluster::start(3, &config).unwrap();
+    cluster.wait_for_leaders(Duration::from_secs(30)).await.unwrap();
+    const KEYS: u64 = 3_000;
+    const KEEP_EVERY: u64 = 20;
+    let loader = cluster.client().await.unwrap();
+    let value = |i: u64| format!("{i:0>100}").into_bytes();
+    let writes: Vec<_> = (0..16u64)
+        .map(|w| {
+            let client = loader.clone();
+            tokio::spawn(async move {
+                for i in (w * KEYS / 16)..((w + 1) * KEYS / 16) {
+                    client.put(&key(i), &value(i)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for write in writes {
+        write.await.unwrap();
+    }
+    // The splits settle: at least 12 ranges, then no change for 10 s.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut peak, mut since) = (0, Instant::now());
+    while Instant::now() < deadline && (peak < 12 || since.elapsed() < Duration::from_secs(10)) {
+        let now = data_ranges(&layout(&cluster).await);
+        if now != peak {
+            (peak, since) = (now, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(peak >= 12, "{KEYS} keys of 100 bytes made only {peak} ranges");
+
+    // Registers among the keys, written and read while the ranges merge under them.
+    let epoch = Instant::now();
+    let merging = Arc::new(AtomicBool::new(true));
+    let history: Arc<Mutex<Vec<Operation>>> = Arc::default();
+    let mut workers = Vec::new();
+    for client_id in 0..6usize {
+        let client = cluster.client().await.unwrap();
+        let (history, merging) = (history.clone(), merging.clone());
+        workers.push(tokio::spawn(register_client(
+            client,
+            client_id,
+            move |n| [key(((client_id as u64 + n) % 3) * 1_000 + 7), b"/register".to_vec()].concat(),
+            move || merging.load(Ordering::Relaxed),
+            epoch,
+            history,
+        )));
+    }
+    let deletes: Vec<_> = (0..16u64)
+        .map(|w| {
+            let client = loader.clone();
+            tokio::spawn(async move {
+                for i in ((w * KEYS / 16)..((w + 1) * KEYS / 16)).filter(|i| i % KEEP_EVERY != 0) {
+                    client.delete(&key(i)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for delete in deletes {
+        delete.await.unwrap();
+    }
+    // History (the deleted values and their tombstones) still counts towards a merged range's
+    // size, so ranges merge until pairs would pass four times the split size: a quarter fewer
+    // at least.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let merged = loop {
+        // A range between elections has no leader to report it: a layout with a gap is retried.
+        let now = layout(&cluster).await;
+        let done = data_ranges(&now) * 4 <= peak * 3 && tiling_flaw(&now.ranges).is_none();
+        if done || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    merging.store(false, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert!(
+        data_ranges(&merged) * 4 <= peak * 3,
+        "deleting {} of {KEYS} keys left {} of {peak} ranges",
+        KEYS - KEYS / KEEP_EVERY,
+        data_ranges(&merged)
+    );
+    assert_tiles(&merged.ranges);
+    let history = history.lock().unwrap().clone();
+    assert!(history.len() > 50, "the workload ran: {} operations", history.len());
+    if let Err(violation) = check(&history) {
+        panic!("not linearizable across merges: {violation}");
+    }
+
+    // What is left is exactly what was kept, also after a node is killed and comes back.
+    loader.close().await;
+    cluster.nodes[1].kill9();
+    cluster.nodes[1].restart().unwrap();
+    cluster.wait_for_leaders(Duration::from_secs(60)).await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let seen = client.scan(&key(0), b"load0", 0, false, ReadConsistency::Linearizable).await.unwrap();
+    let kept: Vec<(Vec<u8>, Vec<u8>)> = seen
+        .into_iter()
+        .filter(|kv| !kv.key.ends_with(b"/register"))
+        .map(|kv| (kv.key, kv.value.unwrap_or_default().value))
+        .collect();
+    let expected: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..KEYS).filter(|i| i % KEEP_EVERY == 0).map(|i| (key(i), value(i))).collect();
+    assert_eq!(kept, expected, "after the merges, the kept keys and only they");
+    for i in (0..KEYS).step_by(7) {
+        let found = client.get(&key(i), 0, ReadConsistency::Linearizable).await.unwrap();
+        assert_eq!(found.map(|v| v.value), (i % KEEP_EVERY == 0).then(|| value(i)), "key {i}");
+    }
+    client.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

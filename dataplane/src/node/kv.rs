@@ -102,6 +102,19 @@ fn check_system_value(key: &[u8], value: &[u8]) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// A range frozen for a merge neither writes nor answers linearizable reads: once the merge
+/// applies, the range that subsumed it takes writes for its keys, and a read here could miss
+/// them. Clients retry and, after the merge, find the subsuming range.
+fn frozen(replica: &Replica) -> Result<(), Refusal> {
+    match replica.descriptor().merging_into {
+        0 => Ok(()),
+        into => Err(Refusal::new(
+            ErrorCode::Unavailable,
+            format!("range {} is merging into range {into}: not served", replica.range_id),
+        )),
+    }
+}
+
 fn not_leader(replica: &Replica, forward: ForwardToLeader<u64, BasicNode>) -> Refusal {
     let leader = match (forward.leader_id, forward.leader_node) {
         (Some(node_id), Some(node)) => Some(v1::MemberNode { node_id, addr: node.addr }),
@@ -470,6 +483,7 @@ impl KvService {
 
     /// Proposes a command at a fresh HLC time and waits until it is applied.
     async fn propose(&self, replica: &Replica, op: command::Op) -> Result<Outcome, Refusal> {
+        frozen(replica)?;
         if replica.transferring.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Refusal::new(
                 ErrorCode::Unavailable,
@@ -513,6 +527,7 @@ impl KvService {
         if consistency == ReadConsistency::Stale {
             return Ok(());
         }
+        frozen(replica)?;
         let started = Instant::now();
         let confirm = async { replica.raft.ensure_linearizable().await.map(|_| ()) };
         match tokio::time::timeout(READ_INDEX_TIMEOUT, replica.read_barrier.confirm(confirm)).await {

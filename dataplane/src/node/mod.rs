@@ -504,8 +504,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     let planner_settings = PlannerSettings {
         replication_factor: constellation.replication_factor,
         split_bytes: constellation.range_split_bytes,
-        // Merging is not carried out yet: nothing plans one.
-        merge_bytes: 0,
+        merge_bytes: constellation.merge_bytes(),
         load_split_requests_per_second: match constellation.load_split_requests_per_second {
             0.0 => f64::INFINITY,
             rate => rate,

@@ -58,6 +58,18 @@ pub enum Outcome {
     },
     /// A range id handed out by the meta range.
     Allocated(u64),
+    /// A merge begun or abandoned: the range as it is now.
+    Range(pleiades_proto::v1::RangeDescriptor),
+    /// The range froze for a merge at this log index.
+    Frozen {
+        descriptor: pleiades_proto::v1::RangeDescriptor,
+        index: u64,
+    },
+    /// The range subsumed its right-hand neighbour: its new self and the neighbour's tombstone.
+    Merged {
+        left: pleiades_proto::v1::RangeDescriptor,
+        right: pleiades_proto::v1::RangeDescriptor,
+    },
 }
 
 /// Makes buffered raft log appends durable: one thread, one WAL fsync per batch of waiting

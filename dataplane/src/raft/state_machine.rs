@@ -171,6 +171,9 @@ pub trait RangeObserver: Send + Sync + 'static {
     /// A range split: `left` is its new self; `right`, when this node hosts it now, was created
     /// in the same write and must be opened.
     fn range_split(&self, left: v1::RangeDescriptor, right: Option<v1::RangeDescriptor>);
+    /// A range subsumed its right-hand neighbour: `left` is its new self, `right` the
+    /// neighbour's tombstone; this node's replica of the neighbour must stop, keeping its data.
+    fn range_merged(&self, left: v1::RangeDescriptor, right: v1::RangeDescriptor);
 }
 
 pub struct RangeStateMachine {
@@ -280,7 +283,16 @@ impl RangeStateMachine {
             Op::Put(p) => Some(p.key.clone()),
             Op::Delete(d) => Some(d.key.clone()),
             Op::Cas(c) => Some(c.key.clone()),
-            Op::SetDescriptor(_) | Op::AllocateRangeId(_) | Op::Split(_) => None,
+            Op::SetDescriptor(_)
+            | Op::AllocateRangeId(_)
+            | Op::Split(_)
+            | Op::BeginMerge(_)
+            | Op::FreezeForMerge(_)
+            | Op::Merge(_)
+            | Op::AbandonMerge(_) => None,
+        };
+        let changes_the_range = |op: &Op| {
+            matches!(op, Op::Split(_) | Op::BeginMerge(_) | Op::FreezeForMerge(_) | Op::Merge(_) | Op::AbandonMerge(_))
         };
         let Some(op) = command.op else { return refuse(&self.storage, "a command without an operation".into()) };
         let span = self.span();
@@ -288,8 +300,15 @@ impl RangeStateMachine {
             Some(key) if !span.contains(&key) => {
                 return refuse(&self.storage, format!("key {key:02x?} is outside range {}", span.range_id))
             }
-            None if !span.meta && !matches!(op, Op::Split(_)) => {
+            // A frozen range's data is final: the range subsuming it serves its keys next.
+            Some(_) if self.descriptor.get().merging_into != 0 => {
+                return refuse(&self.storage, format!("range {} is frozen for a merge", span.range_id))
+            }
+            None if !span.meta && !changes_the_range(&op) => {
                 return refuse(&self.storage, "descriptors live in the meta range".into())
+            }
+            None if span.meta && changes_the_range(&op) => {
+                return refuse(&self.storage, "the meta range neither splits nor merges".into())
             }
             _ => {}
         }
@@ -330,6 +349,10 @@ impl RangeStateMachine {
                 return Ok(Outcome::Allocated(allocated));
             }
             Op::Split(split) => return self.apply_split(split, &record[0]),
+            Op::BeginMerge(begin) => return self.apply_begin_merge(begin.right_range_id, &record[0]),
+            Op::FreezeForMerge(freeze) => return self.apply_freeze(freeze, &record[0]),
+            Op::Merge(merge) => return self.apply_merge(merge.right.unwrap_or_default(), &record[0]),
+            Op::AbandonMerge(abandon) => return self.apply_abandon_merge(abandon),
         }
         let (timestamp, versions) = self.storage.write_replicated(batch, ts, &record)?;
         Ok(Outcome::Written { version: versions.first().copied().unwrap_or_default(), timestamp })
@@ -374,6 +397,9 @@ impl RangeStateMachine {
         if self.membership.membership().get_joint_config().len() > 1 {
             return refuse(&self.storage, format!("range {} is changing its membership", parent.range_id));
         }
+        if parent.merging_into != 0 || parent.absorbing != 0 {
+            return refuse(&self.storage, format!("range {} is in a merge", parent.range_id));
+        }
         let generation = parent.generation + 1;
         let left = v1::RangeDescriptor { end_key: split.split_key.clone(), generation, ..parent.clone() };
         let right = v1::RangeDescriptor {
@@ -382,7 +408,7 @@ impl RangeStateMachine {
             end_key: parent.end_key.clone(),
             replicas: parent.replicas.clone(),
             generation,
-            meta: false,
+            ..Default::default()
         };
         let left_state = self.encode_applied_state(self.applied.as_ref(), &self.membership, left.clone());
         let voters: BTreeMap<NodeId, BasicNode> = self
@@ -406,6 +432,126 @@ impl RangeStateMachine {
         self.observer.range_split(left.clone(), right_here);
         info!(range_id = left.range_id, right = right.range_id, "range split");
         Ok(Outcome::Split { left, right })
+    }
+}
+
+/// Merges: the four commands of CockroachDB's subsume, each judged by every replica from the
+/// same replicated state, so all decide alike. The left-hand range's `absorbing` is the
+/// arbiter: a merge applies only while it is set, and abandoning clears it, so a merge and its
+/// abandonment can race and exactly one of them wins on every replica.
+impl RangeStateMachine {
+    /// Writes the applied state with `descriptor` as the range's own, and shares it.
+    fn adopt(&self, descriptor: v1::RangeDescriptor) -> Result<(), StorageError> {
+        let state = self.encode_applied_state(self.applied.as_ref(), &self.membership, descriptor.clone());
+        self.storage.put_system(&[(self.applied_key(), state)])?;
+        self.descriptor.set(descriptor);
+        Ok(())
+    }
+
+    /// The voters, if the membership is settled (no joint configuration, no learner).
+    fn settled_voters(&self) -> Option<std::collections::BTreeSet<NodeId>> {
+        let membership = self.membership.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let settled = membership.get_joint_config().len() == 1 && membership.nodes().count() == voters.len();
+        settled.then_some(voters)
+    }
+
+    fn apply_begin_merge(&mut self, right: u64, record: &(Vec<u8>, Vec<u8>)) -> Result<Outcome, StorageError> {
+        let own = self.descriptor.get();
+        let busy = own.merging_into != 0 || (own.absorbing != 0 && own.absorbing != right);
+        if busy || right == 0 || right == own.range_id || own.end_key.is_empty() {
+            self.storage.put_system(std::slice::from_ref(record))?;
+            return Ok(Outcome::Refused(format!("range {} cannot begin to subsume range {right}", own.range_id)));
+        }
+        // The attempt is named by this entry's index: unique in the range's log.
+        let epoch = self.applied.map_or(0, |id| id.index);
+        let descriptor = v1::RangeDescriptor { absorbing: right, merge_epoch: epoch, ..own };
+        self.adopt(descriptor.clone())?;
+        Ok(Outcome::Range(descriptor))
+    }
+
+    fn apply_freeze(
+        &mut self,
+        freeze: v1::FreezeForMerge,
+        record: &(Vec<u8>, Vec<u8>),
+    ) -> Result<Outcome, StorageError> {
+        let (own, into) = (self.descriptor.get(), freeze.into_range_id);
+        // Frozen again for a newer attempt of the same merge: the newer attempt owns the freeze.
+        let busy = own.absorbing != 0 || (own.merging_into != 0 && own.merging_into != into);
+        if busy || into == 0 || into == own.range_id || freeze.epoch == 0 || self.settled_voters().is_none() {
+            self.storage.put_system(std::slice::from_ref(record))?;
+            return Ok(Outcome::Refused(format!("range {} cannot freeze for range {into}", own.range_id)));
+        }
+        let descriptor = v1::RangeDescriptor { merging_into: into, merge_epoch: freeze.epoch, ..own };
+        self.adopt(descriptor.clone())?;
+        let index = self.applied.map_or(0, |id| id.index);
+        Ok(Outcome::Frozen { descriptor, index })
+    }
+
+    fn apply_merge(
+        &mut self,
+        right: v1::RangeDescriptor,
+        record: &(Vec<u8>, Vec<u8>),
+    ) -> Result<Outcome, StorageError> {
+        let own = self.descriptor.get();
+        let right_voters: std::collections::BTreeSet<NodeId> = right.replicas.iter().copied().collect();
+        let attempt = own.absorbing == right.range_id && own.merge_epoch == right.merge_epoch;
+        let refusal = if own.absorbing == 0 || !attempt {
+            Some(format!("range {} is not subsuming range {} in this attempt", own.range_id, right.range_id))
+        } else if right.merging_into != own.range_id {
+            Some(format!("range {} is not frozen for range {}", right.range_id, own.range_id))
+        } else if own.end_key.is_empty() || own.end_key != right.start_key {
+            Some(format!("ranges {} and {} are not neighbours", own.range_id, right.range_id))
+        } else if self.settled_voters().is_none_or(|voters| voters != right_voters) {
+            Some(format!("ranges {} and {} are not on the same nodes", own.range_id, right.range_id))
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            // Refused for good: the left stops expecting the merge, so the right may thaw.
+            let descriptor = match attempt {
+                true => v1::RangeDescriptor { absorbing: 0, merge_epoch: 0, ..own },
+                false => own,
+            };
+            let state = self.encode_applied_state(self.applied.as_ref(), &self.membership, descriptor.clone());
+            self.storage.put_system(&[(record.0.clone(), state)])?;
+            self.descriptor.set(descriptor);
+            return Ok(Outcome::Refused(why));
+        }
+        let generation = own.generation.max(right.generation) + 1;
+        let left =
+            v1::RangeDescriptor { end_key: right.end_key.clone(), generation, absorbing: 0, merge_epoch: 0, ..own };
+        let tombstone = v1::RangeDescriptor {
+            replicas: Vec::new(),
+            generation,
+            merged_into: left.range_id,
+            merging_into: 0,
+            merge_epoch: 0,
+            ..right
+        };
+        let state = self.encode_applied_state(self.applied.as_ref(), &self.membership, left.clone());
+        self.storage.write_merge(&[(self.applied_key(), state)], tombstone.range_id)?;
+        self.descriptor.set(left.clone());
+        self.observer.range_merged(left.clone(), tombstone.clone());
+        info!(range_id = left.range_id, right = tombstone.range_id, "range merged");
+        Ok(Outcome::Merged { left, right: tombstone })
+    }
+
+    /// Ends one attempt: the left stops expecting it, the right thaws (its leader proposes
+    /// this only once the left has abandoned the same attempt). Another attempt is untouched.
+    fn apply_abandon_merge(&mut self, abandon: v1::AbandonMerge) -> Result<Outcome, StorageError> {
+        let mut descriptor = self.descriptor.get();
+        let this_attempt = descriptor.merge_epoch == abandon.epoch;
+        if this_attempt && descriptor.absorbing == abandon.right_range_id && descriptor.absorbing != 0 {
+            descriptor.absorbing = 0;
+            descriptor.merge_epoch = 0;
+        }
+        if this_attempt && descriptor.range_id == abandon.right_range_id && descriptor.merging_into != 0 {
+            descriptor.merging_into = 0;
+            descriptor.merge_epoch = 0;
+        }
+        self.adopt(descriptor.clone())?;
+        Ok(Outcome::Range(descriptor))
     }
 }
 
@@ -609,3 +755,6 @@ fn unique_suffix() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{nanos}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
+
+#[cfg(test)]
+mod tests;

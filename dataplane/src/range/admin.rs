@@ -37,9 +37,7 @@ impl Ranges {
             Action::SplitAt(key) => vec![Decision::Split { range_id, key, reason: SplitReason::Size }],
             Action::TransferLeaderTo(to) => vec![Decision::TransferLeader { range_id, to }],
             Action::RelocateTo(list) => relocation(&descriptor, &list.nodes, self.factor())?,
-            Action::Merge(_) => {
-                return Err(format!("merging range {range_id} with its neighbour is not supported by this version"))
-            }
+            Action::Merge(_) => vec![merge_with_right_neighbour(&descriptor, &self.table.descriptors())?],
         };
         for decision in decisions {
             if let Decision::Move(step) = &decision {
@@ -53,6 +51,30 @@ impl Ranges {
         }
         Ok(())
     }
+}
+
+/// The merge of `descriptor` with its right-hand neighbour, which must be on the same nodes
+/// (relocate one of them first).
+fn merge_with_right_neighbour(
+    descriptor: &v1::RangeDescriptor,
+    ranges: &[v1::RangeDescriptor],
+) -> Result<Decision, String> {
+    let range_id = descriptor.range_id;
+    if descriptor.meta || descriptor.end_key.is_empty() {
+        return Err(format!("range {range_id} has no right-hand neighbour"));
+    }
+    let right = ranges
+        .iter()
+        .find(|r| !r.meta && r.start_key == descriptor.end_key)
+        .ok_or_else(|| format!("the right-hand neighbour of range {range_id} is not known yet; try again"))?;
+    let on = |d: &v1::RangeDescriptor| d.replicas.iter().copied().collect::<BTreeSet<NodeId>>();
+    if on(descriptor) != on(right) {
+        return Err(format!(
+            "ranges {range_id} and {} are on different nodes ({:?} and {:?}): relocate one first",
+            right.range_id, descriptor.replicas, right.replicas
+        ));
+    }
+    Ok(Decision::Merge { left: range_id, right: right.range_id })
 }
 
 /// The moves that put a range's replicas on exactly `target`, one at a time, each adding a

@@ -497,7 +497,14 @@ impl Ranges {
                 Ok(format!("range {range_id}: leadership moved to node {to}"))
             }
             Decision::Merge { left, right } => {
-                Err(format!("merging range {right} into range {left} is not supported by this version"))
+                let rpc = Rpc::MergeRange(v1::MergeRangeRequest { right_range_id: *right });
+                match self.call_leader(*left, rpc, members, Duration::from_secs(30)).await? {
+                    RaftResult::Merged(merged) => {
+                        self.table.learn(merged);
+                        Ok(format!("range {left} subsumed range {right}"))
+                    }
+                    other => Err(format!("unexpected answer {other:?}")),
+                }
             }
         }
     }
@@ -516,6 +523,7 @@ fn range_load(report: v1::RangeLoadReport, leader: Option<NodeId>) -> RangeLoad 
     let key = |k: Vec<u8>| (!k.is_empty()).then_some(k);
     RangeLoad {
         bytes: report.bytes,
+        live_bytes: report.live_bytes,
         keys: report.live_keys,
         reads_per_second: report.reads_per_second,
         writes_per_second: report.writes_per_second,
@@ -524,5 +532,6 @@ fn range_load(report: v1::RangeLoadReport, leader: Option<NodeId>) -> RangeLoad 
         middle_key: key(report.middle_key),
         load_split_key: key(report.load_split_key),
         split_for_load_ms_ago: (report.split_for_load_ms_ago > 0).then_some(report.split_for_load_ms_ago),
+        sized: report.sized,
     }
 }

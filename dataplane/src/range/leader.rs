@@ -81,6 +81,12 @@ impl Ranges {
             return Err(not_leader(replica));
         }
         let range_id = replica.range_id;
+        let own = replica.descriptor();
+        if own.merging_into != 0 || own.absorbing != 0 {
+            // A replica moved off a frozen range would take data its node's share of the merged
+            // range needs; the merge decides first.
+            return Err(refused(format!("range {range_id} is in a merge; try again")));
+        }
         let membership = replica.raft.metrics().borrow().membership_config.clone();
         if membership.membership().get_joint_config().len() > 1 {
             return Err(refused(format!("range {range_id} is changing its membership; try again")));
@@ -225,7 +231,8 @@ impl Ranges {
     /// Sizes a replica's span now (off the async workers).
     pub(super) async fn measure(&self, replica: &Replica) -> crate::storage::SpanStats {
         let (storage, bounds) = (self.store.storage().clone(), replica.span().bounds());
-        let stop_after = self.settings().split_bytes.saturating_mul(2);
+        // Far enough to see either size the planner splits at (live, or history-heavy).
+        let stop_after = self.settings().split_bytes.saturating_mul(super::planner::HISTORY_FACTOR + 1);
         let measured = tokio::task::spawn_blocking(move || storage.span_stats(&bounds, stop_after)).await;
         match measured {
             Ok(Ok(stats)) => {

@@ -107,7 +107,7 @@ impl Ranges {
                 return;
             }
         };
-        for descriptor in self.table.descriptors() {
+        for descriptor in self.table.with_tombstones() {
             if stored.get(&descriptor.range_id).is_some_and(|g| *g >= descriptor.generation) {
                 continue;
             }
@@ -171,6 +171,7 @@ impl Ranges {
             if !replica.descriptor.span().meta && replica.load.needs_sizing(split_bytes / 8) {
                 self.measure(&replica).await;
             }
+            self.settle_merge(&replica).await;
             let descriptor = replica.descriptor();
             let recorded = self.published.lock().unwrap_or_else(|p| p.into_inner()).get(&descriptor.range_id).copied();
             if recorded.is_none_or(|g| g < descriptor.generation) {

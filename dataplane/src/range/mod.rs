@@ -9,6 +9,7 @@ pub mod executor;
 mod leader;
 pub mod leadership;
 pub mod members;
+mod merge;
 mod meta;
 pub mod placement;
 pub mod planner;

@@ -174,7 +174,7 @@ pub fn initial_layout(founders: &[NodeId], data_ranges: u32, replication_factor:
             end_key: if j + 1 == data_ranges { Vec::new() } else { split(j + 1) },
             replicas: replicas_of(j as usize + 1),
             generation: 1,
-            meta: false,
+            ..Default::default()
         });
     }
     layout

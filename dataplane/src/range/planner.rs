@@ -27,7 +27,10 @@ pub struct MemberInfo {
 /// What a range's leader measured over the last load window.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RangeLoad {
+    /// Every record: live values, older versions and tombstones.
     pub bytes: u64,
+    /// The latest value of each live key, with the key.
+    pub live_bytes: u64,
     pub keys: u64,
     pub reads_per_second: f64,
     pub writes_per_second: f64,
@@ -40,11 +43,25 @@ pub struct RangeLoad {
     pub load_split_key: Option<Vec<u8>>,
     /// Milliseconds since the range was last split for load (None: never, or long ago).
     pub split_for_load_ms_ago: Option<u64>,
+    /// The sizes were measured since the range last changed (a range not yet sized looks
+    /// empty, and must not merge for it).
+    pub sized: bool,
 }
+
+/// History (older versions, tombstones) a range may carry, as a multiple of its split size,
+/// before it splits for it.
+pub const HISTORY_FACTOR: u64 = 4;
 
 impl RangeLoad {
     pub fn requests_per_second(&self) -> f64 {
         self.reads_per_second + self.writes_per_second
+    }
+
+    /// Whether the range splits for its size: its live data passed the split size, or all its
+    /// versions passed [`HISTORY_FACTOR`] times it. Deleting keys thus shrinks a range (so it
+    /// can merge) without letting history grow it without bound.
+    pub fn oversized(&self, split_bytes: u64) -> bool {
+        self.live_bytes > split_bytes || self.bytes > split_bytes.saturating_mul(HISTORY_FACTOR)
     }
 }
 
@@ -52,9 +69,9 @@ impl RangeLoad {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannerSettings {
     pub replication_factor: u32,
-    /// A range larger than this splits at its middle key.
+    /// A range larger than this ([`RangeLoad::size`]) splits at its middle key.
     pub split_bytes: u64,
-    /// Two adjacent ranges smaller than this together, and cold, merge.
+    /// Two adjacent ranges smaller than this together, and cold, merge (0: never).
     pub merge_bytes: u64,
     /// A range busier than this (reads + writes per second) splits at its load split key.
     pub load_split_requests_per_second: f64,
@@ -446,7 +463,8 @@ impl<'a> Round<'a> {
         for state in self.ranges.iter_mut().filter(|s| !s.descriptor.meta) {
             let Some(load) = state.load else { continue };
             let inside = |key: &Option<Vec<u8>>| key.as_ref().filter(|k| strictly_inside(state.descriptor, k)).cloned();
-            let by_size = (load.bytes > settings.split_bytes)
+            let by_size = load
+                .oversized(settings.split_bytes)
                 .then(|| inside(&load.middle_key).map(|key| (key, SplitReason::Size)))
                 .flatten();
             let by_load = || {
@@ -469,7 +487,16 @@ impl<'a> Round<'a> {
             load.requests_per_second() < settings.load_split_requests_per_second / 4.0
                 && load.split_for_load_ms_ago.is_none_or(|ago| ago >= settings.load_window_ms)
         };
-        !state.descriptor.meta && state.movable() && state.load.is_some_and(cold)
+        !state.descriptor.meta && state.movable() && state.load.is_some_and(|load| load.sized && cold(load))
+    }
+
+    /// Whether two ranges merged would be small: live data under the merge size, and all
+    /// versions under the history limit, so the merged range does not split again.
+    fn small_together(&self, left: &RangeState, right: &RangeState) -> bool {
+        let settings = self.settings();
+        let (Some(l), Some(r)) = (left.load, right.load) else { return false };
+        l.live_bytes.saturating_add(r.live_bytes) < settings.merge_bytes
+            && l.bytes.saturating_add(r.bytes) < settings.split_bytes.saturating_mul(HISTORY_FACTOR)
     }
 
     fn merge(&mut self) {
@@ -478,11 +505,7 @@ impl<'a> Round<'a> {
         for pair in order.windows(2) {
             let (left, right) = (&self.ranges[pair[0]], &self.ranges[pair[1]]);
             let adjacent = !left.descriptor.end_key.is_empty() && left.descriptor.end_key == right.descriptor.start_key;
-            if !adjacent
-                || !self.mergeable(left)
-                || !self.mergeable(right)
-                || left.bytes().saturating_add(right.bytes()) >= self.settings().merge_bytes
-            {
+            if !adjacent || !self.mergeable(left) || !self.mergeable(right) || !self.small_together(left, right) {
                 continue;
             }
             let left_set: BTreeSet<usize> = left.holders.iter().copied().collect();

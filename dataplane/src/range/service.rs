@@ -181,6 +181,15 @@ impl Ranges {
                 }
                 Ok(RaftResult::Descriptors(v1::DescriptorList { descriptors: self.read_meta_here()? }))
             }
+            Rpc::MergeRange(request) => {
+                Ok(RaftResult::Merged(self.merge_range(&replica, request.right_range_id).await?))
+            }
+            Rpc::FreezeForMerge(freeze) => Ok(RaftResult::Frozen(self.freeze_for_merge(&replica, freeze).await?)),
+            Rpc::AbandonMerge(abandon) => Ok(RaftResult::Merged(self.abandon_merge(&replica, abandon).await?)),
+            Rpc::AppliedIndex(_) => {
+                let applied = replica.raft.metrics().borrow().last_applied.map_or(0, |id| id.index);
+                Ok(RaftResult::AppliedIndex(applied))
+            }
             Rpc::CreateReplica(_) | Rpc::Decommissioning(_) => Ok(RaftResult::Done(true)),
         }
     }

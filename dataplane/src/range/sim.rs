@@ -163,7 +163,10 @@ impl Constellation {
         let step = u64::MAX / config.ranges.max(1);
         let bound = |i: u64| if i == 0 || i >= config.ranges { Vec::new() } else { (i * step).to_be_bytes().to_vec() };
         let meta = RangeDescriptor { meta: true, replicas: (1..=founders as u64).collect(), ..Default::default() };
-        constellation.push_range(meta, RangeLoad { bytes: 64 * MIB, leader: Some(1), ..Default::default() });
+        constellation.push_range(
+            meta,
+            RangeLoad { bytes: 64 * MIB, live_bytes: 64 * MIB, leader: Some(1), ..Default::default() },
+        );
         for i in 0..config.ranges {
             let existing =
                 (founders + (i as usize) * (nodes - founders) / config.ranges as usize).clamp(founders, nodes);
@@ -177,8 +180,14 @@ impl Constellation {
             };
             let reads =
                 if rng.random_bool(0.005) { rng.random_range(3_000.0..6_000.0) } else { rng.random_range(0.0..200.0) };
-            let load =
-                RangeLoad { bytes, reads_per_second: reads, leader: replicas.first().copied(), ..Default::default() };
+            let load = RangeLoad {
+                bytes,
+                live_bytes: bytes,
+                sized: true,
+                reads_per_second: reads,
+                leader: replicas.first().copied(),
+                ..Default::default()
+            };
             let descriptor =
                 RangeDescriptor { start_key: bound(i), end_key: bound(i + 1), replicas, ..Default::default() };
             constellation.push_range(descriptor, load);
@@ -266,6 +275,7 @@ impl Constellation {
         let split_for_load_ms_ago = if reason == SplitReason::Load { Some(0) } else { whole.split_for_load_ms_ago };
         let half = RangeLoad {
             bytes: whole.bytes / 2,
+            live_bytes: whole.live_bytes / 2,
             reads_per_second: whole.reads_per_second / 2.0,
             writes_per_second: whole.writes_per_second / 2.0,
             split_for_load_ms_ago,
@@ -287,6 +297,7 @@ impl Constellation {
         let gone = self.load.remove(&right).unwrap_or_default();
         let kept = self.load.entry(left).or_default();
         kept.bytes += gone.bytes;
+        kept.live_bytes += gone.live_bytes;
         kept.reads_per_second += gone.reads_per_second;
         kept.writes_per_second += gone.writes_per_second;
         (kept.middle_key, kept.load_split_key) = (middle.clone(), middle);

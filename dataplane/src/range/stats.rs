@@ -25,8 +25,16 @@ pub struct ReplicaLoad {
     /// Bytes written since the size was measured, so the upkeep measures again only when the
     /// range may have crossed a threshold.
     written_since_sized: AtomicU64,
+    /// Writes since then: deletes free space their key length does not tell, so enough of
+    /// them (a share of the keys) measures again too, and a range emptied by deletes merges.
+    writes_since_sized: AtomicU64,
     window: Mutex<Window>,
 }
+
+/// Writes of this share of a range's keys (or at least [`MIN_WRITES_TO_RESIZE`]) make the
+/// upkeep measure it again.
+const RESIZE_AFTER_KEYS_DIVISOR: u64 = 8;
+const MIN_WRITES_TO_RESIZE: u64 = 16;
 
 #[derive(Default)]
 struct Window {
@@ -58,6 +66,7 @@ impl ReplicaLoad {
         let count = self.writes.fetch_add(1, Relaxed);
         self.write_bytes.fetch_add(bytes as u64, Relaxed);
         self.written_since_sized.fetch_add(bytes as u64, Relaxed);
+        self.writes_since_sized.fetch_add(1, Relaxed);
         self.sample(key, count);
     }
 
@@ -101,15 +110,18 @@ impl ReplicaLoad {
     }
 
     /// Whether the size should be measured again: never measured, or enough written since to
-    /// have crossed `threshold` (a fraction of the split size).
+    /// have crossed `threshold` (a fraction of the split size), or enough of its keys written.
     pub fn needs_sizing(&self, threshold: u64) -> bool {
-        self.lock().size.is_none() || self.written_since_sized.load(Relaxed) >= threshold
+        let Some(keys) = self.lock().size.as_ref().map(|size| size.live_keys) else { return true };
+        self.written_since_sized.load(Relaxed) >= threshold
+            || self.writes_since_sized.load(Relaxed) >= (keys / RESIZE_AFTER_KEYS_DIVISOR).max(MIN_WRITES_TO_RESIZE)
     }
 
     pub fn sized(&self, stats: SpanStats) {
         let mut window = self.lock();
         window.size = Some(stats);
         self.written_since_sized.store(0, Relaxed);
+        self.writes_since_sized.store(0, Relaxed);
     }
 
     /// The range was just split for load (by this replica's leadership).
@@ -125,9 +137,11 @@ impl ReplicaLoad {
     pub fn report(&self, range_id: u64, term: u64) -> v1::RangeLoadReport {
         let mut window = self.lock();
         self.roll(&mut window);
+        let sized = window.size.is_some();
         let size = window.size.clone().unwrap_or_default();
         v1::RangeLoadReport {
             range_id,
+            sized,
             bytes: size.bytes,
             live_keys: size.live_keys,
             live_bytes: size.live_bytes,

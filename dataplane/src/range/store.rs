@@ -71,6 +71,9 @@ pub struct Replica {
     /// Set while this leader hands its leadership over: new writes wait elsewhere, so the
     /// follower it picked can have all of its log.
     pub transferring: std::sync::atomic::AtomicBool,
+    /// The merge attempt this range was first seen in by its leader's upkeep, and when: an
+    /// attempt that lasts too long is settled (`range::merge`).
+    pub merge_seen: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 /// Shares ReadIndex confirmations between concurrent linearizable reads of one range: a read
@@ -282,6 +285,7 @@ impl Replicas {
             changing: tokio::sync::Mutex::new(()),
             load: ReplicaLoad::default(),
             transferring: std::sync::atomic::AtomicBool::new(false),
+            merge_seen: std::sync::Mutex::new(None),
         });
         write(&self.hosted).insert(range_id, replica.clone());
         tokio::spawn(count_leader_changes(replica.raft.metrics(), self.metrics.clone(), range_id));
@@ -301,22 +305,33 @@ impl Replicas {
         read(&self.hosted).values().cloned().collect()
     }
 
-    /// The hosted replica whose span holds `key`.
+    /// The hosted replica whose span holds `key`; the newest generation while a merged
+    /// neighbour's replica is still being stopped.
     pub fn for_key(&self, key: &[u8]) -> Option<Arc<Replica>> {
-        read(&self.hosted).values().find(|r| r.descriptor.contains(key)).cloned()
+        read(&self.hosted)
+            .values()
+            .filter(|r| r.descriptor.contains(key))
+            .max_by_key(|r| r.descriptor().generation)
+            .cloned()
     }
 
     /// Stops and forgets a replica that left its group, leaving a tombstone so a split this
-    /// node applies late does not bring it back.
+    /// node applies late does not bring it back. Its span's data goes too, unless another
+    /// replica here covers part of it: the range that subsumed it in a merge.
     pub async fn remove(&self, range_id: u64) -> Result<(), ReplicaError> {
         let Some(replica) = write(&self.hosted).remove(&range_id) else { return Ok(()) };
         if let Err(e) = replica.raft.shutdown().await {
             warn!(range_id, error = %e, "replica shutdown failed");
         }
+        let span = replica.span();
+        let subsumed = self.hosted().iter().any(|other| spans_overlap(&other.span(), &span));
         self.storage.put_local(&node_local_range_key(REMOVED_RECORD_PREFIX, range_id), b"")?;
         self.storage.delete_local(&node_local_range_key(REPLICA_RECORD_PREFIX, range_id))?;
-        self.storage.clear_replica(range_id, &replica.span().bounds())?;
-        info!(range_id, "replica removed and its data deleted");
+        self.storage.clear_replica(range_id, &span.bounds(), subsumed)?;
+        match subsumed {
+            true => info!(range_id, "replica of a merged range stopped; its data stays with the range that took it"),
+            false => info!(range_id, "replica removed and its data deleted"),
+        }
         Ok(())
     }
 
@@ -363,6 +378,11 @@ impl Replicas {
     }
 }
 
+fn spans_overlap(a: &RangeSpan, b: &RangeSpan) -> bool {
+    let before = |key: &[u8], end: &[u8]| end.is_empty() || key < end;
+    !a.meta && !b.meta && before(&a.start_key, &b.end_key) && before(&b.start_key, &a.end_key)
+}
+
 /// Keeps the hosted replicas and the table in step with what ranges apply.
 struct Observer(std::sync::Weak<Replicas>);
 
@@ -404,6 +424,18 @@ impl RangeObserver for Observer {
                 }
                 Ok(_) => {}
                 Err(e) => warn!(range_id, error = %e, "cannot open the right half of a split"),
+            }
+        });
+    }
+
+    fn range_merged(&self, left: v1::RangeDescriptor, right: v1::RangeDescriptor) {
+        let Some(replicas) = self.0.upgrade() else { return };
+        replicas.table.learn(left);
+        replicas.table.learn(right.clone());
+        // Stopping a raft group waits for its tasks: not on the apply path.
+        tokio::spawn(async move {
+            if let Err(e) = replicas.remove(right.range_id).await {
+                warn!(range_id = right.range_id, error = %e, "cannot stop the replica of a merged range");
             }
         });
     }

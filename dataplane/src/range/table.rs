@@ -12,6 +12,7 @@ use crate::raft::NodeId;
 
 pub fn descriptor_contains(descriptor: &v1::RangeDescriptor, key: &[u8]) -> bool {
     !descriptor.meta
+        && descriptor.merged_into == 0
         && key >= descriptor.start_key.as_slice()
         && (descriptor.end_key.is_empty() || key < descriptor.end_key.as_slice())
 }
@@ -47,16 +48,22 @@ impl DescriptorTable {
         self.read().values().filter(|d| descriptor_contains(d, key)).max_by_key(|d| d.generation).cloned()
     }
 
+    /// The ranges that exist (not the tombstones of merged ones).
     pub fn descriptors(&self) -> Vec<v1::RangeDescriptor> {
+        self.read().values().filter(|d| d.merged_into == 0).cloned().collect()
+    }
+
+    /// Every descriptor, with the tombstones of merged ranges: what meta must record.
+    pub fn with_tombstones(&self) -> Vec<v1::RangeDescriptor> {
         self.read().values().cloned().collect()
     }
 
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().values().filter(|d| d.merged_into == 0).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
+        self.len() == 0
     }
 
     /// Ranges with a replica on `node`.
@@ -80,7 +87,7 @@ mod tests {
             end_key: end.to_vec(),
             replicas: vec![1, 2, 3],
             generation,
-            meta: false,
+            ..Default::default()
         }
     }
 

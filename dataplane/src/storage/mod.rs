@@ -1001,6 +1001,25 @@ impl Storage {
         Ok(!known)
     }
 
+    /// A merge applied on the left-hand range: its new applied state, and the right-hand
+    /// range's replica here retired in the same write (a tombstone, no replica record), so a
+    /// restart never opens it again. Its data stays: it is the left-hand range's now.
+    pub fn write_merge(&self, left: &[(Vec<u8>, Vec<u8>)], right_range_id: u64) -> Result<(), StorageError> {
+        let _records = lock(&self.inner.replica_records);
+        let mut write = WriteBatch::default();
+        for (key, value) in left {
+            write.put_cf(self.cf(CF_RANGE_DATA), key, value);
+        }
+        write.put_cf(
+            self.cf(CF_NODE_LOCAL),
+            keys::node_local_range_key(keys::REMOVED_RECORD_PREFIX, right_range_id),
+            b"",
+        );
+        write
+            .delete_cf(self.cf(CF_NODE_LOCAL), keys::node_local_range_key(keys::REPLICA_RECORD_PREFIX, right_range_id));
+        self.commit_with(write, Durability::Buffered)
+    }
+
     /// Node metadata (node id, the clock's persisted bound), synced.
     pub fn put_local(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         let mut write = WriteBatch::default();
@@ -1283,10 +1302,17 @@ impl Storage {
         Ok(())
     }
 
-    /// Deletes everything a replica kept: its span's records, its raft log and raft state.
-    pub fn clear_replica(&self, range_id: u64, bounds: &SpanBounds) -> Result<(), StorageError> {
+    /// Deletes what a replica kept: its raft log and raft state, its applied state, and its
+    /// span's records unless `keep_data` (they belong to another replica here, after a merge).
+    pub fn clear_replica(&self, range_id: u64, bounds: &SpanBounds, keep_data: bool) -> Result<(), StorageError> {
         let mut clear = WriteBatch::default();
-        self.clear_span_into(bounds, &mut clear)?;
+        if keep_data {
+            for key in &bounds.system_keys {
+                clear.delete_cf(self.cf(CF_RANGE_DATA), key);
+            }
+        } else {
+            self.clear_span_into(bounds, &mut clear)?;
+        }
         clear.delete_range_cf(
             self.cf(CF_RAFT_LOG),
             &keys::raft_log_key(range_id, 0)[..],

@@ -379,7 +379,7 @@ fn a_span_exported_to_an_sst_replaces_the_same_span_elsewhere_and_nothing_else()
     // The last range (no end) also clears to the end of the keyspace; clear_replica empties it all.
     let tail = SpanBounds::new(b"c", b"", vec![applied.clone()]);
     target.append_raft_log(2, &[(1, b"entry".to_vec())]).unwrap();
-    target.clear_replica(2, &tail).unwrap();
+    target.clear_replica(2, &tail, false).unwrap();
     assert_eq!(target.get_latest(b"d").unwrap(), None);
     assert_eq!(target.get_latest(b"b").unwrap().unwrap().value, b"1");
     assert_eq!(target.get_system(&applied).unwrap(), None);

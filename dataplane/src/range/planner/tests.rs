@@ -18,12 +18,12 @@ fn range(range_id: u64, start: &str, end: &str, replicas: &[NodeId]) -> RangeDes
         end_key: end.as_bytes().to_vec(),
         replicas: replicas.to_vec(),
         generation: 1,
-        meta: false,
+        ..Default::default()
     }
 }
 
 fn load(bytes: u64, leader: NodeId) -> RangeLoad {
-    RangeLoad { bytes, leader: Some(leader), ..Default::default() }
+    RangeLoad { bytes, live_bytes: bytes, leader: Some(leader), sized: true, ..Default::default() }
 }
 
 /// A constellation under test, and what the executor does with the planner's decisions.
@@ -99,6 +99,7 @@ impl World {
                     let half = self.load.get(range_id).cloned().unwrap_or_default();
                     let half = RangeLoad {
                         bytes: half.bytes / 2,
+                        live_bytes: half.live_bytes / 2,
                         reads_per_second: half.reads_per_second / 2.0,
                         split_for_load_ms_ago: (*reason == SplitReason::Load).then_some(0),
                         middle_key: None,
@@ -181,8 +182,14 @@ fn within(counts: &[usize], mean: f64, slack: f64) -> bool {
 #[test]
 fn a_range_splits_at_its_middle_when_big_and_at_its_load_key_when_busy() {
     let mut world = World::new(members(3, &[]), &[1, 2, 3], 2);
-    world.load.insert(1, RangeLoad { bytes: 4096 * MIB, middle_key: Some(b"x".to_vec()), ..load(0, 1) });
-    world.load.insert(2, RangeLoad { bytes: 600 * MIB, middle_key: Some(b"g".to_vec()), ..load(0, 1) });
+    world.load.insert(
+        1,
+        RangeLoad { bytes: 4096 * MIB, live_bytes: 4096 * MIB, middle_key: Some(b"x".to_vec()), ..load(0, 1) },
+    );
+    world.load.insert(
+        2,
+        RangeLoad { bytes: 600 * MIB, live_bytes: 600 * MIB, middle_key: Some(b"g".to_vec()), ..load(0, 1) },
+    );
     let hot = RangeLoad { reads_per_second: 3_000.0, load_split_key: Some(b"q".to_vec()), ..load(MIB, 2) };
     world.load.insert(3, hot);
     let decisions = world.plan();
@@ -196,12 +203,21 @@ fn a_split_key_at_an_edge_of_the_range_splits_nothing() {
     let mut world = World::new(members(3, &[]), &[1, 2, 3], 2);
     let at = |key: &str| Some(key.as_bytes().to_vec());
     // Range 2 is ["", "k0001"), range 3 ["k0001", "").
-    world.load.insert(2, RangeLoad { bytes: 600 * MIB, middle_key: at(""), load_split_key: at("k0001"), ..load(0, 1) });
+    world.load.insert(
+        2,
+        RangeLoad {
+            bytes: 600 * MIB,
+            live_bytes: 600 * MIB,
+            middle_key: at(""),
+            load_split_key: at("k0001"),
+            ..load(0, 1)
+        },
+    );
     world.load_of(2).writes_per_second = 5_000.0;
-    world.load.insert(3, RangeLoad { bytes: 600 * MIB, middle_key: at("k0001"), ..load(0, 1) });
+    world.load.insert(3, RangeLoad { bytes: 600 * MIB, live_bytes: 600 * MIB, middle_key: at("k0001"), ..load(0, 1) });
     world.descriptors.push(range(4, "a", "t", &[1, 2, 3]));
     let at_end = RangeLoad { middle_key: at("t"), load_split_key: at("t"), reads_per_second: 5_000.0, ..load(0, 2) };
-    world.load.insert(4, RangeLoad { bytes: 600 * MIB, ..at_end });
+    world.load.insert(4, RangeLoad { bytes: 600 * MIB, live_bytes: 600 * MIB, ..at_end });
     assert!(!world.plan().iter().any(|d| matches!(d, Decision::Split { .. })));
     // Too big, without a middle key, but busy: it splits for load.
     (world.load_of(3).reads_per_second, world.load_of(3).load_split_key) = (5_000.0, at("m"));
@@ -227,8 +243,25 @@ fn small_cold_neighbours_on_the_same_nodes_merge() {
     assert_eq!(world.plan(), vec![Decision::Merge { left: 2, right: 3 }]);
     world.load_of(3).writes_per_second = 700.0;
     assert!(world.plan().is_empty(), "a range busier than a quarter of the load split threshold stays apart");
-    (world.load_of(3).writes_per_second, world.load_of(3).bytes) = (0.0, 118 * MIB);
+    (world.load_of(3).writes_per_second, world.load_of(3).live_bytes) = (0.0, 118 * MIB);
     assert!(world.plan().is_empty(), "together at the merge size: apart");
+}
+
+#[test]
+fn history_splits_a_range_past_four_times_the_split_size_and_never_undoes_a_merge() {
+    let mut world = small_neighbours(&[1, 2, 3], &[3, 2, 1]);
+    world.members.truncate(3);
+    // Most keys deleted: little live data, much history. Merged, they stay under 4 × 512 MiB.
+    for range_id in [2, 3] {
+        (world.load_of(range_id).live_bytes, world.load_of(range_id).bytes) = (MIB, 900 * MIB);
+    }
+    assert_eq!(world.plan(), vec![Decision::Merge { left: 2, right: 3 }]);
+    // Together past the history limit: the merged range would split again at once.
+    world.load_of(3).bytes = 1200 * MIB;
+    assert!(world.plan().is_empty(), "{:?}", world.plan());
+    // One range alone past it splits, however little of it is live.
+    (world.load_of(3).bytes, world.load_of(3).middle_key) = (2100 * MIB, Some(b"x".to_vec()));
+    assert!(world.plan().iter().any(|d| matches!(d, Decision::Split { range_id: 3, reason: SplitReason::Size, .. })));
 }
 
 #[test]
