@@ -444,6 +444,11 @@ pub struct KubernetesConfig {
     /// pod's status entry) instead of using configured `tls.cert` and `tls.key`.
     #[serde(default)]
     pub request_certificate: bool,
+    /// The pod's annotations as the downward API writes them: where the operator leaves the
+    /// zone and region of the Kubernetes node the pod runs on. Unset: zones come from
+    /// `[gossip] tags` only.
+    #[serde(default)]
+    pub pod_annotations: Option<PathBuf>,
 }
 
 /// The settings a running node re-reads from `live-config` (what the operator pushes without a

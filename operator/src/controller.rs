@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -28,6 +28,7 @@ use crate::failover::{self, Failover};
 use crate::metrics::Metrics;
 use crate::plan::{aggregate, plan, Confirmation, ObservedSet, Plan, Rollout, Scale};
 use crate::scope::{api, Scope};
+use crate::topology;
 
 pub const FIELD_MANAGER: &str = "pleiades-operator";
 pub const FINALIZER: &str = "pleiades.io/cleanup";
@@ -215,6 +216,7 @@ async fn apply(cst: &Constellation, ctx: &Context) -> Result<Action, Error> {
         }
     }
     expand_volumes(cst, ctx, &names).await?;
+    label_topology(cst, ctx, &names).await?;
     if let Failover::Waiting { pod, reason } = fail_over(cst, ctx, &names, now).await? {
         // Shown where a user looks for what is wrong; the Event says it once more.
         if let Some(degraded) = status.conditions.iter_mut().find(|c| c.type_ == "Degraded") {
@@ -348,6 +350,34 @@ async fn expand_volumes(cst: &Constellation, ctx: &Context, names: &Names) -> Re
                 format!("requested {} for {}", cst.spec.storage.size, claim.name_any()),
             )
             .await;
+        }
+    }
+    Ok(())
+}
+
+/// Copies each scheduled pod's Kubernetes node zone and region into its annotations
+/// (`topology`), so the nodes spread replicas over zones. A node that cannot be read (gone, or
+/// no right to read Nodes) leaves its pods as they are: placement then works without zones.
+async fn label_topology(cst: &Constellation, ctx: &Context, names: &Names) -> Result<(), Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let selector = crate::desired::selector_string(cst);
+    let mut wanted_on: HashMap<String, Option<std::collections::BTreeMap<String, String>>> = HashMap::new();
+    for pod in pods.list(&ListParams::default().labels(&selector)).await? {
+        let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
+        if !wanted_on.contains_key(&node_name) {
+            let labels = match nodes.get_opt(&node_name).await {
+                Ok(node) => node.map(|node| topology::annotations_for(&node)),
+                Err(error) => {
+                    debug!(node = %node_name, %error, "cannot read a Kubernetes node's topology labels");
+                    None
+                }
+            };
+            wanted_on.insert(node_name.clone(), labels);
+        }
+        let Some(Some(wanted)) = wanted_on.get(&node_name) else { continue };
+        if let Some(patch) = topology::patch_for(&pod, wanted) {
+            pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
         }
     }
     Ok(())

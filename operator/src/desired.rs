@@ -10,11 +10,12 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, LocalObjectReference, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
-    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
+    DownwardAPIVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
@@ -40,6 +41,9 @@ pub const OPERATOR_NAME: &str = "pleiades-operator";
 pub const DATA_DIR: &str = "/var/lib/pleiades";
 pub const CONFIG_DIR: &str = "/etc/pleiades/config";
 pub const TLS_DIR: &str = "/etc/pleiades/tls";
+/// The pod's annotations, as the downward API writes them (the operator's topology annotations
+/// among them).
+pub const PODINFO_DIR: &str = "/etc/pleiades/podinfo";
 /// The pod template annotation (and env var) carrying the hash of everything that needs a restart.
 pub const CONFIG_HASH_ANNOTATION: &str = "pleiades.io/config-hash";
 pub const CONFIG_HASH_ENV: &str = "PLEIADES_CONFIG_HASH";
@@ -199,7 +203,8 @@ impl NodeConfig {
              peer-service = \"{peers}\"\n\
              client-service = \"{client}\"\n\
              founders = {rf}\n\
-             request-certificate = {request_certificate}\n",
+             request-certificate = {request_certificate}\n\
+             pod-annotations = \"{PODINFO_DIR}/annotations\"\n",
             ns = names.namespace,
             name = names.constellation,
             cache = i64::from(tuning.rocksdb.block_cache_mib) << 20,
@@ -528,6 +533,7 @@ fn stateful_set(cst: &Constellation, names: &Names, config_hash: &str) -> Statef
             mount("data", DATA_DIR, false),
             mount("config", CONFIG_DIR, true),
             mount("tls", TLS_DIR, true),
+            mount("podinfo", PODINFO_DIR, true),
             mount("tmp", "/tmp", false),
         ]),
         ..Default::default()
@@ -624,6 +630,23 @@ fn stateful_set(cst: &Constellation, names: &Names, config_hash: &str) -> Statef
                 ..Default::default()
             },
             tls_volume,
+            // The kubelet rewrites the file when the annotations change: the zone and region the
+            // operator copies from the Kubernetes node arrive after the pod started.
+            Volume {
+                name: "podinfo".into(),
+                downward_api: Some(DownwardAPIVolumeSource {
+                    items: Some(vec![DownwardAPIVolumeFile {
+                        path: "annotations".into(),
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "metadata.annotations".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    default_mode: Some(0o444),
+                }),
+                ..Default::default()
+            },
             Volume { name: "tmp".into(), empty_dir: Some(Default::default()), ..Default::default() },
         ]),
         ..Default::default()

@@ -11,3 +11,4 @@ pub mod plan;
 pub mod probe;
 pub mod scope;
 pub mod tls;
+pub mod topology;

@@ -218,9 +218,20 @@ fn operator_rbac_is_least_privilege_and_namespaced_on_request() {
     }
     assert!(!grants(&cluster_role.2, "customresourcedefinitions", "patch"));
 
-    // watchNamespaces: Roles in those namespaces, nothing cluster-wide, and the operator told.
+    // watchNamespaces: Roles in those namespaces, nothing cluster-wide but reading Nodes (their
+    // zone labels), and the operator told.
+    let nodes_only = |d: &&serde_json::Value| d["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-nodes"));
     for kind in ["ClusterRole", "ClusterRoleBinding"] {
-        assert!(!namespaced.iter().any(|d| d["kind"] == kind), "a namespaced install renders a {kind}");
+        let cluster_wide: Vec<_> = namespaced.iter().filter(|d| d["kind"] == kind).collect();
+        assert!(cluster_wide.iter().all(nodes_only), "a namespaced install renders a {kind} beyond Nodes");
+    }
+    for (mode, documents) in [("cluster", &cluster), ("namespaced", &namespaced)] {
+        let nodes = documents.iter().find(|d| d["kind"] == "ClusterRole" && nodes_only(d)).expect("the Nodes role");
+        assert_eq!(
+            nodes["rules"],
+            serde_json::json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]),
+            "{mode}: reading Nodes and nothing else"
+        );
     }
     let namespaced_roles = roles(&namespaced);
     for team in ["team-a", "team-b"] {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use kube::ResourceExt;
@@ -150,6 +150,29 @@ impl Drop for Cleanup {
 }
 
 /// Whether an operator is already running somewhere in the cluster.
+/// Every pod whose Kubernetes node has a zone label carries it (the operator copies it).
+async fn pods_carry_their_nodes_zones(client: &Client) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let nodes: Api<Node> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let mut missing = Vec::new();
+        let selector = "app.kubernetes.io/instance=demo";
+        for pod in pods.list(&ListParams::default().labels(selector)).await.unwrap() {
+            let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
+            let zone = nodes.get(&node).await.unwrap().labels().get("topology.kubernetes.io/zone").cloned();
+            if zone.is_some() && pod.annotations().get("pleiades.io/zone") != zone.as_ref() {
+                missing.push(pod.name_any());
+            }
+        }
+        if missing.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pods without their node's zone: {missing:?}");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
 async fn operator_running(client: &Client) -> bool {
     let deployments: Api<Deployment> = Api::all(client.clone());
     let params = ListParams::default().labels("app.kubernetes.io/name=pleiades-operator");
@@ -238,6 +261,7 @@ async fn install_create_scale_retune_delete() {
     let sets: Api<StatefulSet> = Api::namespaced(client, NAMESPACE);
     let cst = wait_for(&api, "Available with 3 alive members", |c| available(c) && alive_members(c) == 3).await;
     assert_eq!(cst.status.unwrap().ranges.unwrap().unavailable, 0);
+    pods_carry_their_nodes_zones(&api_client).await;
 
     let scale = |replicas: i32| serde_json::json!({"spec": {"replicas": replicas}});
     let params = PatchParams::default();

@@ -66,8 +66,8 @@ calls, nothing more. Server-side apply is a `patch`, and also a `create` when th
 - apiGroups: [""]
   resources: [pods]
   # Failover: finding pods a lost node left Terminating, and force-deleting one once its
-  # replicas were rebuilt elsewhere.
-  verbs: [list, delete]
+  # replicas were rebuilt elsewhere. patch: their zone and region annotations.
+  verbs: [list, delete, patch]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [create, patch]

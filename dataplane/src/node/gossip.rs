@@ -364,9 +364,16 @@ impl Shell {
         }
     }
 
-    /// This node's tags: the configured ones plus its version and the replicas it holds.
+    /// This node's tags: the configured ones plus its version and the replicas it holds, and
+    /// the zone and region it learned at run time where the configuration names none.
     fn tags(&self) -> Tags {
         let mut tags = self.settings.tags.clone();
+        let learned = self.ranges.members.learned_topology();
+        for (name, value) in [("zone", learned.zone), ("region", learned.region)] {
+            if !value.is_empty() {
+                tags.entry(name.into()).or_insert(value);
+            }
+        }
         tags.insert("version".into(), env!("CARGO_PKG_VERSION").into());
         tags.insert("ranges".into(), self.ranges.store.hosted().len().to_string());
         if self.ranges.is_decommissioning() {

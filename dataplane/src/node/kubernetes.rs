@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 pub mod certificate;
 pub mod identity;
+pub mod topology;
 
 use crate::config::{ConfigError, KubernetesConfig, NodeConfig};
 use crate::observe::Health;
@@ -266,6 +267,7 @@ mod tests {
             client_service: "demo".into(),
             founders: 3,
             request_certificate: false,
+            pod_annotations: None,
         }
     }
 

@@ -653,6 +653,11 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         })
     });
     let live_task = config.live_config.clone().map(|path| tokio::spawn(live::watch(path, kv_limits.clone())));
+    let topology_task = config
+        .kubernetes
+        .as_ref()
+        .and_then(|k| k.pod_annotations.clone())
+        .map(|path| tokio::spawn(kubernetes::topology::follow(path, ranges.members.clone())));
 
     health.set_ready();
     info!(node_id, listen = %quic_addr, http = %http_addr, data_dir = %config.data_dir.display(), "node ready");
@@ -680,7 +685,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     // Nothing new is proposed or moved from here on: writes go to the ranges' next leaders.
     upkeep_task.abort();
     repair_task.abort();
-    for task in [join_task, live_task, reporter_task, certificate_task].into_iter().flatten() {
+    for task in [join_task, live_task, reporter_task, certificate_task, topology_task].into_iter().flatten() {
         task.abort();
     }
     services.kv.start_draining();

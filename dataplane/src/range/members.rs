@@ -28,6 +28,16 @@ pub struct MemberView {
     members: RwLock<BTreeMap<NodeId, Member>>,
     /// This node's own failure domain and coordinate (gossip lists only the others).
     own: RwLock<Member>,
+    /// The zone and region this node learned at run time (on Kubernetes, from its Kubernetes
+    /// node's topology labels); gossip announces them unless the configuration names its own.
+    learned: RwLock<Topology>,
+}
+
+/// A failure domain: `zone` within `region`; empty when unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    pub zone: String,
+    pub region: String,
 }
 
 impl MemberView {
@@ -36,7 +46,20 @@ impl MemberView {
             node_id,
             members: RwLock::default(),
             own: RwLock::new(Member { addr: advertise, zone, region, ..Default::default() }),
+            learned: RwLock::default(),
         }
+    }
+
+    /// This node's failure domain as learned at run time; whether it changed.
+    pub fn learn_own_topology(&self, topology: Topology) -> bool {
+        let mut learned = self.learned.write().unwrap_or_else(|p| p.into_inner());
+        let changed = *learned != topology;
+        *learned = topology;
+        changed
+    }
+
+    pub fn learned_topology(&self) -> Topology {
+        self.learned.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Gossip: `id` is alive at `addr`.

@@ -1045,3 +1045,48 @@ async fn a_lost_nodes_pod_is_replaced_only_after_its_replicas_were_rebuilt() {
     assert!(h.api.get("/api/v1/namespaces/db/pods/demo-1").is_some(), "healthy pods stay");
     assert!(h.api.event_reasons().contains(&"FailedOver".to_string()));
 }
+
+#[tokio::test]
+async fn pods_carry_the_zone_and_region_of_their_kubernetes_nodes() {
+    let h = Harness::created(ConstellationSpec::default()).await;
+    let labels = json!({"app.kubernetes.io/instance": "demo", "app.kubernetes.io/name": "pleiades"});
+    let pod_path = |ordinal: i32| format!("/api/v1/namespaces/db/pods/demo-{ordinal}");
+    for (ordinal, node) in [(0, Some("k8s-a")), (1, Some("k8s-b")), (2, None), (3, Some("k8s-gone"))] {
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("demo-{ordinal}"), "namespace": "db", "labels": labels,
+                "annotations": {"prometheus.io/scrape": "true"}},
+            "status": {"phase": "Running"}});
+        if let Some(node) = node {
+            pod["spec"] = json!({"nodeName": node, "containers": []});
+        }
+        h.api.0.lock().unwrap().objects.insert(pod_path(ordinal), pod);
+    }
+    let node = |name: &str, labels: Value| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}});
+    let zone = crate::topology::ZONE_LABEL;
+    let region = crate::topology::REGION_LABEL;
+    h.api.0.lock().unwrap().objects.insert(
+        "/api/v1/nodes/k8s-a".into(),
+        node("k8s-a", json!({zone: "eu-west-1a", region: "eu-west-1", "kubernetes.io/hostname": "k8s-a"})),
+    );
+    h.api.0.lock().unwrap().objects.insert("/api/v1/nodes/k8s-b".into(), node("k8s-b", json!({zone: "eu-west-1b"})));
+    h.reconcile().await.unwrap();
+    let annotations = |ordinal: i32| h.api.get(&pod_path(ordinal)).unwrap()["metadata"]["annotations"].clone();
+    assert_eq!(
+        annotations(0),
+        json!({"prometheus.io/scrape": "true", "pleiades.io/zone": "eu-west-1a", "pleiades.io/region": "eu-west-1"})
+    );
+    assert_eq!(annotations(1), json!({"prometheus.io/scrape": "true", "pleiades.io/zone": "eu-west-1b"}));
+    assert_eq!(annotations(2), json!({"prometheus.io/scrape": "true"}), "not scheduled yet: nothing to copy");
+    assert_eq!(annotations(3), json!({"prometheus.io/scrape": "true"}), "its node cannot be read: left alone");
+
+    // A node relabelled: its pods follow on the next pass, and nothing is patched needlessly.
+    h.api.update("/api/v1/nodes/k8s-b", |node| node["metadata"]["labels"][zone] = json!("eu-west-1c"));
+    h.reconcile().await.unwrap();
+    assert_eq!(annotations(1)["pleiades.io/zone"], "eu-west-1c");
+    let patches = |h: &Harness| {
+        h.api.0.lock().unwrap().requests.iter().filter(|r| r.starts_with("PATCH /api/v1/namespaces/db/pods/")).count()
+    };
+    let before = patches(&h);
+    h.reconcile().await.unwrap();
+    assert_eq!(patches(&h), before, "pods already labelled are not patched again");
+}
