@@ -408,6 +408,7 @@ impl RangeStateMachine {
             end_key: parent.end_key.clone(),
             replicas: parent.replicas.clone(),
             generation,
+            sticky: split.sticky,
             ..Default::default()
         };
         let left_state = self.encode_applied_state(self.applied.as_ref(), &self.membership, left.clone());

@@ -34,7 +34,7 @@ impl Ranges {
         };
         let descriptor = self.table.get(range_id).ok_or_else(|| format!("no range {range_id} is known"))?;
         let decisions = match action {
-            Action::SplitAt(key) => vec![Decision::Split { range_id, key, reason: SplitReason::Size }],
+            Action::SplitAt(key) => vec![Decision::Split { range_id, key, reason: SplitReason::Manual }],
             Action::TransferLeaderTo(to) => vec![Decision::TransferLeader { range_id, to }],
             Action::RelocateTo(list) => relocation(&descriptor, &list.nodes, self.factor())?,
             Action::Merge(_) => vec![merge_with_right_neighbour(&descriptor, &self.table.descriptors())?],

@@ -25,6 +25,8 @@ use crate::transport::pool::Peers;
 const DECOMMISSION_PASSES: usize = 10;
 /// How long a decommission that found nothing left to move waits before it looks again.
 const DECOMMISSION_SETTLE: Duration = Duration::from_secs(3);
+/// Calls one pass over a range's replicas makes, hints included.
+const LEADER_HOPS: usize = 8;
 /// Decisions carried out per planner round, so a round never takes long.
 const DECISIONS_PER_ROUND: usize = 16;
 
@@ -36,6 +38,13 @@ pub enum DecommissionError {
     /// A move failed on the way; trying again may succeed.
     #[error("{0}")]
     Failed(String),
+}
+
+/// Why a range's leader gave no answer.
+pub(super) struct LeaderCallError {
+    /// The leader refused the request: asking again will not help.
+    pub refused: bool,
+    pub message: String,
 }
 
 /// What a survey found.
@@ -267,7 +276,8 @@ impl Ranges {
         Survey { ranges: self.table.descriptors(), members, load }
     }
 
-    /// Sends `rpc` for `range_id` to the range's leader, following redirects; retries a while.
+    /// Sends `rpc` to the leader of `range_id` (through its replicas as `members` places them,
+    /// following leadership hints), retrying for a while; a refusal ends it at once.
     pub(super) async fn call_leader(
         &self,
         range_id: u64,
@@ -279,28 +289,43 @@ impl Ranges {
         let mut last_error = String::from("no replica to ask");
         for attempt in 0..20u32 {
             let replicas = self.table.get(range_id).map(|d| d.replicas).unwrap_or_default();
-            let mut candidates: Vec<String> = replicas.iter().filter_map(|id| members.get(id).cloned()).collect();
-            let mut hops = 0;
-            while let Some(addr) = candidates.pop() {
-                hops += 1;
-                if hops > 8 {
-                    break;
-                }
-                match crate::raft::network::call(&self.peers, &addr, &request, timeout).await {
-                    Ok(answer) => return Ok(answer),
-                    Err(RpcFailure::Remote(e)) if e.kind() == v1::RaftErrorKind::NotLeader => {
-                        if !e.leader_addr.is_empty() {
-                            candidates.push(e.leader_addr.clone());
-                        }
-                        last_error = e.message;
-                    }
-                    Err(RpcFailure::Remote(e)) if e.kind() == v1::RaftErrorKind::Refused => return Err(e.message),
-                    Err(e) => last_error = e.to_string(),
-                }
+            let candidates: Vec<String> = replicas.iter().filter_map(|id| members.get(id).cloned()).collect();
+            match self.ask_leader(&request, candidates, timeout).await {
+                Ok(answer) => return Ok(answer),
+                Err(LeaderCallError { refused: true, message }) => return Err(message),
+                Err(LeaderCallError { message, .. }) => last_error = message,
             }
             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10) + 1))).await;
         }
         Err(format!("range {range_id}: {last_error}"))
+    }
+
+    /// One pass over `candidates` (the last first), following `NOT_LEADER` hints, at most
+    /// [`LEADER_HOPS`] calls.
+    pub(super) async fn ask_leader(
+        &self,
+        request: &v1::RaftRequest,
+        mut candidates: Vec<String>,
+        timeout: Duration,
+    ) -> Result<RaftResult, LeaderCallError> {
+        let mut message = String::from("no replica to ask");
+        for _ in 0..LEADER_HOPS {
+            let Some(addr) = candidates.pop() else { break };
+            match crate::raft::network::call(&self.peers, &addr, request, timeout).await {
+                Ok(answer) => return Ok(answer),
+                Err(RpcFailure::Remote(e)) if e.kind() == v1::RaftErrorKind::NotLeader => {
+                    if !e.leader_addr.is_empty() {
+                        candidates.push(e.leader_addr.clone());
+                    }
+                    message = e.message;
+                }
+                Err(RpcFailure::Remote(e)) if e.kind() == v1::RaftErrorKind::Refused => {
+                    return Err(LeaderCallError { refused: true, message: e.message })
+                }
+                Err(e) => message = format!("{addr}: {e}"),
+            }
+        }
+        Err(LeaderCallError { refused: false, message })
     }
 
     /// Carries out one move through the range's leader.
@@ -469,6 +494,7 @@ impl Ranges {
                 let rpc = Rpc::SplitRange(v1::SplitRangeRequest {
                     split_key: key.clone(),
                     for_load: *reason == SplitReason::Load,
+                    sticky: *reason == SplitReason::Manual,
                 });
                 match self.call_leader(*range_id, rpc, members, Duration::from_secs(30)).await? {
                     RaftResult::Split(v1::SplitResult { left: Some(left), right: Some(right) }) => {

@@ -178,7 +178,7 @@ impl Ranges {
             return Err(refused(format!("{key:02x?} is not strictly inside range {}", replica.range_id)));
         }
         let new_range_id = self.allocate_range_id().await.map_err(failed)?;
-        let op = v1::command::Op::Split(v1::SplitRange { split_key: key, new_range_id });
+        let op = v1::command::Op::Split(v1::SplitRange { split_key: key, new_range_id, sticky: request.sticky });
         match propose(replica, self, op).await? {
             Outcome::Split { left, right } => {
                 self.metrics.range_splits.inc();

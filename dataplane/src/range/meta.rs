@@ -14,7 +14,6 @@ use super::executor::Ranges;
 use super::leader::propose;
 use super::store::Replica;
 use super::META_RANGE_ID;
-use crate::raft::network::RpcFailure;
 use crate::raft::state_machine::read_descriptors;
 use crate::raft::Outcome;
 
@@ -38,19 +37,7 @@ impl Ranges {
     /// Sends `rpc` to the meta range's leader (trying meta's replicas in turn).
     async fn call_meta(&self, rpc: Rpc) -> Result<RaftResult, String> {
         let request = v1::RaftRequest { range_id: META_RANGE_ID, from_node: self.node_id, rpc: Some(rpc) };
-        let mut candidates = self.meta_candidates();
-        let mut last_error = String::from("no meta replica known");
-        for _ in 0..10 {
-            let Some(addr) = candidates.pop() else { break };
-            match crate::raft::network::call(&self.peers, &addr, &request, Duration::from_secs(5)).await {
-                Ok(answer) => return Ok(answer),
-                Err(RpcFailure::Remote(e)) if e.kind() == v1::RaftErrorKind::NotLeader && !e.leader_addr.is_empty() => {
-                    candidates.push(e.leader_addr);
-                }
-                Err(e) => last_error = format!("{addr}: {e}"),
-            }
-        }
-        Err(last_error)
+        self.ask_leader(&request, self.meta_candidates(), Duration::from_secs(5)).await.map_err(|e| e.message)
     }
 
     /// Sends a descriptor to the meta range's leader.

@@ -174,6 +174,8 @@ pub fn initial_layout(founders: &[NodeId], data_ranges: u32, replication_factor:
             end_key: if j + 1 == data_ranges { Vec::new() } else { split(j + 1) },
             replicas: replicas_of(j as usize + 1),
             generation: 1,
+            // The layout asked for at bootstrap stays: merges never undo it.
+            sticky: j > 0,
             ..Default::default()
         });
     }

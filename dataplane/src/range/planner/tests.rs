@@ -1,4 +1,5 @@
 use super::*;
+use crate::range::placement::PlanError;
 
 const MIB: u64 = 1 << 20;
 
@@ -245,6 +246,14 @@ fn small_cold_neighbours_on_the_same_nodes_merge() {
     assert!(world.plan().is_empty(), "a range busier than a quarter of the load split threshold stays apart");
     (world.load_of(3).writes_per_second, world.load_of(3).live_bytes) = (0.0, 118 * MIB);
     assert!(world.plan().is_empty(), "together at the merge size: apart");
+}
+
+#[test]
+fn a_boundary_made_by_hand_or_at_bootstrap_is_never_merged_away() {
+    let mut world = small_neighbours(&[1, 2, 3], &[3, 2, 1]);
+    world.members.truncate(3);
+    world.descriptors.iter_mut().filter(|d| d.range_id == 3).for_each(|d| d.sticky = true);
+    assert!(world.plan().is_empty(), "{:?}", world.plan());
 }
 
 #[test]
