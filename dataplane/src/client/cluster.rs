@@ -263,12 +263,11 @@ impl Cluster {
         }
     }
 
-    /// Forgets `addr` as the range's leader and tries it last for a while.
-    fn mark_failed(&self, range_id: u64, addr: &str) {
+    /// Forgets `addr` as the leader of any range and tries it last for a while: the node failed
+    /// a request (or is leaving), and only a live replica's hint makes it a leader again.
+    fn mark_failed(&self, addr: &str) {
         let mut routing = lock(&self.inner.routing);
-        if routing.leaders.get(&range_id).is_some_and(|leader| leader == addr) {
-            routing.leaders.remove(&range_id);
-        }
+        routing.leaders.retain(|_, leader| leader != addr);
         routing.failed.insert(addr.to_string(), Instant::now());
     }
 
@@ -315,7 +314,7 @@ impl Cluster {
                 Ok(response) => response,
                 // Not connected, or not handled by a draining node: any request may go elsewhere.
                 Err(e @ (ClientError::Connect { .. } | ClientError::Tls(_) | ClientError::Draining)) => {
-                    self.mark_failed(range.range_id, &target);
+                    self.mark_failed(&target);
                     last_error = e;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -329,11 +328,11 @@ impl Cluster {
                     continue;
                 }
                 Err(e) if kind == Kind::Write => {
-                    self.mark_failed(range.range_id, &target);
+                    self.mark_failed(&target);
                     return Err(ClientError::Uncertain(format!("the connection to {target} failed mid-request: {e}")));
                 }
                 Err(e) => {
-                    self.mark_failed(range.range_id, &target);
+                    self.mark_failed(&target);
                     last_error = e;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -395,8 +394,10 @@ impl Cluster {
                     }
                     let _ = self.refresh_ranges().await;
                 }
+                // The whole node is leaving: nothing more goes there.
+                ErrorCode::Unavailable if error.node_draining => self.mark_failed(&target),
                 // The node is alive but cannot serve this range now (a leadership hand-over,
-                // a leadership it cannot confirm, draining): another replica may, and the node
+                // a leadership it cannot confirm, a merge): another replica may, and the node
                 // stays a fine choice for its other ranges.
                 ErrorCode::Unavailable => {
                     lock(&self.inner.routing).leaders.remove(&range.range_id);

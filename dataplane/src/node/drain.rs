@@ -34,7 +34,14 @@ pub async fn hand_over_leaderships(replicas: &Replicas, peers: &Peers, node_id: 
         .into_iter()
         .filter(|replica| replica.raft.metrics().borrow().state == ServerState::Leader)
         .collect();
-    let attempts = led.iter().map(|replica| hand_over(replica, peers, node_id, None, deadline));
+    let attempts = led.iter().map(|replica| async move {
+        // After a planned transfer or move under way on this range: two hand-overs at once ask
+        // two followers to campaign, and their split votes leave the range leaderless.
+        let _one_at_a_time = tokio::time::timeout_at(deadline, replica.changing.lock())
+            .await
+            .map_err(|_| "a change of the range did not finish in time".to_string())?;
+        hand_over(replica, peers, node_id, None, deadline).await
+    });
     let outcomes = futures::future::join_all(attempts).await;
     let mut result = HandOver::default();
     for (replica, outcome) in led.iter().zip(outcomes) {

@@ -15,6 +15,7 @@ use pleiades_proto::v1::{
     ReadConsistency,
 };
 use prost::Message;
+use tracing::warn;
 
 use super::auth::{check_auth_record, is_auth_key, Authorizer};
 use super::live::LiveKvLimits;
@@ -28,6 +29,8 @@ use crate::transport::peer::{Denials, Peer};
 
 /// How long a write waits for its outcome before answering `UNCERTAIN`.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request slower than this is logged.
+const SLOW_REQUEST: Duration = Duration::from_secs(1);
 /// How long a linearizable read waits to confirm leadership.
 const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -40,25 +43,6 @@ pub struct KvService {
     denials: Denials,
     /// Set when the node starts leaving: new requests are refused as not served.
     draining: std::sync::atomic::AtomicBool,
-    /// Writes proposed and not yet answered: a leader hands its ranges over once these are in
-    /// its log, or the follower it picks would miss them and lose the vote.
-    proposing: std::sync::atomic::AtomicUsize,
-}
-
-/// One write's place in `KvService::proposing`, given back when it is answered.
-struct Proposing<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Proposing<'a> {
-    fn count(proposing: &'a std::sync::atomic::AtomicUsize) -> Self {
-        proposing.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Proposing(proposing)
-    }
-}
-
-impl Drop for Proposing<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
 }
 
 /// A request not served, with what the client needs to act on it.
@@ -148,15 +132,6 @@ impl KvService {
             authorizer,
             denials: Denials::default(),
             draining: Default::default(),
-            proposing: Default::default(),
-        }
-    }
-
-    /// Waits until every write proposed before the drain began has been answered (or `limit`).
-    pub async fn proposals_settled(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while self.proposing.load(std::sync::atomic::Ordering::Acquire) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -188,10 +163,12 @@ impl KvService {
             return error_response(request_id, Refusal::new(ErrorCode::PermissionDenied, reason));
         }
         if self.draining.load(std::sync::atomic::Ordering::Acquire) && !matches!(op, Op::Ranges(_)) {
-            return error_response(
-                request_id,
-                Refusal::new(ErrorCode::Unavailable, "the node is draining: not served"),
-            );
+            let refusal = Refusal::new(ErrorCode::Unavailable, "the node is draining: not served");
+            let mut response = error_response(request_id, refusal);
+            if let Some(KvResult::Error(error)) = response.result.as_mut() {
+                error.node_draining = true;
+            }
+            return response;
         }
         let (name, consistency) = labels(&op);
         let started = Instant::now();
@@ -200,6 +177,12 @@ impl KvService {
             Ok(_) => "ok",
             Err(refusal) => refusal.code.as_str_name(),
         };
+        let took = started.elapsed();
+        if took >= SLOW_REQUEST {
+            // Past the clients' usual attempt timeout: worth a line (CockroachDB logs slow
+            // requests the same way).
+            warn!(op = name, range_id = request.range_id, outcome, ?took, "slow request");
+        }
         self.metrics
             .kv_request_seconds
             .get_or_create(&KvLabels { op: name, consistency, outcome })
@@ -484,14 +467,13 @@ impl KvService {
     /// Proposes a command at a fresh HLC time and waits until it is applied.
     async fn propose(&self, replica: &Replica, op: command::Op) -> Result<Outcome, Refusal> {
         frozen(replica)?;
-        if replica.transferring.load(std::sync::atomic::Ordering::Acquire) {
+        let Some(_admitted) = replica.writes.admit() else {
             return Err(Refusal::new(
                 ErrorCode::Unavailable,
                 format!("range {} is handing its leadership over: not served", replica.range_id),
             ));
-        }
+        };
         let labels = RangeLabels { range: replica.range_id };
-        let _proposing = Proposing::count(&self.proposing);
         let command = v1::Command { timestamp: Some(self.hlc.now()?.into()), op: Some(op) };
         let started = Instant::now();
         let result = tokio::time::timeout(WRITE_TIMEOUT, replica.raft.client_write(command)).await;
@@ -601,6 +583,7 @@ fn error_response(request_id: u64, refusal: Refusal) -> KvResponse {
         message: refusal.message,
         range: refusal.range.map(|r| *r),
         leader: refusal.leader.map(|l| *l),
+        node_draining: false,
     };
     KvResponse { request_id, result: Some(KvResult::Error(error)) }
 }

@@ -689,8 +689,8 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         task.abort();
     }
     services.kv.start_draining();
-    // Writes already proposed reach the log first: a follower asked to campaign must have them.
-    services.kv.proposals_settled(PROPOSALS_SETTLE_LIMIT).await;
+    // Writes already admitted reach the log first: a follower asked to campaign must have them.
+    let _writes_held = replicas.hold_writes(tokio::time::Instant::now() + PROPOSALS_SETTLE_LIMIT).await;
     let handed = drain::hand_over_leaderships(&replicas, &peers, node_id, LEADERSHIP_HANDOVER_LIMIT).await;
     info!(handed = handed.handed, kept = ?handed.kept, took = ?stopping.elapsed(), "leaderships handed over");
     gossip.leave().await;

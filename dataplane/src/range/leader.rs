@@ -4,7 +4,6 @@
 //! the state the previous one left.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,22 +21,6 @@ use crate::raft::{NodeId, Outcome};
 const STEP_ASIDE_DELAY: Duration = Duration::from_millis(500);
 /// How long a leadership transfer may take before the leader takes writes again.
 const TRANSFER_LIMIT: Duration = Duration::from_secs(2);
-
-/// Holds a range's new writes back while it exists.
-struct HoldWrites<'a>(&'a std::sync::atomic::AtomicBool);
-
-impl<'a> HoldWrites<'a> {
-    fn on(flag: &'a std::sync::atomic::AtomicBool) -> Self {
-        flag.store(true, Ordering::Release);
-        HoldWrites(flag)
-    }
-}
-
-impl Drop for HoldWrites<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
 
 pub(super) fn refused(message: String) -> v1::RaftError {
     v1::RaftError { kind: v1::RaftErrorKind::Refused.into(), message, ..Default::default() }
@@ -217,9 +200,9 @@ impl Ranges {
         }
         let deadline = tokio::time::Instant::now() + TRANSFER_LIMIT;
         let result = {
-            // Writes resume however this ends, even if the caller goes away mid-transfer and
-            // this future is dropped: a flag left set would refuse the range's writes for good.
-            let _holding_writes = HoldWrites::on(&replica.transferring);
+            // Writes resume however this ends, even if the caller goes away mid-transfer.
+            let _held = replica.writes.hold();
+            replica.writes.settled(deadline).await;
             super::leadership::hand_over(replica, &self.peers, self.node_id, Some(to), deadline).await
         };
         let new_leader = result.map_err(refused)?;

@@ -6,6 +6,7 @@
 pub mod addressing;
 mod admin;
 pub mod executor;
+pub mod gate;
 mod leader;
 pub mod leadership;
 pub mod members;

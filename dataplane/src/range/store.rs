@@ -12,6 +12,7 @@ use pleiades_proto::v1;
 use prost::Message;
 use tracing::{info, warn};
 
+use super::gate::WriteGate;
 use super::stats::ReplicaLoad;
 use super::table::DescriptorTable;
 use crate::clock::Hlc;
@@ -68,9 +69,9 @@ pub struct Replica {
     pub changing: tokio::sync::Mutex<()>,
     /// Requests served and keys sampled, for splits by load.
     pub load: ReplicaLoad,
-    /// Set while this leader hands its leadership over: new writes wait elsewhere, so the
+    /// Admits writes, and holds them back while this leader hands its leadership over, so the
     /// follower it picked can have all of its log.
-    pub transferring: std::sync::atomic::AtomicBool,
+    pub writes: Arc<WriteGate>,
     /// The merge attempt this range was first seen in by its leader's upkeep, and when: an
     /// attempt that lasts too long is settled (`range::merge`).
     pub merge_seen: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
@@ -284,7 +285,7 @@ impl Replicas {
             read_barrier: ReadBarrier::default(),
             changing: tokio::sync::Mutex::new(()),
             load: ReplicaLoad::default(),
-            transferring: std::sync::atomic::AtomicBool::new(false),
+            writes: Arc::default(),
             merge_seen: std::sync::Mutex::new(None),
         });
         write(&self.hosted).insert(range_id, replica.clone());
@@ -333,6 +334,27 @@ impl Replicas {
             false => info!(range_id, "replica removed and its data deleted"),
         }
         Ok(())
+    }
+
+    /// Holds new writes back on every hosted replica, then waits (until `deadline`) for those
+    /// already admitted to be answered: a node about to hand its leaderships over.
+    pub async fn hold_writes(&self, deadline: tokio::time::Instant) -> Vec<super::gate::Held> {
+        let hosted = self.hosted();
+        let held = hosted.iter().map(|replica| replica.writes.hold()).collect();
+        for replica in &hosted {
+            if !replica.writes.settled(deadline).await {
+                let metrics = replica.raft.metrics().borrow().clone();
+                warn!(
+                    range_id = replica.range_id,
+                    state = ?metrics.state,
+                    last_log = ?metrics.last_log_index,
+                    applied = ?metrics.last_applied.map(|id| id.index),
+                    replication = ?metrics.replication,
+                    "writes still unanswered; handing over anyway"
+                );
+            }
+        }
+        held
     }
 
     /// Stops every replica (raft tasks flush nothing further after this).
