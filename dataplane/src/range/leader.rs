@@ -42,6 +42,11 @@ pub(super) fn not_leader(replica: &Replica) -> v1::RaftError {
 
 /// A raft write on this leader, with its outcome or the error a caller should see.
 pub(super) async fn propose(replica: &Replica, ranges: &Ranges, op: v1::command::Op) -> Result<Outcome, v1::RaftError> {
+    // Through the same gate as clients' writes: a hand-over of the meta range must not race the
+    // descriptors other nodes record in it.
+    let Some(_admitted) = replica.writes.admit() else {
+        return Err(refused(format!("range {} is handing its leadership over; try again", replica.range_id)));
+    };
     let command = v1::Command { timestamp: ranges.hlc.now().ok().map(Into::into), op: Some(op) };
     match replica.raft.client_write(command).await {
         Ok(response) => Ok(response.data),
