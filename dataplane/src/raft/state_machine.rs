@@ -351,7 +351,7 @@ impl RangeStateMachine {
             Op::Split(split) => return self.apply_split(split, &record[0]),
             Op::BeginMerge(begin) => return self.apply_begin_merge(begin.right_range_id, &record[0]),
             Op::FreezeForMerge(freeze) => return self.apply_freeze(freeze, &record[0]),
-            Op::Merge(merge) => return self.apply_merge(merge.right.unwrap_or_default(), &record[0]),
+            Op::Merge(merge) => return self.apply_merge(merge.right.unwrap_or_default()),
             Op::AbandonMerge(abandon) => return self.apply_abandon_merge(abandon),
         }
         let (timestamp, versions) = self.storage.write_replicated(batch, ts, &record)?;
@@ -489,11 +489,7 @@ impl RangeStateMachine {
         Ok(Outcome::Frozen { descriptor, index })
     }
 
-    fn apply_merge(
-        &mut self,
-        right: v1::RangeDescriptor,
-        record: &(Vec<u8>, Vec<u8>),
-    ) -> Result<Outcome, StorageError> {
+    fn apply_merge(&mut self, right: v1::RangeDescriptor) -> Result<Outcome, StorageError> {
         let own = self.descriptor.get();
         let right_voters: std::collections::BTreeSet<NodeId> = right.replicas.iter().copied().collect();
         let attempt = own.absorbing == right.range_id && own.merge_epoch == right.merge_epoch;
@@ -514,9 +510,7 @@ impl RangeStateMachine {
                 true => v1::RangeDescriptor { absorbing: 0, merge_epoch: 0, ..own },
                 false => own,
             };
-            let state = self.encode_applied_state(self.applied.as_ref(), &self.membership, descriptor.clone());
-            self.storage.put_system(&[(record.0.clone(), state)])?;
-            self.descriptor.set(descriptor);
+            self.adopt(descriptor)?;
             return Ok(Outcome::Refused(why));
         }
         let generation = own.generation.max(right.generation) + 1;
