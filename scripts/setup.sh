@@ -3,8 +3,10 @@
 # is missing. Safe to run again; prints what it does.
 set -euo pipefail
 
-# libclang: RocksDB bindings (bindgen); curl: the demo; prometheus: the scrape test
-apt_packages=(libclang-dev curl prometheus)
+# libclang: RocksDB bindings (bindgen); curl: the demo; prometheus: the scrape test; etcd-server:
+# the peer `pleiades bench compare` measures against; protobuf-compiler and libprotobuf-dev (its
+# well-known types): the etcd-client crate's build
+apt_packages=(libclang-dev curl prometheus etcd-server protobuf-compiler libprotobuf-dev)
 missing=()
 for package in "${apt_packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -330,7 +330,10 @@ pub enum Consistency {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub action: Option<BenchAction>,
     #[command(flatten)]
     pub client: ClientArgs,
     #[arg(long, value_enum, default_value_t = Workload::Write)]
@@ -356,6 +359,108 @@ pub struct BenchArgs {
     /// keys over the whole keyspace.
     #[arg(long)]
     pub prefix: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    pub fn shape(&self) -> crate::bench::Shape {
+        crate::bench::Shape {
+            workload: self.workload,
+            consistency: self.consistency,
+            concurrency: self.concurrency,
+            keys: self.keys,
+            value_size: self.value_size,
+            duration: self.duration,
+            load: !self.no_load,
+            prefix: self.prefix.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchAction {
+    /// Start a 3-member etcd cluster and a 3-node constellation on loopback, one after the other,
+    /// drive both with the same closed-loop workloads, and print one table per value size.
+    Compare(Box<CompareArgs>),
+}
+
+/// A workload of `bench compare`, with its read consistency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompareWorkload {
+    /// Puts only.
+    Write,
+    /// Linearizable gets.
+    Read,
+    /// Pleiades stale gets against etcd serializable ones: each served from a member's own state.
+    Stale,
+    /// 50 % linearizable gets, 50 % puts.
+    Mixed,
+    YcsbA,
+    YcsbB,
+    YcsbC,
+}
+
+impl CompareWorkload {
+    pub const ALL: [CompareWorkload; 7] = [
+        CompareWorkload::Write,
+        CompareWorkload::Read,
+        CompareWorkload::Stale,
+        CompareWorkload::Mixed,
+        CompareWorkload::YcsbA,
+        CompareWorkload::YcsbB,
+        CompareWorkload::YcsbC,
+    ];
+
+    pub fn workload(self) -> (Workload, Consistency) {
+        match self {
+            CompareWorkload::Write => (Workload::Write, Consistency::Linearizable),
+            CompareWorkload::Read => (Workload::Read, Consistency::Linearizable),
+            CompareWorkload::Stale => (Workload::Read, Consistency::Stale),
+            CompareWorkload::Mixed => (Workload::Mixed, Consistency::Linearizable),
+            CompareWorkload::YcsbA => (Workload::YcsbA, Consistency::Linearizable),
+            CompareWorkload::YcsbB => (Workload::YcsbB, Consistency::Linearizable),
+            CompareWorkload::YcsbC => (Workload::YcsbC, Consistency::Linearizable),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The etcd server binary (Debian's etcd-server, which scripts/setup.sh installs).
+    #[arg(long, default_value = "etcd")]
+    pub etcd_bin: PathBuf,
+    /// A short run (256-byte values; writes and linearizable reads; 4 s each) that finishes in
+    /// under three minutes. Flags given as well override its choices.
+    #[arg(long)]
+    pub quick: bool,
+    /// Value sizes in bytes [default: 64,256,4096].
+    #[arg(long, value_delimiter = ',')]
+    pub value_sizes: Vec<usize>,
+    /// Requests in flight [default: 1,16,64,256].
+    #[arg(long, value_delimiter = ',')]
+    pub concurrencies: Vec<u32>,
+    /// [default: every one]
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub workloads: Vec<CompareWorkload>,
+    /// Seconds of measurement per system, workload, value size and concurrency [default: 10].
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Distinct keys, written before the first workload that reads [default: 10000].
+    #[arg(long)]
+    pub keys: Option<u64>,
+    /// Where both systems keep their data and logs [default: a temporary directory, removed at
+    /// the end].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// First port: Pleiades nodes listen from here, etcd members from here + 200.
+    #[arg(long, default_value_t = 7600)]
+    pub base_port: u16,
+    /// Where the chart (throughput against p99, by concurrency) goes.
+    #[arg(long, default_value = "bench-compare.svg")]
+    pub svg: PathBuf,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

@@ -113,8 +113,16 @@ pub async fn http_status(addr: &str, path: &str) -> std::io::Result<u16> {
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {text:?}")))
 }
 
-/// Starts the nodes, waits until each is ready, runs until `stop` resolves, then stops them.
-pub async fn up(args: &UpArgs, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+/// A local constellation whose node processes this process started.
+pub struct Running {
+    pub nodes: Vec<LocalNode>,
+    /// The CA certificate, with the `admin` client certificate and key beside it.
+    pub ca: PathBuf,
+    children: Vec<tokio::process::Child>,
+}
+
+/// Starts the nodes and waits until each is ready.
+pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
     let nodes = plan(args)?;
     let ca = prepare(args, &nodes)?;
     let binary = std::env::current_exe().context("cannot find the pleiades binary")?;
@@ -147,9 +155,50 @@ pub async fn up(args: &UpArgs, stop: impl std::future::Future<Output = ()>) -> a
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    Ok(Running { nodes, ca, children })
+}
+
+impl Running {
+    /// The `admin` client certificate beside the CA.
+    pub fn admin(&self) -> crate::transport::tls::CertFiles {
+        let dir = self.ca.parent().map(PathBuf::from).unwrap_or_default();
+        crate::transport::tls::CertFiles { cert: dir.join("admin.crt"), key: dir.join("admin.key") }
+    }
+
+    /// Runs until `stop` resolves, reporting a node that exits meanwhile.
+    pub async fn watch(&mut self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::pin!(stop);
+        let mut exited = vec![false; self.children.len()];
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    for ((node, child), seen) in self.nodes.iter().zip(self.children.iter_mut()).zip(exited.iter_mut()) {
+                        if !*seen {
+                            if let Some(status) = child.try_wait()? {
+                                *seen = true;
+                                eprintln!("node {} exited with {status}; see {}", node.id, node.dir.join("node.log").display());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops every node cleanly.
+    pub async fn stop(mut self) {
+        stop_all(&mut self.children).await;
+    }
+}
+
+/// Starts the nodes, waits until each is ready, runs until `stop` resolves, then stops them.
+pub async fn up(args: &UpArgs, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let mut running = start(args).await?;
+    let (nodes, ca) = (&running.nodes, &running.ca);
     println!("constellation of {} nodes is up ({}):", nodes.len(), args.data_dir.display());
     println!("  {:<4} {:<18} {:<34} LOG", "NODE", "QUIC", "METRICS");
-    for node in &nodes {
+    for node in nodes {
         println!(
             "  {:<4} {:<18} {:<34} {}",
             node.id,
@@ -161,31 +210,15 @@ pub async fn up(args: &UpArgs, stop: impl std::future::Future<Output = ()>) -> a
     println!("\ntry:\n  pleiades kv put hello world --addr {} --ca-cert {}", nodes[0].quic, ca.display());
     println!("  pleiades status --addr {} --ca-cert {}", nodes[0].quic, ca.display());
     println!("Ctrl-C stops the constellation; rerun with the same --data-dir to restart it.");
-    tokio::pin!(stop);
-    let mut exited = vec![false; children.len()];
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                for ((node, child), seen) in nodes.iter().zip(children.iter_mut()).zip(exited.iter_mut()) {
-                    if !*seen {
-                        if let Some(status) = child.try_wait()? {
-                            *seen = true;
-                            eprintln!("node {} exited with {status}; see {}", node.id, node.dir.join("node.log").display());
-                        }
-                    }
-                }
-            }
-        }
-    }
-    println!("stopping {} nodes…", nodes.len());
-    stop_all(&mut children).await;
+    let watched = running.watch(stop).await;
+    println!("stopping {} nodes…", running.nodes.len());
+    running.stop().await;
     println!("stopped");
-    Ok(())
+    watched
 }
 
-/// SIGTERM to every node, then up to 20 s for clean exits before SIGKILL.
-async fn stop_all(children: &mut [tokio::process::Child]) {
+/// SIGTERM to every child, then up to 20 s for clean exits before SIGKILL.
+pub async fn stop_all(children: &mut [tokio::process::Child]) {
     for child in children.iter() {
         if let Some(pid) = child.id() {
             // SAFETY: kill(2) with a pid we spawned and have not reaped; no memory is touched.

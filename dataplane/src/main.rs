@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use pleiades::cli::{
-    BenchArgs, Cli, ClientArgs, Command, KvArgs, KvCommand, MembersArgs, NodeAction, PingArgs, QueryArgs, StatusArgs,
+    BenchAction, BenchArgs, Cli, ClientArgs, Command, CompareArgs, KvArgs, KvCommand, MembersArgs, NodeAction,
+    PingArgs, QueryArgs, StatusArgs,
 };
 use pleiades::client::cluster::{Cluster, ClusterConfig};
 use pleiades::client::Client;
@@ -612,9 +613,17 @@ fn balance(members: &[serde_json::Value], replicas: &[(u64, v1::ReplicaStatus)])
 
 async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     use std::io::IsTerminal;
+    if let Some(BenchAction::Compare(compare)) = &args.action {
+        return bench_compare(compare).await;
+    }
     let cluster = cluster(&args.client).await?;
-    let report = pleiades::bench::run(&cluster, args, !args.json && std::io::stderr().is_terminal()).await?;
+    let target = pleiades::bench::Target::Pleiades {
+        cluster: cluster.clone(),
+        connect: std::sync::Arc::new(args.client.client_config()),
+    };
+    let report = pleiades::bench::run(&target, &args.shape(), !args.json && std::io::stderr().is_terminal()).await;
     cluster.close().await;
+    let report = report?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
@@ -641,6 +650,18 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     println!("  ops per second, second by second: {}", timeline.join(" "));
     for error in &report.sample_errors {
         println!("  error: {error}");
+    }
+    Ok(())
+}
+
+async fn bench_compare(args: &CompareArgs) -> anyhow::Result<()> {
+    let comparison = pleiades::bench::compare::compare(args, !args.json).await?;
+    std::fs::write(&args.svg, comparison.svg()).with_context(|| format!("cannot write {}", args.svg.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&comparison)?);
+    } else {
+        print!("{}", comparison.tables());
+        println!("\nchart: {}", args.svg.display());
     }
     Ok(())
 }

@@ -1,5 +1,9 @@
-//! `pleiades bench`: a closed-loop load generator on the constellation client. Each worker
-//! sends one request, waits for the answer, records its latency in an HDR histogram, repeats.
+//! `pleiades bench`: a closed-loop load generator. Each worker sends one request, waits for the
+//! answer, records its latency in an HDR histogram, repeats. It drives a constellation through
+//! its client, or etcd through `etcd-client` for `bench compare`, with the same loop.
+
+pub mod compare;
+pub mod etcd;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,9 +14,70 @@ use pleiades_proto::v1::ReadConsistency;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::cli::{BenchArgs, Consistency, Workload};
+use crate::cli::{Consistency, Workload};
 use crate::client::cluster::Cluster;
-use crate::client::Client;
+use crate::client::{Client, ClientConfig};
+
+/// What one run does: the workload and its shape.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub workload: Workload,
+    pub consistency: Consistency,
+    /// Requests in flight.
+    pub concurrency: u32,
+    pub keys: u64,
+    pub value_size: usize,
+    /// Seconds of measurement.
+    pub duration: u64,
+    /// Write every key before a workload that reads.
+    pub load: bool,
+    /// All keys under this prefix instead of spread over the keyspace.
+    pub prefix: Option<String>,
+}
+
+/// The system under load.
+#[derive(Clone)]
+pub enum Target {
+    /// A constellation, through its client; `connect` is what the connect workload dials.
+    Pleiades { cluster: Cluster, connect: Arc<ClientConfig> },
+    /// Boxed: a tonic client is large, and workers clone targets.
+    Etcd(Box<etcd_client::KvClient>),
+}
+
+impl Target {
+    async fn put(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        match self {
+            Target::Pleiades { cluster, .. } => drop(cluster.put(key, value).await?),
+            Target::Etcd(kv) => drop(kv.put(key, value, None).await?),
+        }
+        Ok(())
+    }
+
+    /// A get; stale reads are etcd's serializable ones (served by any member from its own state).
+    async fn get(&mut self, key: &[u8], consistency: Consistency) -> anyhow::Result<()> {
+        match (self, consistency) {
+            (Target::Pleiades { cluster, .. }, Consistency::Linearizable) => {
+                drop(cluster.get(key, 0, ReadConsistency::Linearizable).await?)
+            }
+            (Target::Pleiades { cluster, .. }, Consistency::Stale) => {
+                drop(cluster.get(key, 0, ReadConsistency::Stale).await?)
+            }
+            (Target::Etcd(kv), Consistency::Linearizable) => drop(kv.get(key, None).await?),
+            (Target::Etcd(kv), Consistency::Stale) => {
+                drop(kv.get(key, Some(etcd_client::GetOptions::new().with_serializable())).await?)
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a new connection: the QUIC and TLS handshake.
+    async fn connect(&self) -> anyhow::Result<Client> {
+        match self {
+            Target::Pleiades { connect, .. } => Ok(Client::connect(connect).await?),
+            Target::Etcd(_) => anyhow::bail!("the connect workload measures Pleiades only"),
+        }
+    }
+}
 
 /// Latency percentiles of one operation kind, in microseconds.
 #[derive(Debug, Serialize)]
@@ -35,6 +100,8 @@ pub struct BenchReport {
     pub seconds: f64,
     pub ops_per_second: f64,
     pub errors: u64,
+    /// Every operation of the run, whatever its kind.
+    pub overall: Option<LatencySummary>,
     pub writes: Option<LatencySummary>,
     pub reads: Option<LatencySummary>,
     /// New connections: QUIC and TLS 1.3 handshake, with the client certificate if one is given.
@@ -127,7 +194,7 @@ fn key_under(prefix: Option<&str>, i: u64) -> Vec<u8> {
 
 /// Writes every key once, `concurrency` at a time.
 pub async fn load(
-    cluster: &Cluster,
+    target: &Target,
     keys: u64,
     value_size: usize,
     concurrency: u32,
@@ -138,14 +205,14 @@ pub async fn load(
     let value = Arc::new(vec![b'v'; value_size]);
     let mut workers = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (cluster, next, value, prefix) = (cluster.clone(), next.clone(), value.clone(), prefix.clone());
+        let (mut target, next, value, prefix) = (target.clone(), next.clone(), value.clone(), prefix.clone());
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= keys {
                     return Ok::<(), anyhow::Error>(());
                 }
-                cluster.put(&key_under(prefix.as_deref(), i), &value).await?;
+                target.put(&key_under(prefix.as_deref(), i), &value).await?;
             }
         }));
     }
@@ -155,39 +222,28 @@ pub async fn load(
     Ok(())
 }
 
-pub async fn run(cluster: &Cluster, args: &BenchArgs, progress: bool) -> anyhow::Result<BenchReport> {
+pub async fn run(target: &Target, args: &Shape, progress: bool) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.keys > 0, "--keys must be at least 1");
     anyhow::ensure!(args.duration > 0, "--duration must be at least 1 second");
     let reads = read_share(args.workload);
-    if reads > 0.0 && !args.no_load {
+    if reads > 0.0 && args.load {
         if progress {
             eprintln!("loading {} keys of {} bytes…", args.keys, args.value_size);
         }
-        load(cluster, args.keys, args.value_size, args.concurrency.max(16), args.prefix.as_deref()).await?;
+        load(target, args.keys, args.value_size, args.concurrency.max(16), args.prefix.as_deref()).await?;
     }
     let zipfian = matches!(args.workload, Workload::YcsbA | Workload::YcsbB | Workload::YcsbC)
         .then(|| Arc::new(Zipfian::new(args.keys)));
-    let consistency = match args.consistency {
-        Consistency::Linearizable => ReadConsistency::Linearizable,
-        Consistency::Stale => ReadConsistency::Stale,
-    };
+    let consistency = args.consistency;
     let stop = Arc::new(AtomicBool::new(false));
     let done_ops = Arc::new(AtomicU64::new(0));
     let value = Arc::new(vec![b'x'; args.value_size]);
-    let connect = Arc::new(args.client.client_config());
     let prefix: Option<Arc<str>> = args.prefix.as_deref().map(Into::into);
     let mut workers = Vec::new();
     for worker in 0..args.concurrency {
-        let (cluster, stop, done_ops, value, zipfian, connect, prefix) = (
-            cluster.clone(),
-            stop.clone(),
-            done_ops.clone(),
-            value.clone(),
-            zipfian.clone(),
-            connect.clone(),
-            prefix.clone(),
-        );
+        let (mut target, stop, done_ops, value, zipfian, prefix) =
+            (target.clone(), stop.clone(), done_ops.clone(), value.clone(), zipfian.clone(), prefix.clone());
         let (keys, workload) = (args.keys, args.workload);
         workers.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(0x5EED ^ u64::from(worker));
@@ -207,9 +263,9 @@ pub async fn run(cluster: &Cluster, args: &BenchArgs, progress: bool) -> anyhow:
                 };
                 let started = Instant::now();
                 let (result, opened) = match operation {
-                    Operation::Read => (cluster.get(&key, 0, consistency).await.map(|_| ()), None),
-                    Operation::Write => (cluster.put(&key, &value).await.map(|_| ()), None),
-                    Operation::Connect => match Client::connect(&connect).await {
+                    Operation::Read => (target.get(&key, consistency).await, None),
+                    Operation::Write => (target.put(&key, &value).await, None),
+                    Operation::Connect => match target.connect().await {
                         Ok(client) => (Ok(()), Some(client)),
                         Err(e) => (Err(e), None),
                     },
@@ -276,6 +332,10 @@ pub async fn run(cluster: &Cluster, args: &BenchArgs, progress: bool) -> anyhow:
         bar.finish_and_clear();
     }
     sample_errors.truncate(5);
+    let mut overall = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for part in &latency {
+        overall.add(part)?;
+    }
     Ok(BenchReport {
         workload: args.workload,
         consistency: args.consistency,
@@ -285,6 +345,7 @@ pub async fn run(cluster: &Cluster, args: &BenchArgs, progress: bool) -> anyhow:
         seconds,
         ops_per_second: latency.iter().map(Histogram::len).sum::<u64>() as f64 / seconds,
         errors,
+        overall: summary(&overall),
         writes: summary(&latency[Operation::Write as usize]),
         reads: summary(&latency[Operation::Read as usize]),
         connects: summary(&latency[Operation::Connect as usize]),
