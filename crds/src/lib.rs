@@ -435,8 +435,9 @@ pub struct RaftTuning {
     pub election_timeout_max_ms: i32,
 }
 
+/// The node's own default (`raft.heartbeat-interval-ms`); see there why it is not lower.
 fn default_heartbeat() -> i32 {
-    100
+    250
 }
 fn default_election_min() -> i32 {
     1000

@@ -65,7 +65,7 @@ fn an_empty_spec_takes_every_default() {
     assert_eq!(spec.node_pool.architecture, "arm64");
     assert_eq!(spec.node_pool.realtime_kernel_label, DEFAULT_REALTIME_KERNEL_LABEL);
     assert_eq!(spec.node_pool.tolerations[0].key.as_deref(), Some(DEFAULT_POOL_TAINT));
-    assert_eq!(spec.tuning.raft.heartbeat_interval_ms, 100);
+    assert_eq!(spec.tuning.raft.heartbeat_interval_ms, 250);
     assert_eq!(spec.tuning.initial_ranges, 4);
     assert_eq!(spec.tls.certificate_lifetime_days, 90);
     let tls: TlsSpec = serde_json::from_value(json!({"certManager": {"issuerRef": {"name": "ca"}}})).unwrap();

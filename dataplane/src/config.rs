@@ -237,7 +237,10 @@ pub struct RaftSettings {
 impl Default for RaftSettings {
     fn default() -> Self {
         RaftSettings {
-            heartbeat_interval_ms: 100,
+            // openraft 0.9 also gives up on an append-entries call after one heartbeat interval,
+            // and the answer waits for the follower's fsync: at 100 ms a busy shared disk trips
+            // it, the leader resends, followers miss heartbeats and start needless elections.
+            heartbeat_interval_ms: 250,
             election_timeout_min_ms: 1_000,
             election_timeout_max_ms: 2_000,
             snapshot_after_entries: 10_000,
