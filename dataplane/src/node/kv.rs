@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
 use openraft::BasicNode;
 use pleiades_proto::v1::{
     self, command, kv_request::Op, kv_response::Result as KvResult, ErrorCode, KvError, KvRequest, KvResponse,
@@ -21,14 +21,13 @@ use super::auth::{check_auth_record, is_auth_key, Authorizer};
 use super::live::LiveKvLimits;
 use crate::clock::{Hlc, Timestamp};
 use crate::observe::{KvLabels, LimitLabels, Metrics, RangeLabels};
+use crate::raft::proposals::ProposeError;
 use crate::raft::Outcome;
 use crate::range::store::Replica;
 use crate::range::Ranges;
 use crate::storage::{ScanCut, ScanLimit, ScanPage, StorageError, VersionedValue};
 use crate::transport::peer::{Denials, Peer};
 
-/// How long a write waits for its outcome before answering `UNCERTAIN`.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request slower than this is logged.
 const SLOW_REQUEST: Duration = Duration::from_secs(1);
 /// How long a linearizable read waits to confirm leadership.
@@ -474,33 +473,19 @@ impl KvService {
             ));
         };
         let labels = RangeLabels { range: replica.range_id };
-        let command = v1::Command { timestamp: Some(self.hlc.now()?.into()), op: Some(op) };
         let started = Instant::now();
-        let result = tokio::time::timeout(WRITE_TIMEOUT, replica.raft.client_write(command)).await;
-        match result {
-            Ok(Ok(response)) => {
+        match replica.proposals.propose(&replica.raft, &self.hlc, op).await {
+            Ok(outcome) => {
                 self.metrics.raft_proposals.get_or_create(&labels).inc();
                 self.metrics.raft_proposal_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-                Ok(response.data)
+                Ok(outcome)
             }
-            // Refused before it was appended, or its entry was truncated: it never applies.
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                Err(not_leader(replica, forward))
+            Err(ProposeError::NotLeader(forward)) => Err(not_leader(replica, forward)),
+            Err(e @ ProposeError::Clock(_)) => Err(Refusal::new(ErrorCode::Unavailable, e.to_string())),
+            Err(e @ ProposeError::Refused(_)) => Err(Refusal::new(ErrorCode::Internal, e.to_string())),
+            Err(e @ (ProposeError::Stopped(_) | ProposeError::TimedOut)) => {
+                Err(Refusal::new(ErrorCode::Uncertain, format!("range {}: {e}", replica.range_id)))
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Err(Refusal::new(ErrorCode::Internal, e.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(e))) => Err(Refusal::new(
-                ErrorCode::Uncertain,
-                format!(
-                    "range {} stopped while the write was in flight ({e}); it may or may not apply",
-                    replica.range_id
-                ),
-            )),
-            Err(_) => Err(Refusal::new(
-                ErrorCode::Uncertain,
-                format!("no outcome within {WRITE_TIMEOUT:?}; the write may or may not apply"),
-            )),
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod log;
 pub mod network;
+pub mod proposals;
 pub mod state_machine;
 
 use std::sync::mpsc;
@@ -70,6 +71,8 @@ pub enum Outcome {
         left: pleiades_proto::v1::RangeDescriptor,
         right: pleiades_proto::v1::RangeDescriptor,
     },
+    /// A batch of client writes: each one's outcome, in order.
+    Batch(Vec<Outcome>),
 }
 
 /// Makes buffered raft log appends durable: one thread, one WAL fsync per batch of waiting

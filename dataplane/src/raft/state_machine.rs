@@ -289,7 +289,8 @@ impl RangeStateMachine {
             | Op::BeginMerge(_)
             | Op::FreezeForMerge(_)
             | Op::Merge(_)
-            | Op::AbandonMerge(_) => None,
+            | Op::AbandonMerge(_)
+            | Op::Batch(_) => None,
         };
         let changes_the_range = |op: &Op| {
             matches!(op, Op::Split(_) | Op::BeginMerge(_) | Op::FreezeForMerge(_) | Op::Merge(_) | Op::AbandonMerge(_))
@@ -304,6 +305,8 @@ impl RangeStateMachine {
             Some(_) if self.descriptor.get().merging_into != 0 => {
                 return refuse(&self.storage, format!("range {} is frozen for a merge", span.range_id))
             }
+            // Each write of a batch is judged on its own.
+            None if matches!(op, Op::Batch(_)) => {}
             None if !span.meta && !changes_the_range(&op) => {
                 return refuse(&self.storage, "descriptors live in the meta range".into())
             }
@@ -353,6 +356,7 @@ impl RangeStateMachine {
             Op::FreezeForMerge(freeze) => return self.apply_freeze(freeze, &record[0]),
             Op::Merge(merge) => return self.apply_merge(merge.right.unwrap_or_default()),
             Op::AbandonMerge(abandon) => return self.apply_abandon_merge(abandon),
+            Op::Batch(batch) => return self.apply_batch(batch, ts, &record),
         }
         let (timestamp, versions) = self.storage.write_replicated(batch, ts, &record)?;
         Ok(Outcome::Written { version: versions.first().copied().unwrap_or_default(), timestamp })
@@ -360,6 +364,80 @@ impl RangeStateMachine {
 }
 
 impl RangeStateMachine {
+    /// Applies a batch of client writes in one atomic write at `ts`, each judged as it would be
+    /// alone: outside the span, frozen, or on a key an earlier write of the batch took (which
+    /// a leader never proposes), it is refused; a cas compares against the stored value, which
+    /// no earlier write of the batch touched.
+    fn apply_batch(
+        &mut self,
+        batch: v1::CommandBatch,
+        ts: Timestamp,
+        record: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<Outcome, StorageError> {
+        let span = self.span();
+        let frozen = self.descriptor.get().merging_into != 0;
+        let mut writes = MvccBatch::default();
+        // Each command's outcome; `None` for a write, known once the batch is written.
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.commands.len());
+        let mut taken = std::collections::HashSet::new();
+        for command in batch.commands {
+            let (key, value) = match command.op {
+                Some(Op::Put(put)) => (put.key, Some(put.value)),
+                Some(Op::Delete(delete)) => (delete.key, None),
+                Some(Op::Cas(cas)) => {
+                    if span.contains(&cas.key) && !frozen && !taken.contains(&cas.key) {
+                        let current = self.storage.get_latest(&cas.key)?;
+                        let matches = match &current {
+                            None => cas.expect_absent,
+                            Some(found) => !cas.expect_absent && found.value == cas.expected,
+                        };
+                        if !matches {
+                            taken.insert(cas.key);
+                            outcomes.push(Some(Outcome::CompareFailed { current }));
+                            continue;
+                        }
+                    }
+                    (cas.key, (!cas.delete).then_some(cas.value))
+                }
+                _ => {
+                    outcomes.push(Some(Outcome::Refused("a batch holds puts, deletes and cas only".into())));
+                    continue;
+                }
+            };
+            let refusal = if !span.contains(&key) {
+                Some(format!("key {key:02x?} is outside range {}", span.range_id))
+            } else if frozen {
+                Some(format!("range {} is frozen for a merge", span.range_id))
+            } else if taken.contains(&key) {
+                Some(format!("key {key:02x?} is written twice in one batch"))
+            } else {
+                None
+            };
+            if let Some(why) = refusal {
+                outcomes.push(Some(Outcome::Refused(why)));
+                continue;
+            }
+            taken.insert(key.clone());
+            match value {
+                Some(value) => writes.put(key, value),
+                None => writes.delete(key),
+            };
+            outcomes.push(None);
+        }
+        let mut written = self.storage.write_replicated_each(writes, ts, record)?.into_iter();
+        let outcomes = outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Some(outcome) => outcome,
+                None => match written.next() {
+                    Some((timestamp, version)) => Outcome::Written { version, timestamp },
+                    None => Outcome::Refused("the batch wrote fewer keys than it holds".into()),
+                },
+            })
+            .collect();
+        Ok(Outcome::Batch(outcomes))
+    }
+
     /// The meta range's next unused range id: the stored counter, or past every descriptor.
     fn next_range_id(&self) -> Result<u64, StorageError> {
         if let Some(bytes) = self.storage.get_system(&system_key(SYSTEM_RANGE_ID_COUNTER, 0))? {

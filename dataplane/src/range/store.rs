@@ -72,6 +72,8 @@ pub struct Replica {
     /// Admits writes, and holds them back while this leader hands its leadership over, so the
     /// follower it picked can have all of its log.
     pub writes: Arc<WriteGate>,
+    /// Client writes waiting to be proposed, batched while earlier ones are in flight.
+    pub proposals: Arc<crate::raft::proposals::Proposals>,
     /// The merge attempt this range was first seen in by its leader's upkeep, and when: an
     /// attempt that lasts too long is settled (`range::merge`).
     pub merge_seen: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
@@ -286,6 +288,7 @@ impl Replicas {
             changing: tokio::sync::Mutex::new(()),
             load: ReplicaLoad::default(),
             writes: Arc::default(),
+            proposals: Arc::default(),
             merge_seen: std::sync::Mutex::new(None),
         });
         write(&self.hosted).insert(range_id, replica.clone());

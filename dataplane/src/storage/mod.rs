@@ -24,7 +24,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRawIterator, FlushOptions,
-    Options, WriteBatch, WriteOptions, DB,
+    Options, WriteBatch, WriteBufferManager, WriteOptions, DB,
 };
 use serde::Deserialize;
 
@@ -79,6 +79,9 @@ pub struct StorageConfig {
     pub block_cache_bytes: u64,
     /// Memtable (write buffer) size per column family.
     pub memtable_bytes: u64,
+    /// All memtables together: past this RocksDB flushes early. Charged to the block cache, so
+    /// the two stay within `block-cache-bytes` together, however many column families fill.
+    pub memtable_budget_bytes: u64,
     pub compression: Compression,
     /// Versions kept per key unless the key says otherwise (1 to 255).
     pub default_retention: u8,
@@ -89,6 +92,7 @@ impl Default for StorageConfig {
         StorageConfig {
             block_cache_bytes: 128 << 20,
             memtable_bytes: 32 << 20,
+            memtable_budget_bytes: 64 << 20,
             compression: Compression::Lz4,
             default_retention: MAX_RETENTION,
         }
@@ -216,6 +220,13 @@ impl MvccBatch {
     }
 }
 
+/// The latest of a batch's timestamp and its keys' (pushed past a key's latest version), and
+/// the versions.
+fn latest((batch_ts, written): (Timestamp, Vec<(Timestamp, u32)>)) -> (Timestamp, Vec<u32>) {
+    let at = written.iter().map(|(ts, _)| *ts).fold(batch_ts, Timestamp::max);
+    (at, written.into_iter().map(|(_, version)| version).collect())
+}
+
 #[derive(Debug, Clone)]
 pub struct VacuumOptions {
     /// Keys examined per pass; a pass resumes where the last one stopped.
@@ -338,6 +349,11 @@ impl Storage {
         // Without a cap, WAL files live until every column family has flushed past them, and the
         // busy raft log keeps the quiet ones from flushing: gigabytes of WAL and slow restarts.
         db_options.set_max_total_wal_size(256 << 20);
+        db_options.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager_with_cache(
+            config.memtable_budget_bytes as usize,
+            false,
+            cache.clone(),
+        ));
         let descriptors = COLUMN_FAMILIES
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(*name == CF_RANGE_DATA)))
@@ -458,7 +474,7 @@ impl Storage {
     /// Applies every operation of `batch` at `ts`, all or nothing, in one synced WriteBatch.
     /// Returns each operation's new version number.
     pub fn write(&self, batch: MvccBatch, ts: Timestamp) -> Result<Vec<u32>, StorageError> {
-        Ok(self.apply(batch, || Ok(ts), &Replicated::No)?.1)
+        Ok(latest(self.apply(batch, || Ok(ts), &Replicated::No)?).1)
     }
 
     /// Applies a committed raft command: at `ts`, or just after a key's latest version when
@@ -470,7 +486,17 @@ impl Storage {
         ts: Timestamp,
         system: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<(Timestamp, Vec<u32>), StorageError> {
-        self.apply(batch, || Ok(ts), &Replicated::Yes(system))
+        self.apply(batch, || Ok(ts), &Replicated::Yes(system)).map(latest)
+    }
+
+    /// [`Storage::write_replicated`], with each key's own timestamp and version.
+    pub fn write_replicated_each(
+        &self,
+        batch: MvccBatch,
+        ts: Timestamp,
+        system: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<Vec<(Timestamp, u32)>, StorageError> {
+        Ok(self.apply(batch, || Ok(ts), &Replicated::Yes(system))?.1)
     }
 
     /// Writes system records (a range's applied state) alone, buffered like a replicated apply.
@@ -491,15 +517,17 @@ impl Storage {
     /// locked: it is after every version already written to them, so racing writers to one key
     /// all succeed in the clock's order. Returns the timestamp and the version numbers.
     pub fn write_now(&self, batch: MvccBatch, clock: &Hlc) -> Result<(Timestamp, Vec<u32>), StorageError> {
-        self.apply(batch, || Ok(clock.now()?), &Replicated::No)
+        self.apply(batch, || Ok(clock.now()?), &Replicated::No).map(latest)
     }
 
+    /// Writes the batch; returns its timestamp, and each key's own timestamp and version in the
+    /// batch's order.
     fn apply(
         &self,
         batch: MvccBatch,
         timestamp: impl FnOnce() -> Result<Timestamp, StorageError>,
         replicated: &Replicated<'_>,
-    ) -> Result<(Timestamp, Vec<u32>), StorageError> {
+    ) -> Result<(Timestamp, Vec<(Timestamp, u32)>), StorageError> {
         let mut distinct: Vec<&[u8]> = batch.ops.iter().map(|(k, _)| k.as_slice()).collect();
         distinct.sort_unstable();
         distinct.dedup();
@@ -508,7 +536,6 @@ impl Storage {
         }
         let _guards = self.lock_keys(batch.ops.iter().map(|(k, _)| k.as_slice()));
         let batch_ts = timestamp()?;
-        let mut written_at = batch_ts;
         let cf = self.cf(CF_RANGE_DATA);
         let mut write = WriteBatch::default();
         let mut versions = Vec::with_capacity(batch.ops.len());
@@ -525,7 +552,6 @@ impl Storage {
                 Some(d) => d,
                 None => Descriptor::new(ts),
             };
-            written_at = written_at.max(ts);
             // A refusal, not a wrap: a wrapped number would reorder the key's versions.
             descriptor.latest_version = descriptor
                 .latest_version
@@ -543,7 +569,7 @@ impl Storage {
                 descriptor.oldest_version += excess;
             }
             write.put_cf(cf, keys::descriptor_key(key), descriptor.encode());
-            versions.push(descriptor.latest_version);
+            versions.push((ts, descriptor.latest_version));
         }
         match replicated {
             Replicated::No => self.commit(write)?,
@@ -554,7 +580,7 @@ impl Storage {
                 self.commit_with(write, Durability::Buffered)?;
             }
         }
-        Ok((written_at, versions))
+        Ok((batch_ts, versions))
     }
 
     /// Adds deletes of the key's `count` oldest versions (which sort last) to `write`.

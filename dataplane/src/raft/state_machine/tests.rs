@@ -1,5 +1,6 @@
-//! Merges as every replica applies them: the freeze stops writes, the merge takes the span,
-//! and the left's log decides between a merge and its abandonment, one attempt at a time.
+//! Commands as every replica applies them. Merges: the freeze stops writes, the merge takes the
+//! span, and the left's log decides between a merge and its abandonment, one attempt at a time.
+//! Batches: each write judged on its own, all written at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -165,4 +166,50 @@ async fn ranges_on_different_nodes_do_not_merge() {
     assert!(matches!(node.merge(frozen).await, Outcome::Refused(_)));
     assert_eq!(node.left.descriptor.get().absorbing, 0, "a refused merge ends its attempt");
     assert!(node.seen.0.lock().unwrap().is_empty());
+}
+
+fn batch(ops: Vec<Op>) -> Op {
+    Op::Batch(v1::CommandBatch {
+        commands: ops.into_iter().map(|op| v1::Command { timestamp: None, op: Some(op) }).collect(),
+    })
+}
+
+#[tokio::test]
+async fn a_batch_gives_each_write_its_own_outcome_and_writes_them_at_once() {
+    let mut node = Node::new(&[1, 2, 3]).await;
+    assert!(matches!(node.apply(true, put("a")).await, Outcome::Written { version: 1, .. }));
+    let cas = |key: &str, expected: &str| {
+        Op::Cas(v1::CommandCompareAndSwap {
+            key: key.into(),
+            expected: expected.into(),
+            value: b"swapped".to_vec(),
+            ..Default::default()
+        })
+    };
+    let ops = vec![
+        put("a"),
+        put("b"),
+        Op::Delete(v1::CommandDelete { key: b"c".to_vec() }),
+        cas("d", "absent"),
+        put("x"),
+        put("b"),
+        Op::AllocateRangeId(v1::AllocateRangeId {}),
+    ];
+    let Outcome::Batch(outcomes) = node.apply(true, batch(ops)).await else { panic!("not a batch outcome") };
+    assert!(matches!(outcomes[0], Outcome::Written { version: 2, .. }), "{:?}", outcomes[0]);
+    assert!(matches!(outcomes[1], Outcome::Written { version: 1, .. }), "{:?}", outcomes[1]);
+    assert!(matches!(outcomes[2], Outcome::Written { version: 1, .. }), "a delete writes a tombstone");
+    assert!(matches!(outcomes[3], Outcome::CompareFailed { current: None }), "{:?}", outcomes[3]);
+    assert!(matches!(&outcomes[4], Outcome::Refused(why) if why.contains("outside")), "{:?}", outcomes[4]);
+    assert!(matches!(&outcomes[5], Outcome::Refused(why) if why.contains("twice")), "{:?}", outcomes[5]);
+    assert!(matches!(outcomes[6], Outcome::Refused(_)), "only client writes batch");
+    assert_eq!(outcomes.len(), 7);
+    assert_eq!(node.storage.get_latest(b"b").unwrap().map(|v| v.value), Some(b"v".to_vec()));
+    assert_eq!(node.storage.get_latest(b"d").unwrap(), None, "a failed cas writes nothing");
+
+    // A frozen range refuses every write of a batch.
+    let epoch = node.begin().await;
+    node.freeze(epoch).await;
+    let Outcome::Batch(outcomes) = node.apply(false, batch(vec![put("p"), put("q")])).await else { panic!() };
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Refused(why) if why.contains("frozen"))), "{outcomes:?}");
 }
