@@ -135,10 +135,18 @@ impl Cluster {
     /// Sends one KV request to the node at `addr` on a pooled stream.
     async fn send(&self, addr: &str, request: &KvRequest) -> Result<KvResponse, ClientError> {
         let node = self.node(addr).await?;
-        let result = self.exchange(&node, request).await;
-        // A broken connection is dialled afresh next time. A slow answer (timeout) leaves it be:
-        // other requests share it, and a dead node's connection idles out within seconds.
-        if result.as_ref().is_err_and(|e| !matches!(e, ClientError::Timeout(_) | ClientError::Overloaded(_))) {
+        // Bounded as a whole too: a stalled send counts as a slow answer.
+        let timeout = self.inner.attempt_timeout;
+        let result = tokio::time::timeout(timeout, self.exchange(&node, request))
+            .await
+            .unwrap_or(Err(ClientError::Timeout(timeout)));
+        // A broken connection is dialled afresh next time. A slow answer (timeout) or a stream
+        // not granted in time leaves it be: other requests in flight on it would be lost with
+        // it, and a dead node's connection idles out within seconds.
+        let keep = |e: &ClientError| {
+            matches!(e, ClientError::Timeout(_) | ClientError::NoStream(_) | ClientError::Overloaded(_))
+        };
+        if result.as_ref().is_err_and(|e| !keep(e)) {
             let mut connections = self.inner.connections.lock().await;
             if connections.get(addr).is_some_and(|n| n.connection.stable_id() == node.connection.stable_id()) {
                 connections.remove(addr);
@@ -149,7 +157,12 @@ impl Cluster {
     }
 
     async fn exchange(&self, node: &Node, request: &KvRequest) -> Result<KvResponse, ClientError> {
-        let Ok(_lane) = node.lanes.acquire().await else { return Err(ClientError::Closed) };
+        let timeout = self.inner.attempt_timeout;
+        let _lane = match tokio::time::timeout(timeout, node.lanes.acquire()).await {
+            Ok(Ok(lane)) => lane,
+            Ok(Err(_)) => return Err(ClientError::Closed),
+            Err(_) => return Err(ClientError::NoStream(timeout)),
+        };
         let pooled = {
             let mut streams = lock(&node.streams);
             std::iter::from_fn(|| streams.pop()).find(PwpStream::is_fresh)
@@ -320,8 +333,9 @@ impl Cluster {
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                     continue;
                 }
-                // Refused before it was read: not sent either, and the node is alive.
-                Err(e @ ClientError::Overloaded(_)) => {
+                // Refused before it was read, or no stream to send it on: not sent either, and
+                // the node is alive.
+                Err(e @ (ClientError::Overloaded(_) | ClientError::NoStream(_))) => {
                     last_error = e;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));

@@ -47,6 +47,9 @@ pub enum ClientError {
     Draining,
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The node granted no new stream in time: the connection is starved, not just slow.
+    #[error("no stream granted within {0:?}")]
+    NoStream(Duration),
     #[error("the node sent a malformed {message}: {detail}")]
     Decode { message: &'static str, detail: String },
     #[error("the node answered with payload type {0:#04x}, not the expected response")]
@@ -115,7 +118,8 @@ impl PwpStream {
         service: Service,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let (mut send, recv) = connection.open_bi().await?;
+        let (mut send, recv) =
+            tokio::time::timeout(timeout, connection.open_bi()).await.map_err(|_| ClientError::NoStream(timeout))??;
         let mut session = ClientSession::new();
         send.write_chunk(session.pipelined_setup(service, true).freeze()).await?;
         let mut stream = PwpStream {
