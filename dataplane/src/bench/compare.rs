@@ -28,19 +28,13 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(args: &CompareArgs) -> anyhow::Result<Self> {
-        let or = |given: &[usize], default: &[usize]| if given.is_empty() { default.to_vec() } else { given.to_vec() };
         let plan = Plan {
-            value_sizes: or(&args.value_sizes, if args.quick { &[256] } else { &[64, 256, 4096] }),
-            concurrencies: if args.concurrencies.is_empty() {
-                vec![1, 16, 64, 256]
-            } else {
-                args.concurrencies.clone()
-            },
-            workloads: match (args.workloads.is_empty(), args.quick) {
-                (false, _) => args.workloads.clone(),
-                (true, true) => vec![CompareWorkload::Write, CompareWorkload::Read],
-                (true, false) => CompareWorkload::ALL.to_vec(),
-            },
+            value_sizes: given_or(&args.value_sizes, if args.quick { &[256] } else { &[64, 256, 4096] }),
+            concurrencies: given_or(&args.concurrencies, &[1, 16, 64, 256]),
+            workloads: given_or(
+                &args.workloads,
+                if args.quick { &[CompareWorkload::Write, CompareWorkload::Read] } else { &CompareWorkload::ALL },
+            ),
             duration: args.duration.unwrap_or(if args.quick { 4 } else { 10 }),
             keys: args.keys.unwrap_or(if args.quick { 2_000 } else { 10_000 }),
         };
@@ -58,6 +52,11 @@ impl Plan {
     fn runs(&self) -> usize {
         self.value_sizes.len() * self.workloads.len() * self.concurrencies.len()
     }
+}
+
+/// A list flag as given, or its default when it was not.
+fn given_or<T: Clone>(given: &[T], default: &[T]) -> Vec<T> {
+    if given.is_empty() { default } else { given }.to_vec()
 }
 
 /// One system's figures for one cell of the plan.
@@ -352,14 +351,11 @@ impl Comparison {
                         &format!("{:.0}", max_ops * fraction),
                     );
                 }
-                for (color, pick) in [
-                    ("#1f77b4", (|r: &Row| r.pleiades.clone()) as fn(&Row) -> Figures),
-                    ("#ff7f0e", |r| r.etcd.clone()),
-                ] {
+                for (color, pleiades) in [("#1f77b4", true), ("#ff7f0e", false)] {
                     let points: Vec<(f64, f64, u32)> = cells
                         .iter()
                         .map(|r| {
-                            let figures = pick(r);
+                            let figures = if pleiades { &r.pleiades } else { &r.etcd };
                             (
                                 frame.x(figures.ops_per_second, max_ops),
                                 frame.y(figures.p99_us as f64 / 1000.0 / max_p99),

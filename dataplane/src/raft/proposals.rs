@@ -65,13 +65,14 @@ pub struct Proposals {
     queue: Mutex<Queue>,
 }
 
-/// The key a client write touches.
-fn key_of(op: &Op) -> Option<&[u8]> {
+/// The key a client write touches (none for other commands, which the state machine refuses
+/// in a batch; only client writes are proposed here).
+fn key_of(op: &Op) -> &[u8] {
     match op {
-        Op::Put(put) => Some(&put.key),
-        Op::Delete(delete) => Some(&delete.key),
-        Op::Cas(cas) => Some(&cas.key),
-        _ => None,
+        Op::Put(put) => &put.key,
+        Op::Delete(delete) => &delete.key,
+        Op::Cas(cas) => &cas.key,
+        _ => &[],
     }
 }
 
@@ -98,22 +99,13 @@ impl Queue {
                 self.waiting.push_front(waiting);
                 break;
             }
-            match key_of(&waiting.op) {
-                Some(key) if keys.contains(key) => kept.push_back(waiting),
-                Some(key) => {
-                    keys.insert(key.to_vec());
-                    bytes += size;
-                    batch.push(waiting);
-                }
-                // Not a client write: alone in its proposal.
-                None if batch.is_empty() => {
-                    batch.push(waiting);
-                    break;
-                }
-                None => {
-                    kept.push_back(waiting);
-                    break;
-                }
+            let key = key_of(&waiting.op);
+            if keys.contains(key) {
+                kept.push_back(waiting);
+            } else {
+                keys.insert(key.to_vec());
+                bytes += size;
+                batch.push(waiting);
             }
         }
         kept.append(&mut self.waiting);
@@ -163,17 +155,16 @@ impl Proposals {
 }
 
 /// Proposes `ops` as one entry (a lone one as itself) and returns each one's outcome.
-async fn propose_batch(raft: &Raft, hlc: &Hlc, mut ops: Vec<Op>) -> Vec<Result<Outcome, ProposeError>> {
+async fn propose_batch(raft: &Raft, hlc: &Hlc, ops: Vec<Op>) -> Vec<Result<Outcome, ProposeError>> {
     let count = ops.len();
     let everyone = |error: ProposeError| vec![Err(error); count];
     let timestamp = match hlc.now() {
         Ok(ts) => ts,
         Err(e) => return everyone(e.into()),
     };
-    let op = match (ops.len(), ops.pop()) {
-        (1, Some(op)) => op,
-        (_, last) => {
-            ops.extend(last);
+    let op = match <[Op; 1]>::try_from(ops) {
+        Ok([lone]) => lone,
+        Err(ops) => {
             let commands = ops.into_iter().map(|op| v1::Command { timestamp: None, op: Some(op) }).collect();
             Op::Batch(v1::CommandBatch { commands })
         }
@@ -210,7 +201,7 @@ mod tests {
     }
 
     fn keys(batch: &[Waiting]) -> Vec<String> {
-        batch.iter().map(|w| String::from_utf8_lossy(key_of(&w.op).unwrap()).into_owned()).collect()
+        batch.iter().map(|w| String::from_utf8_lossy(key_of(&w.op)).into_owned()).collect()
     }
 
     #[test]

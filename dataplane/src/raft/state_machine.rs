@@ -297,13 +297,12 @@ impl RangeStateMachine {
         };
         let Some(op) = command.op else { return refuse(&self.storage, "a command without an operation".into()) };
         let span = self.span();
+        let frozen = self.descriptor.get().merging_into != 0;
         match key_of(&op) {
-            Some(key) if !span.contains(&key) => {
-                return refuse(&self.storage, format!("key {key:02x?} is outside range {}", span.range_id))
-            }
-            // A frozen range's data is final: the range subsuming it serves its keys next.
-            Some(_) if self.descriptor.get().merging_into != 0 => {
-                return refuse(&self.storage, format!("range {} is frozen for a merge", span.range_id))
+            Some(key) => {
+                if let Some(why) = write_refusal(&span, frozen, &key) {
+                    return refuse(&self.storage, why);
+                }
             }
             // Each write of a batch is judged on its own.
             None if matches!(op, Op::Batch(_)) => {}
@@ -363,6 +362,18 @@ impl RangeStateMachine {
     }
 }
 
+/// Why a client write to `key` is refused on this range, if it is: outside its span, or the
+/// range is frozen (its data is final; the range subsuming it serves its keys next).
+fn write_refusal(span: &RangeSpan, frozen: bool, key: &[u8]) -> Option<String> {
+    if !span.contains(key) {
+        Some(format!("key {key:02x?} is outside range {}", span.range_id))
+    } else if frozen {
+        Some(format!("range {} is frozen for a merge", span.range_id))
+    } else {
+        None
+    }
+}
+
 impl RangeStateMachine {
     /// Applies a batch of client writes in one atomic write at `ts`, each judged as it would be
     /// alone: outside the span, frozen, or on a key an earlier write of the batch took (which
@@ -385,7 +396,7 @@ impl RangeStateMachine {
                 Some(Op::Put(put)) => (put.key, Some(put.value)),
                 Some(Op::Delete(delete)) => (delete.key, None),
                 Some(Op::Cas(cas)) => {
-                    if span.contains(&cas.key) && !frozen && !taken.contains(&cas.key) {
+                    if write_refusal(&span, frozen, &cas.key).is_none() && !taken.contains(&cas.key) {
                         let current = self.storage.get_latest(&cas.key)?;
                         let matches = match &current {
                             None => cas.expect_absent,
@@ -404,15 +415,8 @@ impl RangeStateMachine {
                     continue;
                 }
             };
-            let refusal = if !span.contains(&key) {
-                Some(format!("key {key:02x?} is outside range {}", span.range_id))
-            } else if frozen {
-                Some(format!("range {} is frozen for a merge", span.range_id))
-            } else if taken.contains(&key) {
-                Some(format!("key {key:02x?} is written twice in one batch"))
-            } else {
-                None
-            };
+            let refusal = write_refusal(&span, frozen, &key)
+                .or_else(|| taken.contains(&key).then(|| format!("key {key:02x?} is written twice in one batch")));
             if let Some(why) = refusal {
                 outcomes.push(Some(Outcome::Refused(why)));
                 continue;
