@@ -192,6 +192,15 @@ impl TestNode {
     pub fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         http_get(self.http, path)
     }
+
+    /// The sum of the node's metric samples on lines starting with `line_prefix`.
+    pub fn metric(&self, line_prefix: &str) -> f64 {
+        let body = self.http_get("/metrics").map(|(_, body)| body).unwrap_or_default();
+        body.lines()
+            .filter(|l| l.starts_with(line_prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
 }
 
 /// A plain HTTP/1.1 GET: (status, body).

@@ -68,11 +68,6 @@ impl Growth {
     }
 }
 
-fn metric(node: &TestNode, line_prefix: &str) -> f64 {
-    let (_, body) = node.http_get("/metrics").unwrap();
-    body.lines().filter(|l| l.starts_with(line_prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
-}
-
 /// A client endpoint on source address `ip` presenting `identity`.
 fn endpoint(ip: [u8; 4], ca: &std::path::Path, identity: &CertFiles) -> quinn::Endpoint {
     let limits = QuicLimits::dialler(Duration::from_secs(60));
@@ -227,11 +222,11 @@ async fn a_flood_costs_the_node_its_budgets_and_no_more_while_others_are_served(
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     growth.end("10,000 streams");
-    assert!(metric(&node, "pleiades_limit_reached_total{limit=\"node_streams\"}") >= 900.0, "the node's stream bound");
-    assert!(metric(&node, "pleiades_limit_reached_total{limit=\"connection_streams\"}") > 0.0);
+    assert!(node.metric("pleiades_limit_reached_total{limit=\"node_streams\"}") >= 900.0, "the node's stream bound");
+    assert!(node.metric("pleiades_limit_reached_total{limit=\"connection_streams\"}") > 0.0);
     // The idle timeout ends them; the node's count drains.
     tokio::time::sleep(STREAM_IDLE_TIMEOUT + Duration::from_secs(2)).await;
-    assert!(metric(&node, "pleiades_limit_reached_total{limit=\"idle_timeout\"}") >= (NODE_MAX_STREAMS - 100) as f64);
+    assert!(node.metric("pleiades_limit_reached_total{limit=\"idle_timeout\"}") >= (NODE_MAX_STREAMS - 100) as f64);
     drop(streams);
 
     // 3. Sixteen streams of each of two users, each on its own connection, send 15 MiB of a 16 MiB
@@ -319,9 +314,9 @@ async fn a_flood_costs_the_node_its_budgets_and_no_more_while_others_are_served(
     assert!(at(1.0) < FRAME_TIMEOUT / 2, "the other user waited for the flood's frames to time out: {:?}", at(1.0));
     for bound in ["peer_buffer", "node_buffer", "frame_timeout"] {
         assert!(
-            metric(&node, &format!("pleiades_limit_reached_total{{limit=\"{bound}\"}}")) > 0.0,
+            node.metric(&format!("pleiades_limit_reached_total{{limit=\"{bound}\"}}")) > 0.0,
             "the {bound} bound shows in the metrics"
         );
     }
-    assert!(metric(&node, "pleiades_connections_refused_total{kind=\"address_connection_limit\"}") >= 250.0);
+    assert!(node.metric("pleiades_connections_refused_total{kind=\"address_connection_limit\"}") >= 250.0);
 }

@@ -90,7 +90,13 @@ async fn three_nodes_serve_puts_gets_scans_and_cas_across_ranges() {
     let status = cluster.status().await;
     let ranges: std::collections::BTreeSet<u64> = acked.keys().map(|k| range_holding(&status, k).range_id).collect();
     assert_eq!(ranges.len(), 4, "the keys cover every data range");
+    let streams = || cluster.nodes.iter().map(|n| n.metric("pleiades_pwp_streams_accepted_total")).sum::<f64>();
+    let streams_before = streams();
     assert_all_readable(&client, &acked).await;
+    // Each linearizable get confirms leadership with both followers; the raft streams those
+    // rounds use are reused, not opened per round (which would be 400 streams here).
+    let opened = streams() - streams_before;
+    assert!(opened < 100.0, "200 linearizable gets opened {opened} streams");
 
     // A scan across every range sees every key once, in order, at one timestamp.
     let rows = client.scan(b"", b"", 0, false, LINEARIZABLE).await.unwrap();

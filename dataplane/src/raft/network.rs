@@ -1,5 +1,6 @@
-//! openraft's network over PWP: one QUIC connection per peer node (shared by all ranges), one
-//! raft-service stream per (range, target) so each replication pipeline has its own ordered lane.
+//! openraft's network over PWP: one QUIC connection per peer node (shared by all ranges), and
+//! raft-service streams reused from call to call: a call has its stream to itself while it
+//! runs, so each replication pipeline keeps an ordered lane.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,23 +22,40 @@ use pleiades_proto::wire::Service;
 use super::codec;
 use super::{NodeId, TypeConfig};
 use crate::observe::{Metrics, RangeLabels};
-use crate::transport::pool::Peers;
+use crate::transport::pool::{OpenStream, Peers};
 use crate::transport::stream::{ClientError, PwpStream};
 
-/// Sends one raft-service request on a fresh stream (for the rare calls outside replication).
+/// Sends one raft-service request to the node at `addr`, on a stream an earlier call left open
+/// when there is one; the stream is kept for the next call only if this one went well (a stream
+/// that failed mid-call may still deliver a late answer).
 pub async fn call(
     peers: &Peers,
     addr: &str,
     request: &v1::RaftRequest,
     timeout: Duration,
 ) -> Result<RaftResult, RpcFailure> {
-    let connection = peers.connection(addr).await.map_err(RpcFailure::Unreachable)?;
-    let result = match PwpStream::open(&connection, Service::Raft, timeout).await {
-        Ok(mut stream) => exchange(&mut stream, request).await,
-        Err(e) => Err(RpcFailure::from(e)),
+    let mut open = match peers.idle_stream(addr, Service::Raft) {
+        Some(open) => open,
+        None => {
+            let connection = peers.connection(addr).await.map_err(RpcFailure::Unreachable)?;
+            match PwpStream::open(&connection, Service::Raft, timeout).await {
+                Ok(stream) => OpenStream { stream, connection },
+                Err(e) => {
+                    let failure = RpcFailure::from(e);
+                    if connection_lost(&failure) {
+                        peers.forget(addr, &connection).await;
+                    }
+                    return Err(failure);
+                }
+            }
+        }
     };
-    if result.as_ref().is_err_and(connection_lost) {
-        peers.forget(addr, &connection).await;
+    open.stream.set_timeout(timeout);
+    let result = exchange(&mut open.stream, request).await;
+    match &result {
+        Err(failure) if connection_lost(failure) => peers.forget(addr, &open.connection).await,
+        Err(RpcFailure::Network(_)) => {}
+        _ => peers.keep_idle(addr, Service::Raft, open),
     }
     result
 }
@@ -119,7 +137,6 @@ impl RaftNetworkFactory<TypeConfig> for RangeNetworkFactory {
             peers: self.peers.clone(),
             metrics: self.metrics.clone(),
             max_payload: self.max_payload,
-            stream: None,
         }
     }
 }
@@ -132,7 +149,6 @@ pub struct RangeNetwork {
     peers: Arc<Peers>,
     metrics: Arc<Metrics>,
     max_payload: u64,
-    stream: Option<(PwpStream, quinn::Connection)>,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
@@ -140,31 +156,7 @@ type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, 
 impl RangeNetwork {
     async fn call(&mut self, rpc: Rpc, timeout: Duration) -> Result<RaftResult, RpcFailure> {
         let request = v1::RaftRequest { range_id: self.range_id, from_node: self.local_node, rpc: Some(rpc) };
-        let (mut stream, connection) = match self.stream.take().filter(|(stream, _)| stream.is_fresh()) {
-            Some(open) => open,
-            None => {
-                let connection = self.peers.connection(&self.addr).await.map_err(RpcFailure::Unreachable)?;
-                match PwpStream::open(&connection, Service::Raft, timeout).await {
-                    Ok(stream) => (stream, connection),
-                    Err(e) => {
-                        let failure = RpcFailure::from(e);
-                        if connection_lost(&failure) {
-                            self.peers.forget(&self.addr, &connection).await;
-                        }
-                        return Err(failure);
-                    }
-                }
-            }
-        };
-        stream.set_timeout(timeout);
-        let result = exchange(&mut stream, &request).await;
-        match &result {
-            Err(failure) if connection_lost(failure) => self.peers.forget(&self.addr, &connection).await,
-            // A stream that failed mid-call may still deliver a late answer: it is dropped.
-            Err(RpcFailure::Network(_)) => {}
-            _ => self.stream = Some((stream, connection)),
-        }
-        result
+        call(&self.peers, &self.addr, &request, timeout).await
     }
 
     fn failure<E: std::error::Error>(&self, failure: RpcFailure) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {

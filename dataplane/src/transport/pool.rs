@@ -4,10 +4,23 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use pleiades_proto::wire::Service;
 use tokio::sync::Mutex;
 
 use super::peer::{authenticate, Peer};
-use super::stream::dial;
+use super::stream::{dial, PwpStream};
+
+/// Idle streams kept per node and service. openraft asks for a new network client for every
+/// ReadIndex round and every vote; a stream per call costs its setup, a stop, a reset and their
+/// acknowledgements (measured: 8,390 streams opened and reset in 12 s of linearizable reads at
+/// concurrency 1, about 6 datagrams per raft call instead of 2).
+const IDLE_STREAMS_PER_PEER: usize = 32;
+
+/// A stream bound to a service on a connection to a node.
+pub struct OpenStream {
+    pub stream: PwpStream,
+    pub connection: quinn::Connection,
+}
 
 /// Outgoing QUIC connections to the other nodes, one per address, reconnected when lost.
 pub struct Peers {
@@ -18,6 +31,7 @@ pub struct Peers {
     connect_timeout: Duration,
     constellation: String,
     connections: Mutex<HashMap<String, quinn::Connection>>,
+    idle: std::sync::Mutex<HashMap<(Service, String), Vec<OpenStream>>>,
 }
 
 impl Peers {
@@ -33,6 +47,7 @@ impl Peers {
             connect_timeout,
             constellation,
             connections: Mutex::new(HashMap::new()),
+            idle: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -75,5 +90,27 @@ impl Peers {
             connections.remove(addr);
         }
         failed.close(quinn::VarInt::from_u32(0), b"request failed");
+    }
+
+    /// A stream to `addr` bound to `service` that an earlier call left open, if one is still
+    /// usable; the most recently used first.
+    pub fn idle_stream(&self, addr: &str, service: Service) -> Option<OpenStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let streams = idle.get_mut(&(service, addr.to_string()))?;
+        while let Some(open) = streams.pop() {
+            if open.stream.is_fresh() && open.connection.close_reason().is_none() {
+                return Some(open);
+            }
+        }
+        None
+    }
+
+    /// Keeps a stream whose call went well for the next call to the same node and service.
+    pub fn keep_idle(&self, addr: &str, service: Service, open: OpenStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let streams = idle.entry((service, addr.to_string())).or_default();
+        if streams.len() < IDLE_STREAMS_PER_PEER {
+            streams.push(open);
+        }
     }
 }
