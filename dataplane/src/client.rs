@@ -43,7 +43,7 @@ pub fn quic_config(
 pub fn client_endpoint(addr: &str) -> Result<quinn::Endpoint, ClientError> {
     let ipv6 = addr.starts_with('[');
     let bind: SocketAddr = if ipv6 { ([0u16; 8], 0).into() } else { ([0, 0, 0, 0], 0).into() };
-    quinn::Endpoint::client(bind)
+    crate::transport::endpoint(bind, None)
         .map_err(|e| ClientError::Connect { addr: addr.to_string(), detail: format!("no local endpoint: {e}") })
 }
 

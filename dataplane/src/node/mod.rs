@@ -468,7 +468,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     let node_tls = NodeTls::resolve(&config, node_id, limits, peer_limits)?;
     let material = node_tls.load()?;
     node_tls.export_expiry(&metrics);
-    let endpoint = quinn::Endpoint::server(node_tls.server_config(&material)?, config.listen)
+    let endpoint = crate::transport::endpoint(config.listen, Some(node_tls.server_config(&material)?))
         .map_err(|source| NodeError::Bind { what: "QUIC", addr: config.listen, source })?;
     let quic_addr =
         endpoint.local_addr().map_err(|source| NodeError::Bind { what: "QUIC", addr: config.listen, source })?;
