@@ -78,6 +78,8 @@ pub enum ClockError {
     RemoteTooFarAhead { remote: Timestamp, ahead: Duration, max_offset: Duration },
     #[error("cannot persist the clock's wall-time upper bound: {0}")]
     Persist(String),
+    #[error("{0}: this node issues no timestamps and serves nothing until its clock is corrected")]
+    Fenced(String),
 }
 
 /// The physical time source, injectable so tests can move time (even backwards).
@@ -156,6 +158,10 @@ pub struct Hlc {
     last: Mutex<Timestamp>,
     persistence: Option<Persistence>,
     offset_rejections: AtomicU64,
+    /// Set while the clock is known to be too far from the other nodes' (by gossip's offset
+    /// measurements): why, for every refusal.
+    fence: std::sync::RwLock<Option<String>>,
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -172,6 +178,8 @@ impl Hlc {
             last: Mutex::new(Timestamp::MIN),
             persistence: None,
             offset_rejections: AtomicU64::new(0),
+            fence: std::sync::RwLock::new(None),
+            fenced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -205,8 +213,32 @@ impl Hlc {
         self.offset_rejections.load(Ordering::Relaxed)
     }
 
+    /// The physical clock's reading, nanoseconds since the Unix epoch.
+    pub fn physical_now(&self) -> u64 {
+        self.physical.now_nanos()
+    }
+
+    /// Fences the clock (`Some(why)`): from now on [`Hlc::now`] refuses, so nothing is stamped
+    /// with a time the other nodes would not accept; `None` lifts the fence.
+    pub fn set_fence(&self, why: Option<String>) {
+        let mut fence = self.fence.write().unwrap_or_else(|p| p.into_inner());
+        self.fenced.store(why.is_some(), Ordering::SeqCst);
+        *fence = why;
+    }
+
+    /// Why the clock is fenced, if it is.
+    pub fn fenced(&self) -> Option<String> {
+        if !self.fenced.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.fence.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// A timestamp greater than every timestamp this clock has issued or observed.
     pub fn now(&self) -> Result<Timestamp, ClockError> {
+        if let Some(why) = self.fenced() {
+            return Err(ClockError::Fenced(why));
+        }
         let physical = self.physical.now_nanos();
         let mut last = lock(&self.last);
         *last = if physical > last.wall_nanos { Timestamp::new(physical, 0) } else { tick(*last) };
@@ -304,6 +336,18 @@ mod tests {
         assert_eq!(c.wall_nanos, 100 * SECOND);
         physical.set(200 * SECOND);
         assert_eq!(hlc.now().unwrap(), Timestamp::new(200 * SECOND, 0));
+    }
+
+    #[test]
+    fn a_fenced_clock_issues_nothing_until_the_fence_is_lifted() {
+        let hlc = Hlc::new(Arc::new(ManualClock::new(100 * SECOND)), DEFAULT_MAX_OFFSET);
+        let before = hlc.now().unwrap();
+        hlc.set_fence(Some("2s ahead of 2 of the 2 members".into()));
+        let refused = hlc.now().unwrap_err();
+        assert!(matches!(&refused, ClockError::Fenced(why) if why.contains("2s ahead")), "{refused}");
+        assert!(refused.to_string().contains("until its clock is corrected"));
+        hlc.set_fence(None);
+        assert!(hlc.now().unwrap() > before);
     }
 
     #[test]

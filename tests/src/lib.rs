@@ -68,6 +68,8 @@ pub struct TestNode {
     pub http: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
     extra_args: Vec<String>,
+    /// Environment variables of the process from its next (re)start.
+    env: Vec<(String, String)>,
 }
 
 impl TestNode {
@@ -81,6 +83,7 @@ impl TestNode {
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
             logs: Arc::default(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
         };
         node.launch()?;
         Ok(node)
@@ -101,6 +104,7 @@ impl TestNode {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -186,6 +190,12 @@ impl TestNode {
         self.kill9();
         self.logs.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.launch()
+    }
+
+    /// Sets the environment of the node's process from its next restart on (replacing any set
+    /// before; empty for none).
+    pub fn set_env(&mut self, vars: &[(&str, &str)]) {
+        self.env = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     }
 
     /// A GET against the node's observability listener: (status, body).

@@ -225,9 +225,11 @@ pub fn to_proto(envelope: &Envelope) -> v1::GossipEnvelope {
         Message::PingReq { seq, target, target_addr } => {
             M::PingReq(v1::GossipPingReq { seq: *seq, target: *target, target_addr: target_addr.clone() })
         }
-        Message::Ack { seq, coordinate } => {
-            M::Ack(v1::GossipAck { seq: *seq, coordinate: coordinate.as_ref().map(coordinate_to_proto) })
-        }
+        Message::Ack { seq, coordinate, wall_nanos } => M::Ack(v1::GossipAck {
+            seq: *seq,
+            coordinate: coordinate.as_ref().map(coordinate_to_proto),
+            wall_nanos: wall_nanos.unwrap_or(0),
+        }),
         Message::Nack { seq } => M::Nack(v1::GossipNack { seq: *seq }),
         Message::Gossip => M::Gossip(v1::GossipOnly {}),
         Message::Sync { members, reply } => {
@@ -265,7 +267,11 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
         M::PingReq(p) => {
             Message::PingReq { seq: p.seq, target: check_id(p.target)?, target_addr: check_addr(p.target_addr)? }
         }
-        M::Ack(a) => Message::Ack { seq: a.seq, coordinate: coordinate_from_proto(a.coordinate)? },
+        M::Ack(a) => Message::Ack {
+            seq: a.seq,
+            coordinate: coordinate_from_proto(a.coordinate)?,
+            wall_nanos: (a.wall_nanos != 0).then_some(a.wall_nanos),
+        },
         M::Nack(n) => Message::Nack { seq: n.seq },
         M::Gossip(_) => Message::Gossip,
         M::Sync(s) => {
@@ -328,10 +334,11 @@ mod tests {
         for message in [
             Message::Ping { seq: 1, target: 3 },
             Message::PingReq { seq: 2, target: 3, target_addr: "[::1]:7400".into() },
-            Message::Ack { seq: u32::MAX, coordinate: None },
+            Message::Ack { seq: u32::MAX, coordinate: None, wall_nanos: None },
             Message::Ack {
                 seq: 3,
                 coordinate: Some(Coordinate { vec: vec![0.001; 8], error: 0.4, adjustment: -0.0002, height: 0.00001 }),
+                wall_nanos: Some(1_764_000_000_123_456_789),
             },
             Message::Nack { seq: 4 },
             Message::Gossip,
@@ -365,10 +372,11 @@ mod tests {
         proto.updates = vec![proto.updates[0].clone(); MAX_UPDATES + 1];
         assert!(matches!(decode(&proto.encode_to_vec()), Err(CodecError::TooMany { what: "updates", .. })));
 
-        let mut proto = to_proto(&envelope(Message::Ack { seq: 1, coordinate: None }));
+        let mut proto = to_proto(&envelope(Message::Ack { seq: 1, coordinate: None, wall_nanos: None }));
         proto.message = Some(v1::gossip_envelope::Message::Ack(v1::GossipAck {
             seq: 1,
             coordinate: Some(v1::GossipCoordinate { vec: vec![0.0; 1000], ..Default::default() }),
+            wall_nanos: 0,
         }));
         assert!(matches!(
             decode(&proto.encode_to_vec()),

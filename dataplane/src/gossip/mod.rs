@@ -1,6 +1,7 @@
-//! Constellation gossip (SWIM with Lifeguard, Vivaldi coordinates): sans-IO cores driven by the
-//! node's tokio shell.
+//! Constellation gossip (SWIM with Lifeguard, Vivaldi coordinates, clock offsets): sans-IO cores
+//! driven by the node's tokio shell.
 
+pub mod clock_offsets;
 pub mod codec;
 pub mod epidemic;
 pub mod events;

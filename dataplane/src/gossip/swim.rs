@@ -17,6 +17,7 @@ use rand::rngs::SmallRng;
 use rand::seq::{IteratorRandom, SliceRandom};
 use rand::SeedableRng;
 
+use super::clock_offsets::ClockOffsets;
 use super::codec;
 use super::events::{Cre, CreKind, LamportClock, Pending, QueryAnswer, Seen, Settled, Tags};
 use super::vivaldi::{Coordinate, Vivaldi, VivaldiConfig};
@@ -170,11 +171,13 @@ pub enum Message {
         target: NodeId,
         target_addr: String,
     },
-    /// `coordinate` is the sender's Vivaldi coordinate when it answers a ping of its own (not
-    /// when relaying: a relayed round trip says nothing about the direct path).
+    /// `coordinate` and `wall_nanos` (its wall clock) come from the sender when it answers a
+    /// ping of its own, not when relaying: a relayed round trip says nothing about the direct
+    /// path, nor bounds when the target read its clock.
     Ack {
         seq: u32,
         coordinate: Option<Coordinate>,
+        wall_nanos: Option<u64>,
     },
     /// Lifeguard: the indirect prober heard nothing from the target either.
     Nack {
@@ -327,6 +330,10 @@ pub struct Swim {
     coordinates: HashMap<NodeId, Coordinate>,
     /// The caller's clock in microseconds at the current `tick`/`handle`, when it has one.
     clock_micros: Option<u64>,
+    /// The caller's wall clock (nanoseconds since the Unix epoch) at the current `tick`/`handle`.
+    wall_nanos: Option<u64>,
+    /// Wall-clock offsets to the members, from direct probes.
+    clock_offsets: ClockOffsets,
     rng: SmallRng,
     outputs: Vec<Output>,
     lamport: LamportClock,
@@ -362,6 +369,8 @@ impl Swim {
             rejected_coordinates: 0,
             coordinates: HashMap::new(),
             clock_micros: None,
+            wall_nanos: None,
+            clock_offsets: ClockOffsets::default(),
             rng: SmallRng::seed_from_u64(seed),
             outputs: Vec::new(),
             lamport: LamportClock::default(),
@@ -498,6 +507,17 @@ impl Swim {
     /// microsecond, which LAN round trips well below 1 ms need.
     pub fn set_clock_micros(&mut self, micros: u64) {
         self.clock_micros = Some(micros);
+    }
+
+    /// Gives the wall clock of the next `tick` or `handle`: acks carry it, and the acks of
+    /// direct probes measure the offset between this node's clock and the target's.
+    pub fn set_wall_nanos(&mut self, nanos: u64) {
+        self.wall_nanos = Some(nanos);
+    }
+
+    /// The wall-clock offsets measured to the members.
+    pub fn clock_offsets(&self) -> &ClockOffsets {
+        &self.clock_offsets
     }
 
     /// Starts the Lamport clock no lower than `floor`: a node restarting with its old id must
@@ -947,7 +967,7 @@ impl Swim {
             Message::Ping { seq, target } => {
                 if target == self.me && !self.left {
                     let coordinate = Some(self.vivaldi.coordinate().clone());
-                    self.send(envelope.from_addr, Message::Ack { seq, coordinate });
+                    self.send(envelope.from_addr, Message::Ack { seq, coordinate, wall_nanos: self.wall_nanos });
                 }
             }
             Message::PingReq { seq, target, target_addr } => {
@@ -959,9 +979,10 @@ impl Swim {
                 );
                 self.send(target_addr, Message::Ping { seq: relay_seq, target });
             }
-            Message::Ack { seq, coordinate } => {
+            Message::Ack { seq, coordinate, wall_nanos } => {
                 if let Some(relay) = self.relays.remove(&seq) {
-                    self.send(relay.origin_addr, Message::Ack { seq: relay.origin_seq, coordinate: None });
+                    let ack = Message::Ack { seq: relay.origin_seq, coordinate: None, wall_nanos: None };
+                    self.send(relay.origin_addr, ack);
                 } else if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq && !p.acked) {
                     probe.acked = true;
                     let target = probe.target;
@@ -970,7 +991,12 @@ impl Swim {
                         _ => std::time::Duration::from_millis(now.saturating_sub(probe.sent_at)),
                     };
                     self.adjust_health(-1);
-                    // Only the target's own answer measures the path to it.
+                    // Only the target's own answer measures the path to it, and its clock.
+                    if let (Some(remote), Some(local)) =
+                        (wall_nanos.filter(|_| envelope.from == target), self.wall_nanos)
+                    {
+                        self.clock_offsets.observe(target, remote, local, rtt, now);
+                    }
                     if let Some(coordinate) = coordinate.filter(|_| envelope.from == target) {
                         match self.vivaldi.observe(target, &coordinate, rtt) {
                             Ok(_) => {

@@ -18,8 +18,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::clock::Hlc;
 use crate::gossip::codec;
 use crate::gossip::events::{Cre, CreKind, QueryAnswer, Tags};
 use crate::gossip::rate::PeerRateLimit;
@@ -34,6 +35,11 @@ use crate::transport::stream::PwpStream;
 const INBOUND_QUEUE: usize = 4_096;
 /// How often the core's timers are advanced.
 const TICK: Duration = Duration::from_millis(10);
+/// How often the clock offsets are judged (and the clock fenced or freed).
+const CLOCK_CHECK: Duration = Duration::from_secs(1);
+/// The share of `clock.max-offset-ms` a node's clock may be off from a majority before it is
+/// fenced (CockroachDB's 80 %): fenced before the bound itself is crossed.
+const TOLERATED_SHARE_OF_MAX_OFFSET: f64 = 0.8;
 /// Deadline of a stream carrying one envelope.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -66,6 +72,8 @@ pub struct GossipMetrics {
     health_score: Gauge,
     coordinate_error: Gauge<f64, AtomicU64>,
     events: Family<KindLabels, Counter>,
+    clock_offset: Gauge<f64, AtomicU64>,
+    clock_fenced: Gauge,
 }
 
 impl GossipMetrics {
@@ -86,6 +94,8 @@ impl GossipMetrics {
             health_score: Gauge::default(),
             coordinate_error: Gauge::default(),
             events: Family::default(),
+            clock_offset: Gauge::default(),
+            clock_fenced: Gauge::default(),
         };
         for state in ["alive", "suspect", "dead", "left"] {
             metrics.members.get_or_create(&StateLabels { state }).set(0);
@@ -124,6 +134,18 @@ impl GossipMetrics {
             metrics.coordinate_error.clone(),
         );
         r.register("events", "Constellation runtime events received, by kind", metrics.events.clone());
+        r.register(
+            "clock_offset_seconds",
+            "The largest wall-clock offset measured to another member recently (signed: negative when this \
+             node is ahead)",
+            metrics.clock_offset.clone(),
+        );
+        r.register(
+            "clock_fenced",
+            "1 while this node's clock is beyond the tolerated offset from a majority of the members and it \
+             serves nothing",
+            metrics.clock_fenced.clone(),
+        );
         Arc::new(metrics)
     }
 
@@ -247,6 +269,7 @@ pub fn start(
     mut settings: GossipSettings,
     peers: Arc<Peers>,
     ranges: Arc<Ranges>,
+    clock: Arc<Hlc>,
     metrics: Arc<GossipMetrics>,
 ) -> (Gossip, tokio::task::JoinHandle<()>) {
     // A node is no seed of its own: a constellation of one has none and asks no one.
@@ -270,6 +293,7 @@ pub fn start(
         settings,
         peers,
         ranges,
+        clock,
         metrics,
         started,
         queries: HashMap::new(),
@@ -290,6 +314,9 @@ struct Shell {
     settings: GossipSettings,
     peers: Arc<Peers>,
     ranges: Arc<Ranges>,
+    /// The node's clock: its physical reading goes into acks, and it is fenced while the
+    /// offsets measured say it is too far off.
+    clock: Arc<Hlc>,
     metrics: Arc<GossipMetrics>,
     started: Instant,
     queries: HashMap<u64, PendingQuery>,
@@ -303,6 +330,7 @@ impl Shell {
     fn now(&mut self) -> Millis {
         let elapsed = self.started.elapsed();
         self.swim.set_clock_micros(elapsed.as_micros() as u64);
+        self.swim.set_wall_nanos(self.clock.physical_now());
         elapsed.as_millis() as Millis
     }
 
@@ -318,6 +346,7 @@ impl Shell {
         let mut next_join = Instant::now();
         let mut next_tags = Instant::now() + Duration::from_secs(10);
         let mut next_describe = Instant::now();
+        let mut next_clock_check = Instant::now() + CLOCK_CHECK;
         let mut join_attempt = 0u32;
         loop {
             tokio::select! {
@@ -332,6 +361,10 @@ impl Shell {
                     if Instant::now() >= next_describe {
                         next_describe = Instant::now() + Duration::from_secs(2);
                         self.describe_members();
+                    }
+                    if Instant::now() >= next_clock_check {
+                        next_clock_check = Instant::now() + CLOCK_CHECK;
+                        self.judge_clock(now);
                     }
                     if Instant::now() >= next_tags {
                         // Often enough that a decommissioning is known before the next planner
@@ -351,6 +384,24 @@ impl Shell {
             }
             self.flush();
         }
+    }
+
+    /// Fences the node's clock while it is too far from a majority of the members measured, and
+    /// frees it when it is back (CockroachDB ends the process instead; a fenced node keeps its
+    /// replicas and rejoins service as soon as its clock is corrected).
+    fn judge_clock(&self, now: Millis) {
+        let tolerated = self.clock.max_offset().mul_f64(TOLERATED_SHARE_OF_MAX_OFFSET);
+        let offsets = self.swim.clock_offsets();
+        let largest = offsets.recent(now).map(|(_, offset)| offset.nanos).max_by_key(|nanos| nanos.unsigned_abs());
+        self.metrics.clock_offset.set(largest.unwrap_or(0) as f64 / 1e9);
+        let reason = offsets.verdict(now, tolerated).fence_reason(tolerated);
+        match (&reason, self.clock.fenced()) {
+            (Some(why), None) => error!(%why, "fencing this node: its clock is too far from the other members'"),
+            (None, Some(_)) => info!("this node's clock is back within the tolerated offset: it serves again"),
+            _ => {}
+        }
+        self.metrics.clock_fenced.set(i64::from(reason.is_some()));
+        self.clock.set_fence(reason);
     }
 
     /// Tells the range layer every member's failure domain and coordinate, for placement.

@@ -169,6 +169,17 @@ impl KvService {
             }
             return response;
         }
+        if let Some(why) = self.hlc.fenced().filter(|_| !matches!(op, Op::Ranges(_))) {
+            // Reads too: a linearizable read served here could miss writes another leader
+            // stamped within this node's clock error.
+            let refusal =
+                Refusal::new(ErrorCode::Unavailable, format!("{why}: not served until its clock is corrected"));
+            let mut response = error_response(request_id, refusal);
+            if let Some(KvResult::Error(error)) = response.result.as_mut() {
+                error.node_draining = true;
+            }
+            return response;
+        }
         let (name, consistency) = labels(&op);
         let started = Instant::now();
         let result = self.execute(request.range_id, request.range_generation, op).await;

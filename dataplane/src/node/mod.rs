@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod drain;
+mod fence;
 pub mod gossip;
 pub mod kubernetes;
 mod kv;
@@ -539,7 +540,8 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         tags: config.gossip.tags.clone(),
         max_messages_per_peer: (!config.insecure).then_some(config.gossip.max_messages_per_peer),
     };
-    let (gossip, gossip_task) = gossip::start(gossip_settings, peers.clone(), ranges.clone(), gossip_metrics);
+    let (gossip, gossip_task) =
+        gossip::start(gossip_settings, peers.clone(), ranges.clone(), hlc.clone(), gossip_metrics);
 
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let refresh = {
@@ -660,6 +662,13 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         .map(|path| tokio::spawn(kubernetes::topology::follow(path, ranges.members.clone())));
 
     health.set_ready();
+    let fence_task = tokio::spawn(fence::lead_nothing_while_fenced(
+        hlc.clone(),
+        replicas.clone(),
+        peers.clone(),
+        health.clone(),
+        node_id,
+    ));
     info!(node_id, listen = %quic_addr, http = %http_addr, data_dir = %config.data_dir.display(), "node ready");
     // By now every runtime thread has started and tried to apply it.
     crate::realtime::report();
@@ -685,6 +694,7 @@ pub async fn run(mut config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     // Nothing new is proposed or moved from here on: writes go to the ranges' next leaders.
     upkeep_task.abort();
     repair_task.abort();
+    fence_task.abort();
     for task in [join_task, live_task, reporter_task, certificate_task, topology_task].into_iter().flatten() {
         task.abort();
     }

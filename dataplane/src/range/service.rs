@@ -150,6 +150,9 @@ impl Ranges {
                 Ok(RaftResult::Done(true))
             }
             Rpc::Campaign(_) => {
+                if let Some(why) = self.hlc.fenced() {
+                    return Err(error(v1::RaftErrorKind::Refused, format!("{why}: this node takes no leadership")));
+                }
                 // Only the leader may hand its range over; anyone else would just disrupt it.
                 let leader = replica.raft.metrics().borrow().current_leader;
                 if caller.is_some() && caller != leader {

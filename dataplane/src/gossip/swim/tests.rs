@@ -62,6 +62,40 @@ fn a_probe_is_answered_and_the_ack_closes_it() {
 }
 
 #[test]
+fn a_direct_ack_carries_the_wall_clock_and_measures_the_offset_a_relayed_one_does_not() {
+    const SECOND: u64 = 1_000_000_000;
+    let (mut a, mut b, mut relay) = (with_members(1, &[2, 3]), with_members(2, &[1, 3]), with_members(3, &[1, 2]));
+    // b's clock runs 2 s ahead of a's; the round trip is 40 ms.
+    a.set_wall_nanos(100 * SECOND);
+    a.tick(1_000);
+    let (to, ping) = sends(&a.drain()).into_iter().find(|(_, e)| matches!(e.message, Message::Ping { .. })).unwrap();
+    let target = if to == "n2" { &mut b } else { &mut relay };
+    target.set_wall_nanos(102 * SECOND + 20_000_000);
+    target.handle(1_020, ping);
+    let (_, ack) = sends(&target.drain()).into_iter().find(|(_, e)| matches!(e.message, Message::Ack { .. })).unwrap();
+    assert!(matches!(ack.message, Message::Ack { wall_nanos: Some(_), .. }));
+    a.set_wall_nanos(100 * SECOND + 40_000_000);
+    a.handle(1_040, ack);
+    let measured: Vec<_> = a.clock_offsets().recent(1_040).collect();
+    assert_eq!(measured.len(), 1);
+    assert_eq!(measured[0].1.nanos, 2 * SECOND as i64);
+    assert_eq!(measured[0].1.uncertainty_nanos, 20_000_000);
+
+    // A relay answers with its own ack, without its clock: the path it timed is not direct.
+    let mut relay = with_members(3, &[1, 2]);
+    relay.set_wall_nanos(500 * SECOND);
+    let ping_req = Message::PingReq { seq: 9, target: 2, target_addr: addr(2) };
+    relay.handle(2_000, Envelope { from: 1, from_addr: addr(1), message: ping_req, updates: vec![] });
+    let (_, ping) = sends(&relay.drain()).into_iter().find(|(_, e)| matches!(e.message, Message::Ping { .. })).unwrap();
+    let Message::Ping { seq, .. } = ping.message else { unreachable!() };
+    let ack = Message::Ack { seq, coordinate: None, wall_nanos: Some(501 * SECOND) };
+    relay.handle(2_010, Envelope { from: 2, from_addr: addr(2), message: ack, updates: vec![] });
+    let (_, relayed) =
+        sends(&relay.drain()).into_iter().find(|(_, e)| matches!(e.message, Message::Ack { .. })).unwrap();
+    assert!(matches!(relayed.message, Message::Ack { seq: 9, wall_nanos: None, .. }));
+}
+
+#[test]
 fn a_peer_coordinate_that_makes_no_sense_is_counted_and_ignored() {
     let mut a = with_members(1, &[2]);
     a.tick(1_000);
@@ -70,7 +104,7 @@ fn a_peer_coordinate_that_makes_no_sense_is_counted_and_ignored() {
     let mut broken = a.coordinate().clone();
     broken.vec[0] = f64::NAN;
     let before = a.coordinate().clone();
-    let ack = Message::Ack { seq, coordinate: Some(broken) };
+    let ack = Message::Ack { seq, coordinate: Some(broken), wall_nanos: None };
     a.handle(1_010, Envelope { from: 2, from_addr: addr(2), message: ack, updates: vec![] });
     assert_eq!(a.rejected_coordinates(), 1);
     assert_eq!(a.coordinate(), &before);
@@ -111,12 +145,17 @@ fn an_indirect_prober_relays_the_ack_or_sends_a_nack() {
     let Message::Ping { seq, .. } = ping.message else { panic!("{ping:?}") };
     helper.handle(
         10,
-        Envelope { from: 2, from_addr: addr(2), message: Message::Ack { seq, coordinate: None }, updates: vec![] },
+        Envelope {
+            from: 2,
+            from_addr: addr(2),
+            message: Message::Ack { seq, coordinate: None, wall_nanos: None },
+            updates: vec![],
+        },
     );
     let (to, ack) = sends(&helper.drain()).pop().unwrap();
     assert_eq!(
         (to.as_str(), ack.message),
-        ("n1", Message::Ack { seq: 77, coordinate: None }),
+        ("n1", Message::Ack { seq: 77, coordinate: None, wall_nanos: None }),
         "no coordinate when relaying"
     );
 
@@ -213,7 +252,12 @@ fn local_health_stretches_probes_and_recovers_with_acks() {
     let Message::Ping { seq, .. } = ping.message else { unreachable!() };
     a.handle(
         2_010,
-        Envelope { from: 2, from_addr: addr(2), message: Message::Ack { seq, coordinate: None }, updates: vec![] },
+        Envelope {
+            from: 2,
+            from_addr: addr(2),
+            message: Message::Ack { seq, coordinate: None, wall_nanos: None },
+            updates: vec![],
+        },
     );
     assert_eq!(a.health(), 0, "an ack counts for it");
 
