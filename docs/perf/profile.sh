@@ -5,7 +5,7 @@
 # usage: profile.sh BINARY NAME [WORKLOAD]   (WORKLOAD: write (default) or read)
 set -u
 bin=$1; name=$2; workload=${3:-write}
-cd /tmp/bench && rm -rf prof-$name && mkdir prof-$name
+mkdir -p /tmp/bench && cd /tmp/bench && rm -rf prof-$name && mkdir prof-$name
 $bin up --data-dir prof-$name/c --base-port 7700 --log-level warn > prof-$name/up.log 2>&1 &
 up=$!
 for i in $(seq 1 60); do grep -q "is up" prof-$name/up.log && break; sleep 0.5; done
