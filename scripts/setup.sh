@@ -5,9 +5,8 @@ set -euo pipefail
 
 # libclang: RocksDB bindings (bindgen); curl: the demo; prometheus: the scrape test; etcd-server:
 # the peer `pleiades bench compare` measures against; protobuf-compiler and libprotobuf-dev (its
-# well-known types): the etcd-client crate's build; libfaketime: the clock-skew test runs a node
-# with its wall clock moved
-apt_packages=(libclang-dev curl prometheus etcd-server protobuf-compiler libprotobuf-dev libfaketime)
+# well-known types): the etcd-client crate's build
+apt_packages=(libclang-dev curl prometheus etcd-server protobuf-compiler libprotobuf-dev)
 missing=()
 for package in "${apt_packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

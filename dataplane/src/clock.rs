@@ -80,6 +80,8 @@ pub enum ClockError {
     Persist(String),
     #[error("{0}: this node issues no timestamps and serves nothing until its clock is corrected")]
     Fenced(String),
+    #[error("clock fault injection: {0}")]
+    Fault(String),
 }
 
 /// The physical time source, injectable so tests can move time (even backwards).
@@ -96,6 +98,41 @@ impl PhysicalClock for SystemClock {
     fn now_nanos(&self) -> u64 {
         // A clock before 1970 reads as 0; the HLC then relies on its persisted bound.
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    }
+}
+
+/// The operating system's wall clock moved by a fixed amount: fault injection for clock-skew
+/// tests and chaos runs ([`FAULT_CLOCK_OFFSET_ENV`]); never set in production.
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetClock {
+    pub offset_nanos: i64,
+}
+
+impl PhysicalClock for OffsetClock {
+    fn now_nanos(&self) -> u64 {
+        let moved = i128::from(SystemClock.now_nanos()) + i128::from(self.offset_nanos);
+        moved.clamp(0, i128::from(u64::MAX)) as u64
+    }
+}
+
+/// Moves a node's wall clock by this many milliseconds (signed) when set. Process-wide tools
+/// such as libfaketime cannot do it: they deadlock jemalloc's start-up.
+pub const FAULT_CLOCK_OFFSET_ENV: &str = "PLEIADES_FAULT_CLOCK_OFFSET_MS";
+
+/// The physical clock a node runs on: the system's, or the system's moved by
+/// [`FAULT_CLOCK_OFFSET_ENV`] when `offset_ms` (its value) is given.
+pub fn node_physical_clock(offset_ms: Option<&str>) -> Result<Arc<dyn PhysicalClock>, String> {
+    match offset_ms {
+        None => Ok(Arc::new(SystemClock)),
+        Some(value) => {
+            let ms: i64 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("{FAULT_CLOCK_OFFSET_ENV}={value:?} is not a whole number of milliseconds"))?;
+            let offset_nanos =
+                ms.checked_mul(1_000_000).ok_or_else(|| format!("{FAULT_CLOCK_OFFSET_ENV}={ms} is out of range"))?;
+            Ok(Arc::new(OffsetClock { offset_nanos }))
+        }
     }
 }
 
@@ -336,6 +373,19 @@ mod tests {
         assert_eq!(c.wall_nanos, 100 * SECOND);
         physical.set(200 * SECOND);
         assert_eq!(hlc.now().unwrap(), Timestamp::new(200 * SECOND, 0));
+    }
+
+    #[test]
+    fn a_fault_offset_moves_the_node_clock_and_a_bad_one_is_refused() {
+        let system = SystemClock.now_nanos();
+        let ahead = node_physical_clock(Some("2000")).unwrap().now_nanos();
+        assert!(ahead >= system + 2 * SECOND && ahead < system + 3 * SECOND);
+        let behind = node_physical_clock(Some("-2000")).unwrap().now_nanos();
+        assert!(behind < system);
+        assert!(node_physical_clock(None).unwrap().now_nanos() >= system);
+        let refused = node_physical_clock(Some("two seconds")).err().unwrap();
+        assert!(refused.contains("PLEIADES_FAULT_CLOCK_OFFSET_MS") && refused.contains("milliseconds"), "{refused}");
+        assert!(node_physical_clock(Some(&i64::MAX.to_string())).is_err());
     }
 
     #[test]

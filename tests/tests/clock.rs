@@ -1,8 +1,8 @@
-//! Clock safety with real node processes: a node whose wall clock is moved (by libfaketime, the
-//! whole process sees it) beyond the tolerated offset from the others is fenced — it leads no
-//! range, refuses requests and stamps no version — and serves again once its clock is right.
+//! Clock safety with real node processes: a node whose wall clock is moved (through the node's
+//! fault hook, `PLEIADES_FAULT_CLOCK_OFFSET_MS`) beyond the tolerated offset from the others is
+//! fenced — it leads no range, refuses requests and stamps no version — and serves again once
+//! its clock is right.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pleiades::client::ClientError;
@@ -11,17 +11,6 @@ use pleiades_proto::wire::ServiceTypeStatus;
 use pleiades_tests::{TestCluster, TestNode, FAST_RAFT};
 
 const MAX_OFFSET: Duration = Duration::from_millis(500);
-
-/// Debian's multi-threaded libfaketime (`scripts/setup.sh` installs it).
-fn faketime_library() -> PathBuf {
-    let found = std::fs::read_dir("/usr/lib")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|dir| dir.path().join("faketime/libfaketimeMT.so.1"))
-        .find(|path| path.exists());
-    found.expect("libfaketime is missing: run scripts/setup.sh (Debian package libfaketime)")
-}
 
 fn fenced(node: &TestNode) -> bool {
     node.metric("pleiades_gossip_clock_fenced") == 1.0
@@ -63,7 +52,6 @@ async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_two_seconds_ahead_is_fenced_and_serves_again_once_its_clock_is_right() {
-    let library = faketime_library();
     let config = format!("{FAST_RAFT}[clock]\nmax-offset-ms = {}\n", MAX_OFFSET.as_millis());
     let mut cluster = TestCluster::start(3, &config).unwrap();
     cluster.wait_for_leaders(Duration::from_secs(30)).await.unwrap();
@@ -73,9 +61,7 @@ async fn a_node_two_seconds_ahead_is_fenced_and_serves_again_once_its_clock_is_r
 
     // Node 3 comes back with its wall clock 2 s ahead (monotonic time untouched, as a real
     // stepped clock would leave it).
-    let library = library.display().to_string();
-    let skewed = [("LD_PRELOAD", library.as_str()), ("FAKETIME", "+2"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
-    cluster.node(3).set_env(&skewed);
+    cluster.node(3).set_env(&[("PLEIADES_FAULT_CLOCK_OFFSET_MS", "2000")]);
     cluster.node(3).restart().unwrap();
     wait_until("node 3 fenced", Duration::from_secs(30), async || fenced(&cluster.nodes[2])).await;
     wait_until("node 3 leads nothing", Duration::from_secs(30), async || led_by(&cluster, 3).await.is_empty()).await;

@@ -28,7 +28,7 @@ use prometheus_client::registry::Registry;
 use prost::Message;
 use tracing::{error, info, warn};
 
-use crate::clock::{ClockError, Hlc, SystemClock, UpperBoundStore, DEFAULT_PERSIST_WINDOW};
+use crate::clock::{ClockError, Hlc, UpperBoundStore, DEFAULT_PERSIST_WINDOW};
 use crate::config::{parse_peer, ConfigError, NodeConfig};
 use crate::observe::{Health, HttpState, Metrics, OperationLabels};
 use crate::range::members::MemberView;
@@ -180,12 +180,12 @@ impl UpperBoundStore for StoredUpperBound {
 
 /// Opens the node's clock with its upper bound kept in `storage`.
 pub fn open_clock(storage: &Storage, max_offset: Duration) -> Result<Hlc, ClockError> {
-    Hlc::with_persistence(
-        Arc::new(SystemClock),
-        max_offset,
-        Arc::new(StoredUpperBound(storage.clone())),
-        DEFAULT_PERSIST_WINDOW,
-    )
+    let fault = std::env::var(crate::clock::FAULT_CLOCK_OFFSET_ENV).ok();
+    let physical = crate::clock::node_physical_clock(fault.as_deref()).map_err(ClockError::Fault)?;
+    if let Some(offset) = fault {
+        warn!(offset_ms = %offset, "fault injection: this node's wall clock is moved");
+    }
+    Hlc::with_persistence(physical, max_offset, Arc::new(StoredUpperBound(storage.clone())), DEFAULT_PERSIST_WINDOW)
 }
 
 /// The services this node serves over PWP.

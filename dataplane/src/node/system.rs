@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use pleiades_proto::v1::{ComponentHealth, HealthResponse, HealthStatus, NodeInfoResponse};
 
-use crate::clock::{Hlc, PhysicalClock, Timestamp};
+use crate::clock::{Hlc, Timestamp};
 use crate::observe::Health;
 
 pub struct SystemService {
@@ -28,7 +28,7 @@ impl SystemService {
             http_address: self.http.clone(),
             uptime_seconds: self.started.elapsed().as_secs(),
             // Reading the clock without ticking it: info must not consume timestamps.
-            now: Some(Timestamp::max(self.hlc.last(), Timestamp::new(crate::clock::SystemClock.now_nanos(), 0)).into()),
+            now: Some(Timestamp::max(self.hlc.last(), Timestamp::new(self.hlc.physical_now(), 0)).into()),
             services: self.services.clone(),
         }
     }
