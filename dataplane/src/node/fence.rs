@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::drain::hand_over_leaderships;
 use crate::clock::Hlc;
@@ -50,10 +50,8 @@ pub async fn lead_nothing_while_fenced(
                     warn!(handed = handed.handed, kept = ?handed.kept, "clock fenced: leaderships handed over");
                 }
             }
-            None if was_fenced => {
-                health.set_ready();
-                info!("clock fence lifted: this node campaigns and serves again");
-            }
+            // The gossip shell logs the fence and its lifting.
+            None if was_fenced => health.set_ready(),
             None => {}
         }
         was_fenced = fenced;

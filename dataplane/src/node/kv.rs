@@ -141,6 +141,16 @@ impl KvService {
         self.draining.store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// Why this node serves no data now, if it does not: it is draining, or its clock is fenced
+    /// (reads too: a linearizable read here could miss writes another leader stamped within
+    /// this node's clock error).
+    fn unserved(&self) -> Option<String> {
+        if self.draining.load(std::sync::atomic::Ordering::Acquire) {
+            return Some("the node is draining: not served".into());
+        }
+        self.hlc.fenced().map(|why| format!("{why}: not served until its clock is corrected"))
+    }
+
     /// Decodes one request from `peer` and answers it; a malformed request gets an
     /// `INVALID_ARGUMENT` answer, one the peer may not make `PERMISSION_DENIED`.
     pub async fn handle(&self, peer: &Peer, payload: Bytes) -> KvResponse {
@@ -161,20 +171,9 @@ impl KvService {
             self.denials.record(&self.metrics, "kv", peer, &reason);
             return error_response(request_id, Refusal::new(ErrorCode::PermissionDenied, reason));
         }
-        if self.draining.load(std::sync::atomic::Ordering::Acquire) && !matches!(op, Op::Ranges(_)) {
-            let refusal = Refusal::new(ErrorCode::Unavailable, "the node is draining: not served");
-            let mut response = error_response(request_id, refusal);
-            if let Some(KvResult::Error(error)) = response.result.as_mut() {
-                error.node_draining = true;
-            }
-            return response;
-        }
-        if let Some(why) = self.hlc.fenced().filter(|_| !matches!(op, Op::Ranges(_))) {
-            // Reads too: a linearizable read served here could miss writes another leader
-            // stamped within this node's clock error.
-            let refusal =
-                Refusal::new(ErrorCode::Unavailable, format!("{why}: not served until its clock is corrected"));
-            let mut response = error_response(request_id, refusal);
+        if let Some(why) = self.unserved().filter(|_| !matches!(op, Op::Ranges(_))) {
+            let mut response = error_response(request_id, Refusal::new(ErrorCode::Unavailable, why));
+            // The client sends it elsewhere, knowing it had no effect.
             if let Some(KvResult::Error(error)) = response.result.as_mut() {
                 error.node_draining = true;
             }

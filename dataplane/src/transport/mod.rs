@@ -20,7 +20,7 @@ use crate::observe::{FrameLabels, Metrics};
 const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
 /// A UDP socket for a quinn endpoint, bound to `addr`, with large socket buffers.
-pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {

@@ -31,7 +31,8 @@ pub struct Peers {
     connect_timeout: Duration,
     constellation: String,
     connections: Mutex<HashMap<String, quinn::Connection>>,
-    idle: std::sync::Mutex<HashMap<(Service, String), Vec<OpenStream>>>,
+    /// Streams left open by calls that went well, by address and service.
+    idle: std::sync::Mutex<HashMap<String, HashMap<Service, Vec<OpenStream>>>>,
 }
 
 impl Peers {
@@ -96,19 +97,20 @@ impl Peers {
     /// usable; the most recently used first.
     pub fn idle_stream(&self, addr: &str, service: Service) -> Option<OpenStream> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let streams = idle.get_mut(&(service, addr.to_string()))?;
-        while let Some(open) = streams.pop() {
-            if open.stream.is_fresh() && open.connection.close_reason().is_none() {
-                return Some(open);
-            }
-        }
-        None
+        let streams = idle.get_mut(addr)?.get_mut(&service)?;
+        std::iter::from_fn(|| streams.pop())
+            .find(|open| open.stream.is_fresh() && open.connection.close_reason().is_none())
     }
 
     /// Keeps a stream whose call went well for the next call to the same node and service.
     pub fn keep_idle(&self, addr: &str, service: Service, open: OpenStream) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let streams = idle.entry((service, addr.to_string())).or_default();
+        // Looked up before inserting: the address is copied once per peer, not once per call.
+        if !idle.contains_key(addr) {
+            idle.insert(addr.to_string(), HashMap::new());
+        }
+        let Some(by_service) = idle.get_mut(addr) else { return };
+        let streams = by_service.entry(service).or_default();
         if streams.len() < IDLE_STREAMS_PER_PEER {
             streams.push(open);
         }
